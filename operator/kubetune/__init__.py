@@ -1,0 +1,8 @@
+"""kubetune: the FineTuneJob API, operator and CLI."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("kubetune")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0"

@@ -1,0 +1,154 @@
+"""The `kubetune` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from kubetune import __version__
+from kubetune.api import FineTuneJob, model_dependencies
+from kubetune.planner import LOCAL_STORAGE, dependency_output, make_plan
+from kubetune.validation import Document, Problem, load_jobs
+
+
+def _job_key(job: FineTuneJob) -> tuple[str, str]:
+    ref = job.job_ref()
+    return ref.namespace, ref.name
+
+
+def pipeline_problems(jobs: list[tuple[Document, FineTuneJob]]) -> list[Problem]:
+    """Problems that only show across documents: duplicate names, self-references and cycles
+    among finetunejob:// dependencies."""
+    problems: list[Problem] = []
+    by_key: dict[tuple[str, str], tuple[Document, FineTuneJob]] = {}
+    for doc, job in jobs:
+        key = _job_key(job)
+        if key in by_key:
+            first = by_key[key][0]
+            problems.append(
+                Problem(
+                    doc.file,
+                    doc.line_of(("metadata", "name")),
+                    "metadata.name",
+                    f"job {key[0]}/{key[1]} is also defined in {first.file}",
+                )
+            )
+        by_key.setdefault(key, (doc, job))
+    for doc, job in jobs:
+        namespace, name = _job_key(job)
+        for path, target in model_dependencies(job.spec):
+            if target == name:
+                loc = ("spec", *path, "source")
+                problems.append(
+                    Problem(
+                        doc.file,
+                        doc.line_of(loc),
+                        ".".join(loc),
+                        "a job cannot use its own output as a model",
+                    )
+                )
+                continue
+            seen, frontier = {name}, [target]
+            while frontier:
+                current = frontier.pop()
+                if current == name:
+                    loc = ("spec", *path, "source")
+                    problems.append(
+                        Problem(
+                            doc.file,
+                            doc.line_of(loc),
+                            ".".join(loc),
+                            f"dependency cycle through finetunejob://{target}",
+                        )
+                    )
+                    break
+                if current in seen or (namespace, current) not in by_key:
+                    continue
+                seen.add(current)
+                frontier += [t for _, t in model_dependencies(by_key[(namespace, current)][1].spec)]
+    return problems
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    paths = [Path(p) for p in args.files]
+    jobs, problems = load_jobs(paths)
+    problems += pipeline_problems(jobs)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if problems:
+        print(f"{len(problems)} problem(s) in {len(paths)} file(s)", file=sys.stderr)
+        return 1
+    if args.plan:
+        by_name = {_job_key(job): job for _, job in jobs}
+        plans = {}
+        for _, job in jobs:
+            namespace = job.job_ref().namespace
+
+            def resolve(name: str, namespace: str = namespace) -> str | None:
+                other = by_name.get((namespace, name))
+                return dependency_output(args.storage, other) if other else None
+
+            plan = make_plan(
+                job,
+                default_storage=args.storage,
+                resolve_job_output=resolve if _all_resolvable(job, by_name) else None,
+            )
+            plans["/".join(_job_key(job))] = json.loads(plan.to_json())
+        out = next(iter(plans.values())) if len(plans) == 1 else plans
+        print(json.dumps(out, indent=2))
+    else:
+        for doc, job in jobs:
+            print(f"{doc.file}: {'/'.join(_job_key(job))} ({job.spec.method}) is valid")
+    return 0
+
+
+def _all_resolvable(job: FineTuneJob, by_name: dict[tuple[str, str], FineTuneJob]) -> bool:
+    namespace = job.job_ref().namespace
+    return all((namespace, target) in by_name for _, target in model_dependencies(job.spec))
+
+
+def cmd_crd(args: argparse.Namespace) -> int:
+    from kubetune.crd import render
+
+    sys.stdout.write(render())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kubetune", description="Fine-tune language models on Kubernetes, or locally."
+    )
+    parser.add_argument("--version", action="version", version=f"kubetune {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    validate = commands.add_parser(
+        "validate",
+        help="check FineTuneJob files; print the resolved plan with --plan",
+        description="Check FineTuneJob YAML files. Exit 0 when all are valid; otherwise print "
+        "one line per problem (file:line: field.path: message) and exit 1.",
+    )
+    validate.add_argument("files", nargs="+", metavar="FILE")
+    validate.add_argument(
+        "--plan", action="store_true", help="print the resolved plan (JSON) of each job"
+    )
+    validate.add_argument(
+        "--storage",
+        default=LOCAL_STORAGE,
+        help=f"storage root for jobs that name none (default: {LOCAL_STORAGE})",
+    )
+    validate.set_defaults(func=cmd_validate)
+
+    crd = commands.add_parser("crd", help="print the FineTuneJob CustomResourceDefinition")
+    crd.set_defaults(func=cmd_crd)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

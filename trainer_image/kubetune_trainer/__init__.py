@@ -1,0 +1,1 @@
+"""kubetune_trainer: the plan contract and the trainer."""
