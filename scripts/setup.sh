@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Creates or updates the project environment (.venv) from uv.lock. Safe to run every time:
+# a warm run only checks the lock (~1 s). Needs python3.11 and access to PyPI.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+UV_VERSION=0.13.8
+export UV_PYTHON_DOWNLOADS=never   # use the machine's Python 3.11; never fetch one
+export DS_BUILD_OPS=0              # deepspeed is an sdist: build it without compiling ops
+tools="${KUBETUNE_CACHE:-$HOME/.cache/kubetune}/tools/uv-$UV_VERSION"
+
+if ! uv_bin="$(command -v uv)" || [ "$("$uv_bin" --version | cut -d' ' -f2)" != "$UV_VERSION" ]; then
+  uv_bin="$tools/bin/uv"
+  if [ ! -x "$uv_bin" ]; then
+    echo "setup: installing uv $UV_VERSION into $tools"
+    python3.11 -m venv "$tools"
+    "$tools/bin/pip" install --quiet "uv==$UV_VERSION"
+  fi
+fi
+
+start=$(date +%s)
+"$uv_bin" sync --frozen --all-extras --python python3.11 --quiet
+echo "setup: environment ready in $(( $(date +%s) - start ))s (.venv)"
