@@ -309,17 +309,18 @@ class DpoSpec(Section):
         "sigmoid",
         "hinge",
         "ipo",
-        "robust",
-        "bco_pair",
         "exo_pair",
         "nca_pair",
-        "apo_zero",
-        "apo_down",
+        "robust",
+        "bco_pair",
         "sppo_hard",
         "aot",
-        "aot_pair",
+        "aot_unpaired",
+        "apo_zero",
+        "apo_down",
         "discopop",
         "sft",
+        "sigmoid_norm",
     ] = Field(default="sigmoid")
     """DPO loss variant."""
     label_smoothing: float = Field(default=0.0, ge=0, lt=0.5)

@@ -1,0 +1,153 @@
+"""HF Trainer callbacks shared by every TRL-based recipe: progress, metrics, checkpoint
+publishing, time-based saves and SIGTERM handling."""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from kubetune_trainer.metrics import TrainMetrics
+from kubetune_trainer.progress import ProgressRecord, Throttled, now_rfc3339
+
+log = logging.getLogger("kubetune.trainer")
+
+# Publishes the checkpoint HF just wrote at `path` for `step`; returns its URI, or None on ranks
+# that do not publish.
+Publisher = Callable[[Path, int, dict[str, float]], str | None]
+
+
+class PreemptionCallback(TrainerCallback):
+    """SIGTERM (pod eviction, preemption, node drain) → save at the next step boundary, then
+    stop. The runner turns `preempted` into the documented exit code."""
+
+    def __init__(self) -> None:
+        self.preempted = False
+        self._previous: Any = None
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        log.warning("event=sigterm action=save-and-stop")
+        self.preempted = True
+
+    def on_train_begin(self, args, state, control, **kwargs) -> None:
+        self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def on_step_end(self, args, state, control: TrainerControl, **kwargs) -> None:
+        if self.preempted:
+            control.should_save = True
+            control.should_training_stop = True
+
+    def on_train_end(self, args, state, control, **kwargs) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+class IntervalSaveCallback(TrainerCallback):
+    """Save when `every_seconds` passed since the last save (HF only saves by steps)."""
+
+    def __init__(self, every_seconds: int | None) -> None:
+        self.every_seconds = every_seconds
+        self._last = time.monotonic()
+
+    def on_step_end(self, args, state, control: TrainerControl, **kwargs) -> None:
+        if self.every_seconds and time.monotonic() - self._last >= self.every_seconds:
+            control.should_save = True
+
+    def on_save(self, args, state, control, **kwargs) -> None:
+        self._last = time.monotonic()
+
+
+class ProgressCallback(TrainerCallback):
+    """Metrics gauges, throttled progress records and, after each save, publishing the
+    checkpoint and reporting it."""
+
+    def __init__(
+        self,
+        *,
+        metrics: TrainMetrics | None,
+        progress: Throttled,
+        publish: Publisher,
+        is_reporter: bool,
+        attempt: int,
+    ) -> None:
+        self.metrics = metrics
+        self.progress = progress
+        self.publish = publish
+        self.is_reporter = is_reporter
+        self.attempt = attempt
+        self.record = ProgressRecord()
+        self._last_logs: dict[str, float] = {}
+        self._window: tuple[float, int] | None = None  # (time, tokens seen) at the last log
+        self._started = time.monotonic()
+        self._start_step = 0
+
+    def on_train_begin(self, args, state: TrainerState, control, **kwargs) -> None:
+        self._started = time.monotonic()
+        self._start_step = state.global_step
+        self.record.totalSteps = state.max_steps
+        if self.metrics:
+            self.metrics.set(self.metrics.total_steps, state.max_steps)
+
+    def _update(self, state: TrainerState) -> None:
+        r = self.record
+        r.step = state.global_step
+        r.totalSteps = state.max_steps
+        r.epoch = round(state.epoch or 0.0, 4)
+        r.percent = int(100 * r.step / r.totalSteps) if r.totalSteps else 0
+        done = r.step - self._start_step
+        if done > 0 and r.totalSteps:
+            rate = (time.monotonic() - self._started) / done
+            r.etaSeconds = int(rate * (r.totalSteps - r.step))
+        r.updated = now_rfc3339()
+
+    def on_log(self, args, state: TrainerState, control, logs: dict[str, Any] | None = None, **kw):
+        logs = logs or {}
+        self._last_logs = {k: v for k, v in logs.items() if isinstance(v, int | float)}
+        self._update(state)
+        if "loss" in logs and isinstance(logs["loss"], int | float) and math.isfinite(logs["loss"]):
+            self.record.loss = f"{logs['loss']:.4f}"
+        tokens = getattr(state, "num_input_tokens_seen", 0) or 0
+        now = time.monotonic()
+        if self._window is not None and tokens > self._window[1] and now > self._window[0]:
+            # num_input_tokens_seen is gathered across ranks, so this is the whole job's rate.
+            self.record.tokensPerSecond = round(
+                (tokens - self._window[1]) / (now - self._window[0]), 1
+            )
+        self._window = (now, tokens)
+        if self.metrics:
+            self.metrics.observe_logs(logs)
+            self.metrics.set(self.metrics.step, state.global_step)
+            if self.record.tokensPerSecond is not None:
+                self.metrics.set(self.metrics.tokens_per_second, self.record.tokensPerSecond)
+            if "train_samples_per_second" in logs:
+                self.metrics.set(self.metrics.samples_per_second, logs["train_samples_per_second"])
+        if self.is_reporter:
+            self.progress.report(self.record)
+
+    def on_save(self, args: TrainingArguments, state: TrainerState, control, **kwargs) -> None:
+        self._update(state)
+        path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        uri = self.publish(path, state.global_step, self._last_logs)
+        if uri is None:
+            return
+        self.record.lastCheckpoint = {
+            "uri": uri,
+            "step": state.global_step,
+            "attempt": self.attempt,
+            "time": now_rfc3339(),
+        }
+        if self.metrics:
+            self.metrics.checkpoints.labels(**self.metrics.labels).inc()
+        log.info("event=checkpoint step=%d uri=%s", state.global_step, uri)
+        self.progress.report(self.record, force=True)
+
+    def on_train_end(self, args, state: TrainerState, control, **kwargs) -> None:
+        self._update(state)
+        if self.is_reporter:
+            self.progress.report(self.record, force=True)

@@ -1,0 +1,36 @@
+"""Exit codes of ``kubetune-train``: the contract between the trainer and the operator.
+
+The operator's launchers turn these into Kubernetes outcomes (a Job's podFailurePolicy, see
+``kubetune.builders``): a disruption is restarted without counting against
+``spec.resume.maxRestarts``; an application failure counts. Values follow BSD ``sysexits.h`` so
+they do not collide with signal-derived codes (128 + N) or Python's own (1 for an uncaught
+exception, 2 for a usage error).
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+"""Training (or evaluation) finished."""
+
+EXIT_FAILED = 1
+"""An application failure: the recipe raised. Counts against resume.maxRestarts."""
+
+EXIT_INVALID_PLAN = 78
+"""The plan could not be read or is not valid for this trainer (sysexits EX_CONFIG). Retrying
+the same plan cannot help; the operator may fail the job without restarting it."""
+
+EXIT_PREEMPTED = 75
+"""SIGTERM arrived (eviction, preemption, node drain), a complete checkpoint was saved within
+the grace period, and the trainer stopped (sysexits EX_TEMPFAIL). A disruption: the next
+attempt resumes from that checkpoint and it does not count against resume.maxRestarts."""
+
+DISRUPTION_EXIT_CODES = frozenset({EXIT_PREEMPTED})
+"""Exit codes the operator treats as disruptions rather than application failures."""
+
+__all__ = [
+    "DISRUPTION_EXIT_CODES",
+    "EXIT_FAILED",
+    "EXIT_INVALID_PLAN",
+    "EXIT_OK",
+    "EXIT_PREEMPTED",
+]

@@ -1,0 +1,187 @@
+"""Pieces every TRL-based recipe composes: the run context, TRL arguments from the plan, PEFT,
+and the train-resume-save sequence."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kubetune_trainer.callbacks import (
+    IntervalSaveCallback,
+    PreemptionCallback,
+    ProgressCallback,
+    Publisher,
+)
+from kubetune_trainer.deepspeed_config import deepspeed_config
+from kubetune_trainer.hardware import Hardware, Precision, choose_precision, precision_args
+from kubetune_trainer.metrics import TrainMetrics
+from kubetune_trainer.plan import PeftSpec, Plan
+from kubetune_trainer.progress import Throttled
+
+log = logging.getLogger("kubetune.trainer")
+
+
+@dataclass
+class RunContext:
+    """What a recipe needs besides the plan, supplied by the runner (single-process or Ray)."""
+
+    plan: Plan
+    hardware: Hardware
+    staging_dir: Path
+    """Local directory the HF Trainer writes checkpoints into before they are published."""
+    output_dir: Path
+    """Where the final model is written (a local or mounted path)."""
+    publish: Publisher
+    progress: Throttled
+    metrics: TrainMetrics | None
+    resume_from: Path | None = None
+    """A complete checkpoint to resume from."""
+    world_size: int = 1
+    rank: int = 0
+    local_run: bool = False
+    """Interactive local run: show a progress bar instead of log lines."""
+    extra_callbacks: list[Any] = field(default_factory=list)
+
+    @property
+    def precision(self) -> Precision:
+        return choose_precision(self.plan.recipe.training.precision, self.hardware)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+@dataclass
+class RecipeResult:
+    final_step: int
+    preempted: bool
+    metrics: dict[str, float]
+    output_dir: Path | None
+
+
+def trl_args(ctx: RunContext) -> dict[str, Any]:
+    """TRL/HF TrainingArguments shared by every method, from the plan's training section."""
+    recipe = ctx.plan.recipe
+    t = recipe.training
+    checkpoint = recipe.checkpoint
+    has_eval = bool(recipe.data and (recipe.data.eval_sources or recipe.data.eval_ratio > 0))
+    args: dict[str, Any] = {
+        "output_dir": str(ctx.staging_dir),
+        "num_train_epochs": t.epochs,
+        "max_steps": t.max_steps or -1,
+        "learning_rate": t.learning_rate,
+        "lr_scheduler_type": t.scheduler,
+        # transformers 5 folds the warmup ratio into warmup_steps (a float below 1 is a ratio).
+        "warmup_steps": t.warmup_steps or t.warmup_ratio,
+        "weight_decay": t.weight_decay,
+        "max_grad_norm": t.max_grad_norm,
+        "per_device_train_batch_size": t.per_device_batch_size,
+        "per_device_eval_batch_size": t.per_device_batch_size,
+        "gradient_accumulation_steps": t.gradient_accumulation,
+        "seed": t.seed,
+        "data_seed": t.seed,
+        "gradient_checkpointing": t.gradient_checkpointing,
+        "logging_steps": t.log_every_steps,
+        "logging_first_step": True,
+        "eval_strategy": ("steps" if t.eval_every_steps else "epoch") if has_eval else "no",
+        "eval_steps": t.eval_every_steps,
+        "save_strategy": "steps" if checkpoint.every_steps else "no",
+        "save_steps": checkpoint.every_steps or 500,
+        "save_total_limit": None,  # checkpoints are moved out and pruned by the publisher
+        "report_to": [] if recipe.tracking.backend == "none" else [recipe.tracking.backend],
+        # Without use_cpu, HF Trainer under Ray or torchrun on CPU trains un-distributed.
+        "use_cpu": not ctx.hardware.cuda,
+        "deepspeed": deepspeed_config(recipe.deepspeed, ctx.precision),
+        "disable_tqdm": not (ctx.local_run and ctx.is_main),
+        "dataloader_num_workers": 0,
+        "include_num_input_tokens_seen": True,
+        "restore_callback_states_from_checkpoint": False,
+        **precision_args(ctx.precision),
+    }
+    if recipe.tracking.project:
+        os.environ.setdefault("WANDB_PROJECT", recipe.tracking.project)
+    return args
+
+
+def peft_config(spec: PeftSpec) -> Any:
+    """A peft LoraConfig for lora/qlora, None for full fine-tuning."""
+    if spec.type == "none":
+        return None
+    from peft import LoraConfig
+
+    targets: str | list[str] = spec.target_modules
+    if targets == ["all-linear"]:
+        targets = "all-linear"
+    return LoraConfig(
+        r=spec.r,
+        lora_alpha=spec.alpha,
+        lora_dropout=spec.dropout,
+        target_modules=targets,
+        use_dora=spec.dora,
+        task_type="CAUSAL_LM",
+    )
+
+
+def quantization_config(spec: PeftSpec, hardware: Hardware) -> Any:
+    """4-bit quantization for qlora; a clear error where bitsandbytes cannot run."""
+    if spec.type != "qlora":
+        return None
+    if not hardware.cuda:
+        raise RuntimeError("spec.peft.type qlora needs a CUDA GPU (bitsandbytes 4-bit kernels)")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as err:
+        raise RuntimeError(
+            "spec.peft.type qlora needs bitsandbytes, which is not installed in this image"
+        ) from err
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16 if hardware.bf16_supported else torch.float16,
+    )
+
+
+def torch_dtype(precision: Precision) -> Any:
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+
+
+def callbacks(ctx: RunContext) -> tuple[list[Any], PreemptionCallback]:
+    preemption = PreemptionCallback()
+    found = [
+        preemption,
+        IntervalSaveCallback(ctx.plan.recipe.checkpoint.every_seconds),
+        ProgressCallback(
+            metrics=ctx.metrics,
+            progress=ctx.progress,
+            publish=ctx.publish,
+            is_reporter=ctx.is_main,
+            attempt=ctx.plan.attempt,
+        ),
+        *ctx.extra_callbacks,
+    ]
+    return found, preemption
+
+
+def train_and_save(trainer: Any, ctx: RunContext, preemption: PreemptionCallback) -> RecipeResult:
+    """Train (resuming when there is a checkpoint); then, unless preempted, save the final
+    model (adapters merged for export later) with its tokenizer to the output directory."""
+    resume = str(ctx.resume_from) if ctx.resume_from else None
+    if resume:
+        log.info("event=resume checkpoint=%s", resume)
+    result = trainer.train(resume_from_checkpoint=resume)
+    metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, int | float)}
+    if preemption.preempted:
+        return RecipeResult(trainer.state.global_step, True, metrics, None)
+    trainer.save_model(str(ctx.output_dir))
+    if ctx.is_main:
+        trainer.processing_class.save_pretrained(str(ctx.output_dir))
+    return RecipeResult(trainer.state.global_step, False, metrics, ctx.output_dir)

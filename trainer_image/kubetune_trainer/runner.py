@@ -1,0 +1,152 @@
+"""Runs a plan: in this process (one worker, local storage: fastest start) or on Ray Train
+(several workers or nodes, or remote storage)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+from kubetune_trainer.checkpoints import CheckpointStore, StaleAttempt
+from kubetune_trainer.exit_codes import EXIT_OK, EXIT_PREEMPTED
+from kubetune_trainer.hardware import Hardware
+from kubetune_trainer.metrics import TrainMetrics
+from kubetune_trainer.plan import Plan, uri_scheme
+from kubetune_trainer.progress import Throttled, reporter_from_env
+from kubetune_trainer.recipes.common import RecipeResult, RunContext
+from kubetune_trainer.uris import local_path, pvc_path
+
+log = logging.getLogger("kubetune.trainer")
+
+Mode = Literal["auto", "single", "ray"]
+CHECKPOINT_MANIFEST = "kubetune.json"
+
+
+def recipe_for(method: str) -> Callable[[RunContext], RecipeResult]:
+    if method == "sft":
+        from kubetune_trainer.recipes import sft
+
+        return sft.run
+    if method == "dpo":
+        from kubetune_trainer.recipes import dpo
+
+        return dpo.run
+    raise NotImplementedError(f"method {method} has no recipe in this trainer version")
+
+
+def local_storage(uri: str) -> Path | None:
+    """The filesystem path of a storage root, or None for remote (s3://) storage."""
+    scheme = uri_scheme(uri)
+    if scheme == "pvc":
+        return pvc_path(uri)
+    if scheme == "file":
+        return local_path(uri).resolve()
+    return None
+
+
+def choose_mode(plan: Plan, requested: Mode) -> Literal["single", "ray"]:
+    if requested != "auto":
+        return requested
+    single = plan.scaling.workers == 1 and local_storage(plan.storage.root) is not None
+    return "single" if single else "ray"
+
+
+def progress_interval() -> float:
+    return float(os.environ.get("KUBETUNE_PROGRESS_INTERVAL", "10"))
+
+
+def metrics_port(plan: Plan) -> int:
+    return int(os.environ.get("KUBETUNE_METRICS_PORT", plan.metrics_port))
+
+
+def run_plan(plan: Plan, *, mode: Mode = "auto", local_run: bool = False) -> int:
+    """Train according to the plan; the process exit code (see exit_codes)."""
+    chosen = choose_mode(plan, mode)
+    log.info(
+        "event=start job=%s/%s method=%s attempt=%d mode=%s workers=%d",
+        plan.job.namespace,
+        plan.job.name,
+        plan.recipe.method,
+        plan.attempt,
+        chosen,
+        plan.scaling.workers,
+    )
+    if chosen == "single":
+        return run_single(plan, local_run=local_run)
+    from kubetune_trainer.ray_runner import run_on_ray
+
+    return run_on_ray(plan, local_run=local_run)
+
+
+def run_dir_of(plan: Plan) -> Path:
+    root = local_storage(plan.storage.root)
+    assert root is not None, "single-process runs need local or pvc storage"
+    return root / plan.storage.run_name
+
+
+def output_path(plan: Plan) -> Path:
+    path = local_storage(plan.storage.output_dir)
+    if path is None:
+        raise NotImplementedError("writing the final model to s3:// is not supported yet")
+    return path
+
+
+def run_single(plan: Plan, *, local_run: bool) -> int:
+    run_dir = run_dir_of(plan)
+    store = CheckpointStore(run_dir, keep_last=plan.recipe.checkpoint.keep_last)
+    store.register_attempt(plan.attempt)
+    latest = store.latest()
+    staging = run_dir / "staging" / f"attempt-{plan.attempt}"
+    shutil.rmtree(staging, ignore_errors=True)
+
+    def publish(path: Path, step: int, logs: dict[str, float]) -> str:
+        return str(store.publish(path, step, plan.attempt).path)
+
+    metrics = TrainMetrics(plan.job.namespace, plan.job.name, plan.recipe.method)
+    metrics.serve(metrics_port(plan))
+    ctx = RunContext(
+        plan=plan,
+        hardware=Hardware.detect(),
+        staging_dir=staging,
+        output_dir=output_path(plan),
+        publish=publish,
+        progress=Throttled(reporter_from_env(), progress_interval()),
+        metrics=metrics,
+        resume_from=latest.path if latest else None,
+        local_run=local_run,
+    )
+    try:
+        result = recipe_for(plan.recipe.method)(ctx)
+    except StaleAttempt as err:
+        log.error("event=stale_attempt message=%s", err)
+        from kubetune_trainer.exit_codes import EXIT_STALE_ATTEMPT
+
+        return EXIT_STALE_ATTEMPT
+    write_result(run_dir, plan, result)
+    shutil.rmtree(staging, ignore_errors=True)
+    return EXIT_PREEMPTED if result.preempted else EXIT_OK
+
+
+def write_result(run_dir: Path, plan: Plan, result: RecipeResult) -> None:
+    summary: dict[str, Any] = {
+        "attempt": plan.attempt,
+        "finalStep": result.final_step,
+        "preempted": result.preempted,
+        "metrics": result.metrics,
+        "output": str(result.output_dir) if result.output_dir else None,
+    }
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkstemp(dir=run_dir, prefix=".result-")[1])
+    tmp.write_text(json.dumps(summary, indent=1))
+    tmp.replace(run_dir / f"result-attempt-{plan.attempt}.json")
+    log.info(
+        "event=%s step=%d output=%s",
+        "preempted" if result.preempted else "finished",
+        result.final_step,
+        summary["output"],
+    )
