@@ -24,13 +24,22 @@ EXIT_PREEMPTED = 75
 the grace period, and the trainer stopped (sysexits EX_TEMPFAIL). A disruption: the next
 attempt resumes from that checkpoint and it does not count against resume.maxRestarts."""
 
+EXIT_BAD_DATA = 65
+"""The data has malformed rows and spec.data.badRows is fail (sysexits EX_DATAERR). Retrying
+cannot help; the message names the file and row."""
+
+EXIT_STALE_ATTEMPT = 76
+"""A newer attempt of the same job has started; this one stopped without writing anything."""
+
 DISRUPTION_EXIT_CODES = frozenset({EXIT_PREEMPTED})
 """Exit codes the operator treats as disruptions rather than application failures."""
 
 __all__ = [
     "DISRUPTION_EXIT_CODES",
+    "EXIT_BAD_DATA",
     "EXIT_FAILED",
     "EXIT_INVALID_PLAN",
     "EXIT_OK",
     "EXIT_PREEMPTED",
+    "EXIT_STALE_ATTEMPT",
 ]

@@ -8,6 +8,7 @@ person reading ``kubectl explain``.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -101,6 +102,16 @@ class SecretKeyRef(Section):
     """Name of the Secret."""
     key: Name
     """Key inside the Secret."""
+
+
+def secret_env_name(ref: SecretKeyRef) -> str:
+    """The variable a Secret key reaches the trainer as:
+    ``KUBETUNE_SECRET_<NAME>_<KEY>_<8 hex of sha256("name/key")>``, NAME and KEY upper-cased
+    with other characters as ``_``; the hash keeps distinct refs apart after that folding.
+    The trainer computes the same name from the reference in its plan."""
+    fold = re.sub(r"[^A-Z0-9]", "_", f"{ref.name}_{ref.key}".upper())
+    digest = hashlib.sha256(f"{ref.name}/{ref.key}".encode()).hexdigest()[:8]
+    return f"KUBETUNE_SECRET_{fold}_{digest}"
 
 
 # --------------------------------------------------------------------------- model
