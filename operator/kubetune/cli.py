@@ -12,6 +12,8 @@ from kubetune.api import FineTuneJob, model_dependencies
 from kubetune.planner import LOCAL_STORAGE, dependency_output, make_plan
 from kubetune.validation import Document, Problem, load_jobs
 
+DEMO_PIPELINE = Path(__file__).with_name("demo") / "pipeline.yaml"
+
 
 def _job_key(job: FineTuneJob) -> tuple[str, str]:
     ref = job.job_ref()
@@ -109,6 +111,33 @@ def _all_resolvable(job: FineTuneJob, by_name: dict[tuple[str, str], FineTuneJob
     return all((namespace, target) in by_name for _, target in model_dependencies(job.spec))
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    if not args.local:
+        print(
+            "kubetune run: only --local is available; on a cluster, `kubectl apply -f` the file",
+            file=sys.stderr,
+        )
+        return 2
+    paths = [Path(p) for p in args.files] or [DEMO_PIPELINE]
+    jobs, problems = load_jobs(paths)
+    problems += pipeline_problems(jobs)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if problems:
+        return 1
+    from kubetune.local import run_jobs, summary_table
+
+    runs = run_jobs(
+        [job for _, job in jobs],
+        storage=args.storage,
+        workers=args.workers,
+        fresh=args.fresh,
+        mode=args.mode,
+    )
+    print(summary_table(runs))
+    return next((run.exit_code for run in runs if run.exit_code), 0)
+
+
 def cmd_crd(args: argparse.Namespace) -> int:
     from kubetune.crd import render
 
@@ -139,6 +168,21 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"storage root for jobs that name none (default: {LOCAL_STORAGE})",
     )
     validate.set_defaults(func=cmd_validate)
+
+    run = commands.add_parser(
+        "run",
+        help="train FineTuneJobs on this machine (--local); no FILE runs the built-in demo",
+        description="Run FineTuneJobs locally, in dependency order, each exactly as a pod "
+        "would (kubetune-train --plan). Running a job again resumes it from its latest "
+        "checkpoint.",
+    )
+    run.add_argument("files", nargs="*", metavar="FILE")
+    run.add_argument("--local", action="store_true", help="run on this machine")
+    run.add_argument("--storage", default=LOCAL_STORAGE, help="checkpoint and output root")
+    run.add_argument("--workers", type=int, default=1, help="training processes (Ray Train)")
+    run.add_argument("--fresh", action="store_true", help="discard earlier checkpoints")
+    run.add_argument("--mode", choices=["auto", "single", "ray"], default="auto")
+    run.set_defaults(func=cmd_run)
 
     crd = commands.add_parser("crd", help="print the FineTuneJob CustomResourceDefinition")
     crd.set_defaults(func=cmd_crd)

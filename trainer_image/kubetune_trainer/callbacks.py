@@ -3,6 +3,7 @@ publishing, time-based saves and SIGTERM handling."""
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import signal
@@ -25,21 +26,43 @@ Publisher = Callable[[Path, int, dict[str, float]], str | None]
 
 class PreemptionCallback(TrainerCallback):
     """SIGTERM (pod eviction, preemption, node drain) → save at the next step boundary, then
-    stop. The runner turns `preempted` into the documented exit code."""
+    stop. The runner turns `preempted` into the documented exit code.
 
-    def __init__(self) -> None:
+    Under Ray the signal reaches the driver, not the workers: `stop_requested` polls the
+    driver's stop flag. With several ranks the decision is all-reduced every step so that all
+    ranks save and stop at the same step (a rank stopping alone would hang the others).
+    """
+
+    def __init__(self, stop_requested: Callable[[], bool] | None = None) -> None:
         self.preempted = False
+        self.stop_requested = stop_requested
+        self._signalled = False
         self._previous: Any = None
 
     def _on_sigterm(self, signum: int, frame: Any) -> None:
         log.warning("event=sigterm action=save-and-stop")
-        self.preempted = True
+        self._signalled = True
 
     def on_train_begin(self, args, state, control, **kwargs) -> None:
         self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
 
+    def _agreed(self, local: bool) -> bool:
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return local
+        import torch
+
+        flag = torch.tensor([1 if local else 0], dtype=torch.int32)
+        if dist.get_backend() == "nccl":
+            flag = flag.cuda()
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
     def on_step_end(self, args, state, control: TrainerControl, **kwargs) -> None:
-        if self.preempted:
+        local = self._signalled or bool(self.stop_requested and self.stop_requested())
+        if self._agreed(local):
+            self.preempted = True
             control.should_save = True
             control.should_training_stop = True
 
@@ -75,12 +98,14 @@ class ProgressCallback(TrainerCallback):
         publish: Publisher,
         is_reporter: bool,
         attempt: int,
+        history: Path | None = None,
     ) -> None:
         self.metrics = metrics
         self.progress = progress
         self.publish = publish
         self.is_reporter = is_reporter
         self.attempt = attempt
+        self.history = history
         self.record = ProgressRecord()
         self._last_logs: dict[str, float] = {}
         self._window: tuple[float, int] | None = None  # (time, tokens seen) at the last log
@@ -129,6 +154,10 @@ class ProgressCallback(TrainerCallback):
                 self.metrics.set(self.metrics.samples_per_second, logs["train_samples_per_second"])
         if self.is_reporter:
             self.progress.report(self.record)
+            if self.history is not None:
+                entry = {"step": state.global_step, "attempt": self.attempt, **self._last_logs}
+                with open(self.history, "a") as out:
+                    out.write(json.dumps(entry) + "\n")
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control, **kwargs) -> None:
         self._update(state)

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import tempfile
 import time
 from pathlib import Path
@@ -64,10 +65,44 @@ def run_on_ray(plan: Plan, *, local_run: bool) -> int:
             checkpoint_config=CheckpointConfig(num_to_keep=plan.recipe.checkpoint.keep_last),
         ),
     )
-    result = trainer.fit()
+    stop_flag = _define_stop_flag().options(name=stop_flag_name(plan)).remote()
+    previous = signal.signal(signal.SIGTERM, lambda *_: _request_stop(stop_flag))
+    try:
+        result = trainer.fit()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        ray.kill(stop_flag)
     outcome = result.return_value or {}
     log.info("event=ray_finished outcome=%s", json.dumps(outcome))
     return EXIT_PREEMPTED if outcome.get("preempted") else EXIT_OK
+
+
+def stop_flag_name(plan: Plan) -> str:
+    return f"kubetune-stop-{plan.job.namespace}-{plan.job.name}-{plan.attempt}"
+
+
+def _define_stop_flag() -> Any:
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class _StopFlag:
+        """Set by the driver on SIGTERM; polled by every worker at each step."""
+
+        def __init__(self) -> None:
+            self.requested = False
+
+        def request(self) -> None:
+            self.requested = True
+
+        def is_requested(self) -> bool:
+            return self.requested
+
+    return _StopFlag
+
+
+def _request_stop(flag: Any) -> None:
+    log.warning("event=sigterm action=ask-workers-to-save-and-stop")
+    flag.request.remote()
 
 
 def _staging_dir(plan: Plan) -> Path:
@@ -110,6 +145,11 @@ def _worker(config: dict[str, Any]) -> dict[str, Any]:
         fence = CheckpointStore(root / plan.storage.run_name)
         if rank == 0:
             fence.register_attempt(plan.attempt)
+
+    stop_flag = ray.get_actor(stop_flag_name(plan))
+
+    def stop_requested() -> bool:
+        return bool(ray.get(stop_flag.is_requested.remote(), timeout=30))
 
     resume_from = None
     checkpoint = ray.train.get_checkpoint()
@@ -156,6 +196,8 @@ def _worker(config: dict[str, Any]) -> dict[str, Any]:
         world_size=world,
         rank=rank,
         local_run=config.get("local_run", False),
+        history=root / plan.storage.run_name / "history.jsonl" if root is not None else None,
+        stop_requested=stop_requested,
     )
     result = recipe_for(plan.recipe.method)(ctx)
     if resume_from is not None:

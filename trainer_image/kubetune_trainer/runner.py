@@ -119,6 +119,7 @@ def run_single(plan: Plan, *, local_run: bool) -> int:
         metrics=metrics,
         resume_from=latest.path if latest else None,
         local_run=local_run,
+        history=run_dir / "history.jsonl",
     )
     try:
         result = recipe_for(plan.recipe.method)(ctx)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,10 @@ class RunContext:
     rank: int = 0
     local_run: bool = False
     """Interactive local run: show a progress bar instead of log lines."""
+    history: Path | None = None
+    """Append every logged step (loss, learning rate, ...) to this JSONL file."""
+    stop_requested: Callable[[], bool] | None = None
+    """Polled every step: True when the run must save and stop (the Ray driver got SIGTERM)."""
     extra_callbacks: list[Any] = field(default_factory=list)
 
     @property
@@ -125,10 +130,11 @@ def peft_config(spec: PeftSpec) -> Any:
     )
 
 
-def quantization_config(spec: PeftSpec, hardware: Hardware) -> Any:
-    """4-bit quantization for qlora; a clear error where bitsandbytes cannot run."""
+def quantization_config(spec: PeftSpec, hardware: Hardware) -> dict[str, Any]:
+    """load_model arguments for 4-bit quantization (qlora); a clear error where bitsandbytes
+    cannot run; nothing for other adapters."""
     if spec.type != "qlora":
-        return None
+        return {}
     if not hardware.cuda:
         raise RuntimeError("spec.peft.type qlora needs a CUDA GPU (bitsandbytes 4-bit kernels)")
     try:
@@ -140,12 +146,13 @@ def quantization_config(spec: PeftSpec, hardware: Hardware) -> Any:
     import torch
     from transformers import BitsAndBytesConfig
 
-    return BitsAndBytesConfig(
+    config = BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=torch.bfloat16 if hardware.bf16_supported else torch.float16,
     )
+    return {"quantization": config}
 
 
 def torch_dtype(precision: Precision) -> Any:
@@ -155,7 +162,7 @@ def torch_dtype(precision: Precision) -> Any:
 
 
 def callbacks(ctx: RunContext) -> tuple[list[Any], PreemptionCallback]:
-    preemption = PreemptionCallback()
+    preemption = PreemptionCallback(ctx.stop_requested)
     found = [
         preemption,
         IntervalSaveCallback(ctx.plan.recipe.checkpoint.every_seconds),
@@ -165,6 +172,7 @@ def callbacks(ctx: RunContext) -> tuple[list[Any], PreemptionCallback]:
             publish=ctx.publish,
             is_reporter=ctx.is_main,
             attempt=ctx.plan.attempt,
+            history=ctx.history,
         ),
         *ctx.extra_callbacks,
     ]

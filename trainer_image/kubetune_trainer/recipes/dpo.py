@@ -38,10 +38,12 @@ def run(ctx: RunContext) -> RecipeResult:
     args |= recipe.training.trl_args
     dtype = torch_dtype(ctx.precision)
     quantization = quantization_config(recipe.peft, ctx.hardware)
-    model = load_model(recipe.model, dtype=dtype, quantization=quantization)
+    model = load_model(recipe.model, dtype=dtype, tokenizer=tokenizer, **quantization)
     ref_model = None
     if options.reference_model is not None:
-        ref_model = load_model(options.reference_model, dtype=dtype, quantization=quantization)
+        ref_model = load_model(
+            options.reference_model, dtype=dtype, tokenizer=tokenizer, **quantization
+        )
     found, preemption = callbacks(ctx)
     trainer = DPOTrainer(
         model=model,

@@ -40,7 +40,8 @@ def run(ctx: RunContext) -> RecipeResult:
     model = load_model(
         recipe.model,
         dtype=torch_dtype(ctx.precision),
-        quantization=quantization_config(recipe.peft, ctx.hardware),
+        tokenizer=tokenizer,
+        **quantization_config(recipe.peft, ctx.hardware),
     )
     found, preemption = callbacks(ctx)
     trainer = SFTTrainer(

@@ -1,0 +1,167 @@
+"""`kubetune run --local`: the same FineTuneJob YAML, trained on this machine.
+
+Jobs run in dependency order (finetunejob:// references resolve to the outputs of jobs run
+before), each as `kubetune-train --plan` in a child process: exactly the contract a pod gets.
+Running a job again resumes it from its latest checkpoint as the next attempt; --fresh starts
+over.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from kubetune.api import FineTuneJob, model_dependencies
+from kubetune.planner import dependency_output, make_plan
+from kubetune_trainer.checkpoints import CheckpointStore
+from kubetune_trainer.plan import Plan, Scaling, uri_scheme
+
+
+@dataclass
+class LocalRun:
+    job: FineTuneJob
+    plan: Plan
+    run_dir: Path
+    exit_code: int
+
+
+def dependency_order(jobs: list[FineTuneJob]) -> list[FineTuneJob]:
+    """Jobs sorted so every job comes after the jobs whose output it uses (cycles are refused
+    earlier, by validation)."""
+    by_name = {job.metadata.name: job for job in jobs}
+    ordered: list[FineTuneJob] = []
+    done: set[str] = set()
+
+    def visit(job: FineTuneJob) -> None:
+        if job.metadata.name in done:
+            return
+        done.add(job.metadata.name)
+        for _, target in model_dependencies(job.spec):
+            if target in by_name:
+                visit(by_name[target])
+        ordered.append(job)
+
+    for job in jobs:
+        visit(job)
+    return ordered
+
+
+def local_job(job: FineTuneJob) -> FineTuneJob:
+    """The job with cluster-only storage (pvc://) replaced by the local default."""
+    data = job.model_dump(by_alias=True, exclude_none=True)
+    checkpoint = data["spec"].get("checkpoint", {})
+    if checkpoint.get("storage") and uri_scheme(checkpoint["storage"]) == "pvc":
+        print(f"{job.metadata.name}: pvc:// checkpoint storage -> local storage for this run")
+        checkpoint.pop("storage")
+    return FineTuneJob.model_validate(data)
+
+
+def local_scaling(workers: int) -> Scaling:
+    import torch
+
+    cuda = torch.cuda.is_available()
+    return Scaling(workers=workers, devices_per_worker=1 if cuda else 0, nodes=1, use_gpu=cuda)
+
+
+def run_jobs(
+    jobs: list[FineTuneJob],
+    *,
+    storage: str,
+    workers: int = 1,
+    fresh: bool = False,
+    mode: str = "auto",
+) -> list[LocalRun]:
+    storage_root = str(Path(storage).resolve())
+    finished: dict[tuple[str, str], str] = {}
+    runs: list[LocalRun] = []
+    scaling = local_scaling(workers)
+    for original in dependency_order(jobs):
+        job = local_job(original)
+        ref = job.job_ref()
+        run_dir = Path(storage_root) / ref.namespace / ref.name
+        if fresh and run_dir.exists():
+            shutil.rmtree(run_dir)
+
+        def resolve(name: str, namespace: str = ref.namespace) -> str | None:
+            if (namespace, name) in finished:
+                return finished[(namespace, name)]
+            other = next((j for j in jobs if j.metadata.name == name), None)
+            if other is not None:
+                return None  # in this invocation but not finished: should not happen (order)
+            guess = Path(storage_root) / namespace / name / "output"
+            return str(guess) if guess.is_dir() else None
+
+        attempt = CheckpointStore(run_dir).latest_attempt() + 1
+        plan = make_plan(
+            job,
+            attempt=attempt,
+            default_storage=storage_root,
+            resolve_job_output=resolve,
+            scaling=scaling,
+        )
+        run_dir.mkdir(parents=True, exist_ok=True)
+        plan_path = run_dir / f"plan-attempt-{attempt}.json"
+        plan_path.write_text(plan.to_json())
+        env = os.environ | {
+            "KUBETUNE_PROGRESS_FILE": str(run_dir / "progress.json"),
+            "KUBETUNE_PROGRESS_INTERVAL": "2",
+            "KUBETUNE_METRICS_PORT": os.environ.get("KUBETUNE_METRICS_PORT", "0"),
+            "HF_HUB_DISABLE_TELEMETRY": "1",
+        }
+        print(
+            f"== {ref.namespace}/{ref.name}: {plan.recipe.method} on {plan.recipe.model.source} "
+            f"(attempt {attempt}, {workers} worker(s)) -> {run_dir}",
+            flush=True,
+        )
+        command = [sys.executable, "-m", "kubetune_trainer.cli", "--plan", str(plan_path)]
+        command += ["--local", "--mode", mode]
+        code = run_forwarding_signals(command, env)
+        runs.append(LocalRun(job, plan, run_dir, code))
+        if code != 0:
+            print(f"{ref.name}: kubetune-train exited with {code}", file=sys.stderr)
+            break
+        finished[(ref.namespace, ref.name)] = dependency_output(storage_root, job)
+    return runs
+
+
+def run_forwarding_signals(command: list[str], env: dict[str, str]) -> int:
+    """Run the trainer; a SIGTERM or SIGINT sent to this process is passed on, so the trainer
+    saves a checkpoint and stops exactly as it would in a pod."""
+    child = subprocess.Popen(command, env=env)
+
+    def forward(signum: int, frame: object) -> None:
+        child.send_signal(signal.SIGTERM)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return child.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def summary_table(runs: list[LocalRun]) -> str:
+    rows = [("JOB", "METHOD", "STEP", "LOSS", "EXIT", "OUTPUT")]
+    for run in runs:
+        progress_file = run.run_dir / "progress.json"
+        progress = json.loads(progress_file.read_text()) if progress_file.exists() else {}
+        rows.append(
+            (
+                run.job.metadata.name,
+                run.plan.recipe.method,
+                f"{progress.get('step', '-')}/{progress.get('totalSteps', '-')}",
+                progress.get("loss", "-"),
+                str(run.exit_code),
+                run.plan.storage.output_dir if run.exit_code == 0 else "-",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows
+    )
