@@ -1,0 +1,14 @@
+"""Errors of the data stage."""
+
+from __future__ import annotations
+
+
+class DataError(Exception):
+    """Training data that cannot be used: a bad row under ``badRows: fail`` (the message names
+    the source file and row index, e.g. ``data/train.jsonl: row 17 (line 18): messages[2]:
+    assistant turn is empty``), or a source that cannot be read at all."""
+
+
+class BadRow(Exception):
+    """One row that does not fit its format; the message names the field (``messages[2]: …``).
+    The reader adds where the row came from."""
