@@ -135,6 +135,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         mode=args.mode,
     )
     print(summary_table(runs))
+    if not args.files:
+        from kubetune.local import demo_report
+
+        print(demo_report(runs))
     return next((run.exit_code for run in runs if run.exit_code), 0)
 
 

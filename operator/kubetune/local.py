@@ -165,3 +165,48 @@ def summary_table(runs: list[LocalRun]) -> str:
     return "\n".join(
         "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows
     )
+
+
+def heldout_accuracy(model_source: str, rows: int = 100) -> float:
+    """Exact match of greedy answers on the held-out split of the builtin arithmetic task."""
+    from kubetune_trainer.data import load_data
+    from kubetune_trainer.evaluation import answer_accuracy
+    from kubetune_trainer.models import load_model_and_tokenizer
+    from kubetune_trainer.plan import DataSpec
+
+    spec = DataSpec.model_validate(
+        {
+            "sources": [
+                {
+                    "uri": "builtin://arithmetic-prompts",
+                    "format": "prompt-only",
+                    "split": "test",
+                    "maxSamples": rows,
+                }
+            ]
+        }
+    )
+    model, tokenizer = load_model_and_tokenizer(model_source)
+    test_rows = list(load_data(spec, kind="prompt").train)
+    return answer_accuracy(model, tokenizer, test_rows, max_new_tokens=6).accuracy
+
+
+def demo_report(runs: list[LocalRun]) -> str:
+    """Held-out accuracy before and after each stage, and where everything is."""
+    if not runs or any(run.exit_code for run in runs):
+        return ""
+    lines = ["", "Held-out exact match (100 unseen questions of builtin://arithmetic-prompts):"]
+    base = runs[0].job.spec.model.source
+    lines.append(f"  {'base ' + base:<40} {heldout_accuracy(base):6.2f}")
+    for run in runs:
+        output = run.plan.storage.output_dir
+        lines.append(f"  {'after ' + run.job.metadata.name:<40} {heldout_accuracy(output):6.2f}")
+    last = runs[-1]
+    lines += [
+        "",
+        f"model:       {last.plan.storage.output_dir}",
+        f"checkpoints: {last.run_dir / 'checkpoints'}",
+        f"metrics:     {last.run_dir / 'history.jsonl'} (every logged step), "
+        f"{last.run_dir / 'progress.json'} (latest)",
+    ]
+    return "\n".join(lines)

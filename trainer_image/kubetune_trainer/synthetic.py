@@ -1,8 +1,10 @@
 """Synthetic datasets shipped with the trainer, and the corpus kubetune's tiny tokenizers learn.
 
-The task is two-digit addition in chat form ("What is 23 + 45?" → "68"): a model of a few
-million parameters visibly learns it on a CPU in a couple of minutes, and a reference answer
-makes rewards and accuracy evals exact. Three datasets, each with a train and a test split:
+The task is adding one to a number in chat form ("What is 347 + 1?" → "348"), asked in several
+phrasings. It is chosen for CPU budgets: a builtin model (under a million parameters) reaches
+well over half held-out exact match in a few hundred steps (measured: 0.67 after 300 steps of
+batch 32), while two-digit addition with carries stayed near 0.05 after 400 steps. A reference
+answer makes rewards and accuracy evals exact. Three datasets, each with a train and a test split:
 
 - ``arithmetic-sft`` (format messages): conversations of one or two question/answer turns,
   some with a system message; column ``answer`` holds the last answer.
@@ -44,7 +46,7 @@ QUESTIONS = (
     "Add {a} and {b}.",
     "Compute {a} plus {b}.",
 )
-TEST_PAIRS = 600
+TEST_PAIRS = 160
 NEAR_MISSES = (-10, -2, -1, 1, 2, 10)
 
 Row = dict[str, Any]
@@ -52,8 +54,8 @@ Pair = tuple[int, int]
 
 
 def _pair_pools() -> dict[str, list[Pair]]:
-    """All two-digit (a, b) pairs, shuffled once and cut into disjoint test and train pools."""
-    pairs = [(a, b) for a in range(10, 100) for b in range(10, 100)]
+    """Every (a, 1) question, shuffled once and cut into disjoint test and train pools."""
+    pairs = [(a, 1) for a in range(10, 999)]
     random.Random(SEED).shuffle(pairs)
     return {"test": pairs[:TEST_PAIRS], "train": pairs[TEST_PAIRS:]}
 

@@ -37,9 +37,9 @@ SEED = 0
 MARKER = "kubetune-builtin.json"
 
 _SHAPE: dict[str, Any] = {
-    "hidden_size": 256,
-    "intermediate_size": 688,
-    "num_hidden_layers": 4,
+    "hidden_size": 128,
+    "intermediate_size": 384,
+    "num_hidden_layers": 2,
     "num_attention_heads": 4,
     "num_key_value_heads": 2,
     "max_position_embeddings": 2048,
