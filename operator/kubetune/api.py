@@ -248,6 +248,9 @@ class FineTuneJobStatus(Section):
     """When the job succeeded or failed (RFC 3339)."""
     observed_generation: int | None = None
     """The spec generation the operator last acted on."""
+    next_attempt_time: ShortText | None = None
+    """When the pending attempt (status.attempt) will be launched, after the restart backoff
+    (RFC 3339); unset once it is launched."""
 
 
 class ObjectMeta(Section):

@@ -2,7 +2,7 @@
 
 The trainer reports progress (step, total, epoch, percent, ETA, loss, tokens/s, latest
 checkpoint) through a reporter chosen by the environment: a JSON file for local runs, the
-job's status in Kubernetes when the operator runs it (added with the operator). Reports are
+job's status in Kubernetes when the operator runs it (``kube_progress``). Reports are
 throttled; the operator owns phase and conditions, the trainer only progress.
 """
 
@@ -81,6 +81,13 @@ class Throttled:
 
 
 def reporter_from_env() -> ProgressReporter:
-    """KUBETUNE_PROGRESS_FILE selects the file reporter; without it progress is only logged."""
+    """KUBETUNE_PROGRESS_FILE selects the file reporter; KUBETUNE_PROGRESS=kubernetes (set by
+    the operator's builders) the job-status reporter; without either progress is only logged."""
     path = os.environ.get("KUBETUNE_PROGRESS_FILE")
-    return FileReporter(path) if path else NullReporter()
+    if path:
+        return FileReporter(path)
+    if os.environ.get("KUBETUNE_PROGRESS") == "kubernetes":
+        from kubetune_trainer.kube_progress import KubernetesReporter
+
+        return KubernetesReporter()
+    return NullReporter()

@@ -7,6 +7,7 @@ Pure: nothing here reads the cluster; what the operator learned about it arrives
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from decimal import Decimal
@@ -43,6 +44,13 @@ TERMINATION_GRACE_SECONDS = 300
 EXIT_PREEMPTED). Exposed to the trainer as KUBETUNE_GRACE_SECONDS."""
 
 GPU_RESOURCE = "nvidia.com/gpu"
+
+PROGRESS_KUBERNETES = "kubernetes"
+"""KUBETUNE_PROGRESS value selecting the trainer's status reporter (kube_progress)."""
+
+POD_ANNOTATIONS = "kubetune.io/pod-annotations"
+"""Opt-in annotation of a FineTuneJob: a JSON object of annotations copied onto every trainer
+pod template of the attempts built after it is set (sidecar opt-outs, test stage selectors)."""
 
 # Ray ports of the head (GCS, dashboard / job API, client).
 RAY_GCS_PORT = 6379
@@ -109,6 +117,29 @@ def base_labels(job: FineTuneJob, component: str, attempt: int | None = None) ->
     if attempt is not None:
         labels[names.LABEL_ATTEMPT] = str(attempt)
     return labels
+
+
+def pod_annotations(job: FineTuneJob) -> dict[str, str]:
+    """The annotations kubetune.io/pod-annotations asks for on trainer pods (string values
+    only; anything else in it is ignored rather than failing the job)."""
+    raw = ((job.metadata.model_extra or {}).get("annotations") or {}).get(POD_ANNOTATIONS)
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return {}
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): v for k, v in sorted(value.items()) if isinstance(v, str)}
+
+
+def pod_template_metadata(job: FineTuneJob, attempt: int, role: str | None) -> Manifest:
+    meta: Manifest = {"labels": pod_labels(job, attempt, role)}
+    annotations = pod_annotations(job)
+    if annotations:
+        meta["annotations"] = annotations
+    return meta
 
 
 def pod_labels(job: FineTuneJob, attempt: int, role: str | None) -> dict[str, str]:
@@ -317,6 +348,7 @@ def plain_env(plan: Plan) -> list[Manifest]:
         ("KUBETUNE_JOB", plan.job.name),
         ("KUBETUNE_NAMESPACE", plan.job.namespace),
         ("KUBETUNE_ATTEMPT", str(plan.attempt)),
+        ("KUBETUNE_PROGRESS", PROGRESS_KUBERNETES),
         ("KUBETUNE_PVC_ROOT", PVC_ROOT),
         ("KUBETUNE_CACHE", CACHE_DIR),
         ("KUBETUNE_GRACE_SECONDS", str(TERMINATION_GRACE_SECONDS)),

@@ -40,8 +40,8 @@ from .common import (
     Manifest,
     launcher_suspended,
     metadata,
-    pod_labels,
     pod_spec,
+    pod_template_metadata,
     queue_labels,
     ray_cpus,
     trainer_container,
@@ -176,7 +176,7 @@ def indexed_job(job: FineTuneJob, plan: Plan, facts: ClusterFacts, configmap: st
             "template": {
                 # No kubetune.io/role: all pods share one template; the head is the pod whose
                 # batch.kubernetes.io/job-completion-index label is "0".
-                "metadata": {"labels": pod_labels(job, attempt, None)},
+                "metadata": pod_template_metadata(job, attempt, None),
                 "spec": spec,
             },
         },

@@ -24,8 +24,8 @@ from .common import (
     Manifest,
     launcher_suspended,
     metadata,
-    pod_labels,
     pod_spec,
+    pod_template_metadata,
     queue_labels,
     ray_cpus,
     trainer_container,
@@ -39,7 +39,7 @@ def _pod_template(
 ) -> Manifest:
     container = trainer_container(job, plan, facts)
     return {
-        "metadata": {"labels": pod_labels(job, plan.attempt, role)},
+        "metadata": pod_template_metadata(job, plan.attempt, role),
         "spec": pod_spec(job, plan, container, configmap),
     }
 

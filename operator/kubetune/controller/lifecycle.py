@@ -1,0 +1,673 @@
+"""The FineTuneJob lifecycle: one pure decision function with an explicit switch on phase.
+
+``reconcile(job, world, now, settings)`` reads the job (as the API server returned it) and what
+the handler observed about its children and dependencies, and returns a :class:`Decision`: the
+status fields the operator owns (a merge patch), the actions that move the world one step
+toward the spec (create children, delete children, post events), and when to look again.
+
+No I/O here; :mod:`kubetune.controller.handlers` observes and executes. Phases::
+
+    Pending -> WaitingForDependencies -> Running -> Exporting -> Succeeded | Failed
+    Suspended from any active phase and back
+
+Restarts are level-based: the pass that sees attempt N's launcher fail moves ``status.attempt``
+to N+1 and counts the failure in the same status patch (``restarts`` for application failures,
+``disruptions`` otherwise), with ``nextAttemptTime`` after the backoff. A later pass creates the
+children of attempt N+1 once that time has come. A failure is therefore counted exactly once,
+whatever crashes in between: the patch either happened or it did not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from kubetune.api import API_VERSION, KIND, FineTuneJob, Phase, model_dependencies
+from kubetune.builders import (
+    BuildError,
+    ClusterFacts,
+    LauncherFailure,
+    build_children,
+    job_failure,
+    rayjob_failure,
+)
+from kubetune.planner import UnresolvedDependency, make_plan
+from kubetune.validation import Document, problems_from_error
+
+Manifest = dict[str, Any]
+
+ACTIVE = (Phase.pending, Phase.waiting_for_dependencies, Phase.running, Phase.exporting)
+TERMINAL = (Phase.succeeded, Phase.failed)
+LAUNCHER_KINDS = ("Job", "RayJob")
+
+# Condition types (api.Condition documents them).
+INVALID_SPEC = "InvalidSpec"
+DEPENDENCIES_READY = "DependenciesReady"
+RUNNING = "Running"
+CHECKPOINTED = "Checkpointed"
+RESUMING = "Resuming"
+EXPORTED = "Exported"
+SUCCEEDED = "Succeeded"
+FAILED = "Failed"
+SUSPENDED = "Suspended"
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True)
+class Child:
+    """One object labelled as a child of the job, as observed."""
+
+    api_version: str
+    kind: str
+    name: str
+    attempt: int | None
+    finished: bool = False
+    """For launchers: the Job/RayJob has succeeded or failed."""
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the handler saw, besides the job itself."""
+
+    launcher: Manifest | None = None
+    """The launcher (Job or RayJob) of the attempt in status.attempt, when it exists."""
+    children: tuple[Child, ...] = ()
+    """Every object labelled kubetune.io/job=<name> that the handler lists."""
+    dependencies: dict[str, Manifest | None] = field(default_factory=dict)
+    """finetunejob:// dependencies by name: the FineTuneJob object, or None when absent."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    facts: ClusterFacts
+    default_storage: str = "./runs"
+    dependency_poll_seconds: float = 10.0
+    """How often a job waiting for dependencies looks again (the handler also nudges waiting
+    jobs when a job succeeds)."""
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+@dataclass(frozen=True)
+class Create:
+    manifests: list[Manifest]
+
+
+@dataclass(frozen=True)
+class Delete:
+    api_version: str
+    kind: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Event:
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+Action = Create | Delete | Event
+
+
+@dataclass
+class Decision:
+    status_patch: dict[str, Any] = field(default_factory=dict)
+    """Merge patch of status (camelCase; the operator's fields only, never progress or
+    lastCheckpoint)."""
+    actions: list[Action] = field(default_factory=list)
+    """Executed in order: creations and deletions, then the status patch, then events."""
+    requeue_after: float | None = None
+    """Seconds until the job should be looked at again regardless of events."""
+
+    @property
+    def events(self) -> list[Event]:
+        return [a for a in self.actions if isinstance(a, Event)]
+
+    @property
+    def creates(self) -> list[Create]:
+        return [a for a in self.actions if isinstance(a, Create)]
+
+    @property
+    def deletes(self) -> list[Delete]:
+        return [a for a in self.actions if isinstance(a, Delete)]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def rfc3339(t: datetime) -> str:
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def backoff_seconds(base: int, cap: int, failures: int) -> int:
+    """base * 2**(failures-1), capped: the delay before the attempt after the Nth failure."""
+    if failures < 1 or base == 0:
+        return 0
+    return min(cap, base * 2 ** min(failures - 1, 32))
+
+
+LauncherState = Literal["running", "succeeded", "failed"]
+
+
+def launcher_state(launcher: Manifest) -> tuple[LauncherState, LauncherFailure | None]:
+    """Whether a Job or RayJob launcher runs, succeeded or failed (and how)."""
+    if launcher.get("kind") == "RayJob":
+        failure = rayjob_failure(launcher)
+        if failure is not None:
+            return "failed", failure
+        status = launcher.get("status") or {}
+        if status.get("jobStatus") == "SUCCEEDED" or status.get("jobDeploymentStatus") == (
+            "Complete"
+        ):
+            return "succeeded", None
+        return "running", None
+    failure = job_failure(launcher)
+    if failure is not None:
+        return "failed", failure
+    for cond in (launcher.get("status") or {}).get("conditions") or []:
+        if cond.get("type") in ("Complete", "SuccessCriteriaMet") and cond.get("status") == "True":
+            return "succeeded", None
+    return "running", None
+
+
+def spec_problems(job: Manifest) -> list[str]:
+    """``field.path: message`` for everything the schema rejects that the CRD let through."""
+    data = {k: job[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in job}
+    try:
+        FineTuneJob.model_validate(data)
+    except ValidationError as err:
+        doc = Document(file="", index=0, data=data, node=None)
+        return [
+            f"{p.path}: {p.message}" if p.path else p.message for p in problems_from_error(doc, err)
+        ]
+    return []
+
+
+class _Pass:
+    """The state of one reconcile pass: the job, its status, and what is being decided."""
+
+    def __init__(self, job: Manifest, world: Observed, now: datetime, settings: Settings) -> None:
+        self.raw = job
+        self.world = world
+        self.now = now
+        self.settings = settings
+        self.status: dict[str, Any] = dict(job.get("status") or {})
+        self.meta: dict[str, Any] = job.get("metadata") or {}
+        self.name: str = self.meta.get("name", "")
+        self.generation: int | None = self.meta.get("generation")
+        self.decision = Decision()
+        self._conditions: list[dict[str, Any]] = [
+            dict(c) for c in self.status.get("conditions") or []
+        ]
+        self._conditions_changed = False
+        self._model: FineTuneJob | None = None
+
+    # -- reading -----------------------------------------------------------------------------
+
+    @property
+    def model(self) -> FineTuneJob:
+        if self._model is None:
+            data = {k: self.raw[k] for k in ("apiVersion", "kind", "metadata", "spec")}
+            self._model = FineTuneJob.model_validate(data)
+        return self._model
+
+    @property
+    def phase(self) -> Phase | None:
+        value = self.status.get("phase")
+        return Phase(value) if value in {p.value for p in Phase} else None
+
+    @property
+    def attempt(self) -> int:
+        return int(self.status.get("attempt") or 0)
+
+    def condition(self, type_: str) -> dict[str, Any] | None:
+        return next((c for c in self._conditions if c.get("type") == type_), None)
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def set(self, **fields: Any) -> None:
+        for key, value in fields.items():
+            if self.status.get(key) != value:
+                self.status[key] = value
+                self.decision.status_patch[key] = value
+
+    def set_condition(self, type_: str, status: bool, reason: str, message: str = "") -> None:
+        value = "True" if status else "False"
+        old = self.condition(type_)
+        new = {
+            "type": type_,
+            "status": value,
+            "reason": reason,
+            "message": message,
+            "lastTransitionTime": rfc3339(self.now),
+            "observedGeneration": self.generation,
+        }
+        if old is not None:
+            if (old.get("status"), old.get("reason"), old.get("message")) == (
+                value,
+                reason,
+                message,
+            ) and old.get("observedGeneration") == self.generation:
+                return
+            if old.get("status") == value:
+                new["lastTransitionTime"] = old.get("lastTransitionTime", new["lastTransitionTime"])
+            self._conditions[self._conditions.index(old)] = new
+        else:
+            self._conditions.append(new)
+        self._conditions_changed = True
+
+    def clear_condition(self, type_: str, reason: str, message: str = "") -> None:
+        """Turn a condition False if it is present and True (absent stays absent)."""
+        old = self.condition(type_)
+        if old is not None and old.get("status") == "True":
+            self.set_condition(type_, False, reason, message)
+
+    def event(self, reason: str, message: str, warning: bool = False) -> None:
+        self.decision.actions.append(Event("Warning" if warning else "Normal", reason, message))
+
+    def transition(self, phase: Phase, reason: str, message: str, warning: bool = False) -> None:
+        if self.phase != phase:
+            self.set(phase=phase.value)
+            self.event(reason, f"{phase.value}: {message}", warning)
+
+    def requeue(self, seconds: float) -> None:
+        seconds = max(0.0, seconds)
+        current = self.decision.requeue_after
+        self.decision.requeue_after = seconds if current is None else min(current, seconds)
+
+    def finish(self) -> Decision:
+        if self._conditions_changed:
+            self.decision.status_patch["conditions"] = self._conditions
+        if self.generation is not None and self.status.get("observedGeneration") != self.generation:
+            self.decision.status_patch["observedGeneration"] = self.generation
+        return self.decision
+
+    # -- children ----------------------------------------------------------------------------
+
+    def launchers(self) -> list[Child]:
+        return [c for c in self.world.children if c.kind in LAUNCHER_KINDS]
+
+    def delete_launchers(self, keep_attempt: int | None = None, keep_finished: bool = True) -> None:
+        """Delete the launchers of every attempt but keep_attempt; finished launchers are kept
+        for inspection unless keep_finished is False."""
+        for child in self.world.children:
+            if child.kind not in LAUNCHER_KINDS or child.attempt is None:
+                continue
+            if child.attempt == keep_attempt or (keep_finished and child.finished):
+                continue
+            self.decision.actions.append(Delete(child.api_version, child.kind, child.name))
+
+    def resolve_output(self, name: str) -> str | None:
+        dep = self.world.dependencies.get(name)
+        if not dep:
+            return None
+        status = dep.get("status") or {}
+        if status.get("phase") != Phase.succeeded.value:
+            return None
+        return status.get("output")
+
+    def children_for(self, attempt: int) -> list[Manifest]:
+        plan = make_plan(
+            self.model,
+            attempt=attempt,
+            default_storage=self.settings.default_storage,
+            resolve_job_output=self.resolve_output,
+        )
+        return build_children(self.model, plan, self.settings.facts)
+
+    def output_uri(self) -> str:
+        plan = make_plan(
+            self.model,
+            attempt=max(self.attempt, 1),
+            default_storage=self.settings.default_storage,
+            resolve_job_output=self.resolve_output,
+        )
+        return plan.storage.output_dir
+
+
+# --------------------------------------------------------------------------- the switch
+
+
+def reconcile(job: Manifest, world: Observed, now: datetime, settings: Settings) -> Decision:
+    """One step of the lifecycle. Pure: everything it knows arrives as arguments."""
+    p = _Pass(job, world, now, settings)
+    if (job.get("metadata") or {}).get("deletionTimestamp"):
+        return p.decision  # the garbage collector removes the children (ownerReferences)
+
+    phase = p.phase
+    if phase in TERMINAL:
+        _terminal(p)
+        return p.finish()
+
+    problems = spec_problems(job)
+    if problems:
+        _invalid(p, problems)
+        return p.finish()
+    p.clear_condition(INVALID_SPEC, "Valid", "the spec is valid")
+
+    if phase is None:
+        p.transition(Phase.pending, "Accepted", "the job was accepted")
+        phase = Phase.pending
+
+    match phase:
+        case Phase.pending | Phase.waiting_for_dependencies:
+            _start(p)
+        case Phase.running:
+            _running(p)
+        case Phase.exporting:
+            _exporting(p)
+        case Phase.suspended:
+            _suspended(p)
+    return p.finish()
+
+
+def _invalid(p: _Pass, problems: list[str]) -> None:
+    message = "; ".join(problems)
+    p.set_condition(INVALID_SPEC, True, "InvalidSpec", message)
+    p.set_condition(FAILED, True, "InvalidSpec", message)
+    p.delete_launchers(keep_finished=False)
+    p.set(completionTime=p.status.get("completionTime") or rfc3339(p.now))
+    p.transition(Phase.failed, "InvalidSpec", message, warning=True)
+
+
+def _deadline_passed(p: _Pass) -> bool:
+    deadline = p.model.spec.active_deadline_seconds
+    start = parse_time(p.status.get("startTime"))
+    if deadline is None or start is None:
+        return False
+    left = (start + timedelta(seconds=deadline) - p.now).total_seconds()
+    if left <= 0:
+        return True
+    p.requeue(left)
+    return False
+
+
+def _fail(p: _Pass, reason: str, message: str) -> None:
+    p.set_condition(FAILED, True, reason, message)
+    p.set_condition(RUNNING, False, reason, message)
+    p.clear_condition(RESUMING, reason, message)
+    p.set(completionTime=rfc3339(p.now), nextAttemptTime=None)
+    p.transition(Phase.failed, reason, message, warning=True)
+
+
+def _start(p: _Pass) -> None:
+    """Pending / WaitingForDependencies: wait for finetunejob:// inputs, then attempt 1 (or the
+    attempt after a suspension)."""
+    if p.model.spec.runtime.suspend:
+        _suspend(p)
+        return
+    waiting = []
+    for path, dep in model_dependencies(p.model.spec):
+        field_path = "spec." + ".".join(path)
+        obj = p.world.dependencies.get(dep)
+        if obj is None:
+            waiting.append(f"{field_path}: job '{dep}' does not exist")
+            continue
+        dep_phase = (obj.get("status") or {}).get("phase") or "Pending"
+        if dep_phase != Phase.succeeded.value:
+            waiting.append(f"{field_path}: job '{dep}' is {dep_phase}")
+    if waiting:
+        message = "; ".join(waiting)
+        p.set_condition(DEPENDENCIES_READY, False, "WaitingForJobs", message)
+        p.transition(Phase.waiting_for_dependencies, "WaitingForDependencies", message)
+        p.requeue(p.settings.dependency_poll_seconds)
+        return
+    if model_dependencies(p.model.spec):
+        p.set_condition(DEPENDENCIES_READY, True, "JobsSucceeded", "every input job succeeded")
+    _launch(p, max(p.attempt, 1), "Launched", "attempt {attempt} launched")
+
+
+def _launch(p: _Pass, attempt: int, reason: str, message: str) -> None:
+    """Create attempt's children (create-or-adopt by name) and enter Running."""
+    try:
+        children = p.children_for(attempt)
+    except BuildError as err:
+        _fail(p, "BuildFailed", str(err))
+        return
+    except UnresolvedDependency as err:
+        p.set_condition(DEPENDENCIES_READY, False, "OutputMissing", str(err))
+        p.transition(Phase.waiting_for_dependencies, "WaitingForDependencies", str(err))
+        p.requeue(p.settings.dependency_poll_seconds)
+        return
+    text = message.format(attempt=attempt)
+    checkpoint = p.status.get("lastCheckpoint") or {}
+    if attempt > 1 and checkpoint.get("uri"):
+        text += f", resuming from step {checkpoint.get('step')} ({checkpoint['uri']})"
+    p.decision.actions.append(Create(children))
+    p.delete_launchers(keep_attempt=attempt)
+    p.set(attempt=attempt, nextAttemptTime=None)
+    if not p.status.get("startTime"):
+        p.set(startTime=rfc3339(p.now))
+    p.set_condition(RUNNING, True, reason, text)
+    p.clear_condition(SUSPENDED, "Resumed", text)
+    p.event(reason, text)
+    p.transition(Phase.running, "Running", text)
+    _deadline_passed(p)  # only to requeue at the deadline
+
+
+def _suspend(p: _Pass) -> None:
+    """Suspended from any active phase: no launcher runs (finished ones are kept)."""
+    p.delete_launchers(keep_finished=True)
+    p.set(nextAttemptTime=None)
+    p.set_condition(SUSPENDED, True, "Suspended", "spec.runtime.suspend is true")
+    p.clear_condition(RUNNING, "Suspended", "spec.runtime.suspend is true")
+    p.transition(Phase.suspended, "Suspended", "spec.runtime.suspend is true")
+
+
+def _suspended(p: _Pass) -> None:
+    if p.model.spec.runtime.suspend:
+        _suspend(p)  # level: keep launchers gone
+        return
+    if p.attempt == 0:
+        p.set_condition(SUSPENDED, False, "Resumed", "spec.runtime.suspend is false")
+        p.transition(Phase.pending, "Resumed", "spec.runtime.suspend is false")
+        _start(p)
+        return
+    # An attempt whose children were made (its launcher deleted by the suspension) is not
+    # reused: resume in a new one. An attempt still waiting for its backoff was never made.
+    made = any(c.attempt == p.attempt for c in p.world.children)
+    attempt = p.attempt + 1 if made else p.attempt
+    p.set_condition(RESUMING, True, "Unsuspended", f"attempt {attempt} after suspension")
+    _launch(p, attempt, "Resumed", "attempt {attempt} launched after suspension")
+
+
+def _running(p: _Pass) -> None:
+    spec = p.model.spec
+    if spec.runtime.suspend:
+        _suspend(p)
+        return
+    if _deadline_passed(p):
+        p.delete_launchers(keep_finished=True)  # every attempt's, the current one included
+        _fail(
+            p,
+            "DeadlineExceeded",
+            f"the job was active longer than spec.activeDeadlineSeconds "
+            f"({spec.active_deadline_seconds}s)",
+        )
+        return
+    _checkpointed(p)
+
+    pending = parse_time(p.status.get("nextAttemptTime"))
+    launcher = p.world.launcher
+    if launcher is None:
+        if pending is not None and pending > p.now:
+            p.requeue((pending - p.now).total_seconds())
+            return
+        # Not created yet (first pass after a restart decision, or a crash half-way).
+        reason = "Resumed" if p.attempt > 1 else "Launched"
+        _launch(p, max(p.attempt, 1), reason, "attempt {attempt} launched")
+        return
+
+    state, failure = launcher_state(launcher)
+    if state == "running":
+        p.set_condition(RUNNING, True, "Running", f"attempt {p.attempt} is running")
+        p.clear_condition(RESUMING, "Resumed", f"attempt {p.attempt} is running")
+        return
+    if state == "succeeded":
+        _trained(p)
+        return
+    assert failure is not None
+    _failed_attempt(p, failure)
+
+
+def _checkpointed(p: _Pass) -> None:
+    checkpoint = p.status.get("lastCheckpoint") or {}
+    if checkpoint.get("uri"):
+        p.set_condition(
+            CHECKPOINTED,
+            True,
+            "CheckpointSaved",
+            f"step {checkpoint.get('step')} at {checkpoint['uri']}",
+        )
+
+
+def _failure_text(failure: LauncherFailure) -> str:
+    code = f", exit code {failure.exit_code}" if failure.exit_code is not None else ""
+    detail = f": {failure.message}" if failure.message else ""
+    return f"{failure.kind} failure ({failure.reason}{code}){detail}"
+
+
+def _failed_attempt(p: _Pass, failure: LauncherFailure) -> None:
+    resume = p.model.spec.resume
+    attempt = p.attempt
+    text = f"attempt {attempt} failed: {_failure_text(failure)}"
+    if failure.kind == "deadline":
+        _fail(p, "DeadlineExceeded", text)
+        return
+    if not failure.retryable:
+        _fail(p, "InvalidPlan", text + "; the trainer refused the plan, a restart cannot help")
+        return
+    restarts = int(p.status.get("restarts") or 0)
+    disruptions = int(p.status.get("disruptions") or 0)
+    if failure.counts_as_restart:
+        if restarts >= resume.max_restarts:
+            _fail(
+                p,
+                "RestartsExhausted",
+                f"{text}; resume.maxRestarts ({resume.max_restarts}) exhausted",
+            )
+            return
+        restarts += 1
+        reason = "ApplicationFailure"
+    else:
+        disruptions += 1
+        reason = "Disruption"
+    delay = backoff_seconds(resume.backoff_seconds, resume.max_backoff_seconds, attempt)
+    nxt = attempt + 1
+    p.set(
+        attempt=nxt,
+        restarts=restarts,
+        disruptions=disruptions,
+        nextAttemptTime=rfc3339(p.now + timedelta(seconds=delay)),
+    )
+    message = f"{text}; attempt {nxt} in {delay}s from the latest checkpoint"
+    p.set_condition(RESUMING, True, reason, message)
+    p.set_condition(RUNNING, False, reason, message)
+    p.event(reason, message, warning=True)
+    p.requeue(delay)
+
+
+def _trained(p: _Pass) -> None:
+    """Training succeeded. The export stage (a later issue) will go through Exporting here;
+    until then the job succeeds as soon as training does."""
+    export_enabled = False
+    if export_enabled:
+        p.transition(Phase.exporting, "Exporting", "training succeeded; exporting")
+        return
+    _succeed(p, f"attempt {p.attempt} succeeded")
+
+
+def _exporting(p: _Pass) -> None:
+    # No export stage yet: nothing can be in Exporting; finish as if export had nothing to do.
+    _succeed(p, "nothing to export")
+
+
+def _succeed(p: _Pass, message: str) -> None:
+    p.set(output=p.output_uri(), completionTime=rfc3339(p.now), nextAttemptTime=None)
+    p.set_condition(SUCCEEDED, True, "TrainingSucceeded", message)
+    p.set_condition(RUNNING, False, "Completed", message)
+    p.clear_condition(RESUMING, "Completed", message)
+    p.transition(Phase.succeeded, "Succeeded", message)
+    _ttl(p)
+
+
+def _terminal(p: _Pass) -> None:
+    """Succeeded / Failed: nothing runs; ttlSecondsAfterFinished deletes children, then the
+    job. A Failed InvalidSpec job whose spec changed is looked at again."""
+    invalid = p.condition(INVALID_SPEC)
+    if (
+        p.phase == Phase.failed
+        and invalid is not None
+        and invalid.get("status") == "True"
+        and invalid.get("observedGeneration") != p.generation
+        and not spec_problems(p.raw)
+    ):
+        p.set_condition(INVALID_SPEC, False, "Valid", "the spec was corrected")
+        p.set_condition(FAILED, False, "Valid", "the spec was corrected")
+        p.set(completionTime=None)
+        p.transition(Phase.pending, "SpecCorrected", "the spec was corrected")
+        _start(p)
+        return
+    p.delete_launchers(keep_finished=True)
+    _ttl(p)
+
+
+def _ttl(p: _Pass) -> None:
+    ttl = (p.raw.get("spec") or {}).get("ttlSecondsAfterFinished")
+    done = parse_time(p.status.get("completionTime"))
+    if ttl is None or done is None:
+        return
+    left = (done + timedelta(seconds=int(ttl)) - p.now).total_seconds()
+    if left > 0:
+        p.requeue(left)
+        return
+    p.decision.actions += [Delete(c.api_version, c.kind, c.name) for c in p.world.children]
+    p.decision.actions.append(Delete(API_VERSION, KIND, p.name))
+    p.event("TTLExpired", f"deleting the job {ttl}s after it finished")
+
+
+#: Phases each handler may move a job to (documentation and a unit-test oracle).
+TRANSITIONS: dict[Phase | None, set[Phase]] = {
+    None: {
+        Phase.pending,
+        Phase.waiting_for_dependencies,
+        Phase.running,
+        Phase.suspended,
+        Phase.failed,
+    },
+    Phase.pending: {Phase.waiting_for_dependencies, Phase.running, Phase.suspended, Phase.failed},
+    Phase.waiting_for_dependencies: {Phase.running, Phase.suspended, Phase.failed},
+    Phase.running: {Phase.exporting, Phase.succeeded, Phase.failed, Phase.suspended},
+    Phase.exporting: {Phase.succeeded, Phase.failed, Phase.suspended},
+    Phase.suspended: {Phase.pending, Phase.waiting_for_dependencies, Phase.running, Phase.failed},
+    Phase.succeeded: set(),
+    Phase.failed: {Phase.pending, Phase.waiting_for_dependencies, Phase.running},
+}
+
+__all__ = [
+    "TRANSITIONS",
+    "Child",
+    "Create",
+    "Decision",
+    "Delete",
+    "Event",
+    "Observed",
+    "Settings",
+    "backoff_seconds",
+    "launcher_state",
+    "reconcile",
+    "spec_problems",
+]

@@ -1,0 +1,49 @@
+"""``kubetune-operator``: run the FineTuneJob operator (kopf) with configuration from the
+environment.
+
+KUBETUNE_TRAINER_IMAGE, KUBETUNE_EXPORT_IMAGE, KUBETUNE_DEFAULT_STORAGE: cluster facts.
+KUBETUNE_NAMESPACE: watch only this namespace (default: every namespace).
+KUBETUNE_METRICS_PORT: Prometheus /metrics port (default 8080; 0 turns it off).
+KUBETUNE_HA=1: kopf peering, so only one of a pair of replicas acts (needs kopf's peering CRD).
+KUBETUNE_TIMER_SECONDS, KUBETUNE_DEPENDENCY_POLL_SECONDS, KUBETUNE_RETRY_BACKOFF_SECONDS,
+KUBETUNE_WATCH_TIMEOUT_SECONDS: loop timings (tests shorten them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import kopf
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="kubetune-operator", description=__doc__.split("\n")[0])
+    parser.add_argument("--verbose", action="store_true", help="debug logging")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    from kubetune.controller import handlers  # reads the environment
+
+    config = handlers.CONFIG
+    logging.getLogger("kubetune.operator").info(
+        "starting namespace=%s ha=%s metrics_port=%s trainer_image=%s",
+        config.namespace or "*",
+        config.ha,
+        config.metrics_port,
+        config.trainer_image,
+    )
+    kopf.run(
+        standalone=not config.ha,
+        namespaces=[config.namespace] if config.namespace else (),
+        clusterwide=config.namespace is None,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,549 @@
+"""The pure lifecycle: every phase of the switch, restarts and their accounting, suspension,
+deadlines, TTL, invalid specs, dependencies; no cluster."""
+
+from __future__ import annotations
+
+import copy
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from kubetune.api import Phase
+from kubetune.builders import ClusterFacts, names
+from kubetune.controller.lifecycle import (
+    TRANSITIONS,
+    Child,
+    Create,
+    Decision,
+    Delete,
+    Observed,
+    Settings,
+    backoff_seconds,
+    launcher_state,
+    reconcile,
+    rfc3339,
+    spec_problems,
+)
+
+NOW = datetime(2026, 11, 22, 3, 0, 0, tzinfo=UTC)
+SETTINGS = Settings(
+    facts=ClusterFacts(trainer_image="trainer:test"),
+    default_storage="s3://bucket/runs",
+    dependency_poll_seconds=7,
+)
+
+
+def make_job(status: dict[str, Any] | None = None, **spec: Any) -> dict[str, Any]:
+    job: dict[str, Any] = {
+        "apiVersion": "kubetune.io/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": "demo", "namespace": "team-a", "uid": "uid-1", "generation": 1},
+        "spec": {
+            "method": "sft",
+            "model": {"source": "builtin://tiny-llama"},
+            "data": {"sources": [{"uri": "builtin://arithmetic-sft"}]},
+            "resume": {"maxRestarts": 2, "backoffSeconds": 10, "maxBackoffSeconds": 25},
+        },
+    }
+    job["spec"].update(spec)
+    if status is not None:
+        job["status"] = status
+    return job
+
+
+def launcher_job(attempt: int, condition: dict[str, str] | None = None) -> dict[str, Any]:
+    obj: dict[str, Any] = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": names.launcher_name("demo", attempt),
+            "labels": {names.LABEL_ATTEMPT: str(attempt)},
+        },
+        "status": {"active": 1},
+    }
+    if condition is not None:
+        obj["status"] = {"conditions": [{"status": "True", **condition}]}
+    return obj
+
+
+SUCCEEDED = {"type": "Complete"}
+APP_FAIL = {
+    "type": "Failed",
+    "reason": "PodFailurePolicy",
+    "message": "Container trainer for pod team-a/demo-a1-0-x failed with exit code 1 matching "
+    "FailJob rule at index 2",
+}
+PREEMPTED = {
+    "type": "Failed",
+    "reason": "PodFailurePolicy",
+    "message": "Pod team-a/demo-a1-0-x has condition DisruptionTarget matching FailJob rule at "
+    "index 0",
+}
+INVALID_PLAN = {
+    "type": "Failed",
+    "reason": "PodFailurePolicy",
+    "message": "Container trainer for pod team-a/demo-a1-0-x failed with exit code 78 matching "
+    "FailJob rule at index 2",
+}
+JOB_DEADLINE = {"type": "Failed", "reason": "DeadlineExceeded", "message": "too long"}
+
+
+def world_with(launcher: dict[str, Any] | None, *extra: Child) -> Observed:
+    children = list(extra)
+    if launcher is not None:
+        attempt = int(launcher["metadata"]["labels"][names.LABEL_ATTEMPT])
+        finished = launcher_state(launcher)[0] != "running"
+        children.append(Child("batch/v1", "Job", launcher["metadata"]["name"], attempt, finished))
+    return Observed(launcher=launcher, children=tuple(children))
+
+
+def running(attempt: int = 1, **extra: Any) -> dict[str, Any]:
+    return {"phase": "Running", "attempt": attempt, "startTime": rfc3339(NOW), **extra}
+
+
+def cond(decision: Decision, type_: str) -> dict[str, Any]:
+    return next(c for c in decision.status_patch["conditions"] if c["type"] == type_)
+
+
+def apply(job: dict[str, Any], decision: Decision) -> dict[str, Any]:
+    """The job as it reads after the status patch."""
+    out = copy.deepcopy(job)
+    status = out.setdefault("status", {})
+    for key, value in decision.status_patch.items():
+        if value is None:
+            status.pop(key, None)
+        else:
+            status[key] = value
+    return out
+
+
+def kinds(decision: Decision) -> list[tuple[str, str]]:
+    return [(m["kind"], m["metadata"]["name"]) for c in decision.creates for m in c.manifests]
+
+
+# --------------------------------------------------------------------------- start
+
+
+def test_new_job_launches_attempt_one_with_every_child():
+    d = reconcile(make_job(), Observed(), NOW, SETTINGS)
+    assert d.status_patch["phase"] == "Running"
+    assert d.status_patch["attempt"] == 1
+    assert d.status_patch["startTime"] == rfc3339(NOW)
+    assert kinds(d) == [
+        ("ServiceAccount", "demo-trainer"),
+        ("Role", "demo-trainer"),
+        ("RoleBinding", "demo-trainer"),
+        ("ConfigMap", "demo-plan-a1"),
+        ("Service", "demo-a1"),
+        ("Job", "demo-a1"),
+    ]
+    assert cond(d, "Running")["status"] == "True"
+    assert {"Accepted", "Launched", "Running"} <= {e.reason for e in d.events}
+    assert d.status_patch["observedGeneration"] == 1
+
+
+def test_children_carry_the_owner_reference():
+    d = reconcile(make_job(), Observed(), NOW, SETTINGS)
+    for create in d.creates:
+        for m in create.manifests:
+            (owner,) = m["metadata"]["ownerReferences"]
+            assert owner["uid"] == "uid-1" and owner["controller"] is True
+
+
+def test_reconcile_is_idempotent_once_running():
+    job = make_job(running())
+    d = reconcile(job, world_with(launcher_job(1)), NOW, SETTINGS)
+    assert not d.creates and not d.deletes
+    job2 = apply(job, d)
+    d2 = reconcile(job2, world_with(launcher_job(1)), NOW, SETTINGS)
+    assert d2.status_patch == {} and d2.actions == []
+
+
+def test_running_without_launcher_recreates_it_by_name():
+    # A crash between the decision to launch and the creation: the next pass creates again.
+    d = reconcile(make_job(running()), Observed(), NOW, SETTINGS)
+    assert ("Job", "demo-a1") in kinds(d)
+
+
+def test_deleting_job_does_nothing():
+    job = make_job(running())
+    job["metadata"]["deletionTimestamp"] = rfc3339(NOW)
+    d = reconcile(job, Observed(), NOW, SETTINGS)
+    assert d.actions == [] and d.status_patch == {}
+
+
+# --------------------------------------------------------------------------- dependencies
+
+
+def dpo_job(status: dict[str, Any] | None = None) -> dict[str, Any]:
+    return make_job(
+        status,
+        method="dpo",
+        model={"source": "finetunejob://base"},
+        data={"sources": [{"uri": "builtin://arithmetic-preference"}]},
+    )
+
+
+def test_waits_for_missing_and_unfinished_dependencies():
+    d = reconcile(dpo_job(), Observed(dependencies={"base": None}), NOW, SETTINGS)
+    assert d.status_patch["phase"] == "WaitingForDependencies"
+    ready = cond(d, "DependenciesReady")
+    assert ready["status"] == "False"
+    assert ready["message"] == "spec.model: job 'base' does not exist"
+    assert not d.creates and d.requeue_after == 7
+    base = {"status": {"phase": "Running"}}
+    d = reconcile(dpo_job(), Observed(dependencies={"base": base}), NOW, SETTINGS)
+    assert "job 'base' is Running" in cond(d, "DependenciesReady")["message"]
+
+
+def test_runs_with_the_dependency_output_as_model():
+    base = {"status": {"phase": "Succeeded", "output": "s3://bucket/runs/team-a/base/output"}}
+    job = dpo_job({"phase": "WaitingForDependencies"})
+    d = reconcile(job, Observed(dependencies={"base": base}), NOW, SETTINGS)
+    assert d.status_patch["phase"] == "Running"
+    assert cond(d, "DependenciesReady")["status"] == "True"
+    (cm,) = [m for c in d.creates for m in c.manifests if m["kind"] == "ConfigMap"]
+    assert '"source":"s3://bucket/runs/team-a/base/output"' in cm["data"]["plan.json"].replace(
+        " ", ""
+    )
+
+
+def test_succeeded_dependency_without_output_keeps_waiting():
+    base = {"status": {"phase": "Succeeded"}}
+    d = reconcile(
+        dpo_job({"phase": "Pending"}), Observed(dependencies={"base": base}), NOW, SETTINGS
+    )
+    assert d.status_patch["phase"] == "WaitingForDependencies"
+    assert cond(d, "DependenciesReady")["reason"] == "OutputMissing"
+
+
+# --------------------------------------------------------------------------- outcomes
+
+
+def test_success_sets_output_and_completion():
+    job = make_job(running())
+    d = reconcile(job, world_with(launcher_job(1, SUCCEEDED)), NOW, SETTINGS)
+    assert d.status_patch["phase"] == "Succeeded"
+    assert d.status_patch["output"] == "s3://bucket/runs/team-a/demo/output"
+    assert d.status_patch["completionTime"] == rfc3339(NOW)
+    assert cond(d, "Succeeded")["status"] == "True"
+    assert cond(d, "Running")["status"] == "False"
+    assert "Succeeded" in {e.reason for e in d.events}
+
+
+def test_application_failure_counts_and_backs_off_then_resumes():
+    job = make_job(running(lastCheckpoint={"uri": "s3://b/ckpt-40", "step": 40}))
+    d = reconcile(job, world_with(launcher_job(1, APP_FAIL)), NOW, SETTINGS)
+    assert d.status_patch["attempt"] == 2
+    assert d.status_patch["restarts"] == 1
+    assert d.status_patch["disruptions"] == 0
+    assert d.status_patch["nextAttemptTime"] == rfc3339(NOW + timedelta(seconds=10))
+    assert d.requeue_after == 10
+    assert not d.creates  # the next attempt waits for its backoff
+    resuming = cond(d, "Resuming")
+    assert resuming["reason"] == "ApplicationFailure"
+    assert "exit code 1" in resuming["message"]
+    assert "Warning" in {e.type for e in d.events}
+
+    job = apply(job, d)
+    old = Child("batch/v1", "Job", "demo-a1", 1, finished=True)
+    # Before the backoff: nothing yet.
+    early = reconcile(job, Observed(children=(old,)), NOW + timedelta(seconds=5), SETTINGS)
+    assert not early.creates and early.requeue_after == pytest.approx(5)
+    # After: attempt 2, and the failed attempt 1 is kept for inspection.
+    later = NOW + timedelta(seconds=10)
+    d2 = reconcile(job, Observed(children=(old,)), later, SETTINGS)
+    assert ("Job", "demo-a2") in kinds(d2) and ("ConfigMap", "demo-plan-a2") in kinds(d2)
+    assert not d2.deletes
+    assert d2.status_patch["nextAttemptTime"] is None
+    assert "resuming from step 40" in cond(d2, "Running")["message"]
+    # The failure is not counted twice.
+    job2 = apply(job, d2)
+    d3 = reconcile(job2, world_with(launcher_job(2), old), later, SETTINGS)
+    assert "restarts" not in d3.status_patch and "attempt" not in d3.status_patch
+
+
+def test_disruption_does_not_count_against_max_restarts():
+    job = make_job(running(restarts=2))  # maxRestarts is 2: exhausted for applications
+    d = reconcile(job, world_with(launcher_job(1, PREEMPTED)), NOW, SETTINGS)
+    assert d.status_patch["attempt"] == 2
+    assert d.status_patch["disruptions"] == 1
+    assert "restarts" not in d.status_patch
+    assert cond(d, "Resuming")["reason"] == "Disruption"
+
+
+def test_restarts_exhausted_fails_with_reason_and_exit_code():
+    job = make_job(running(attempt=3, restarts=2))
+    d = reconcile(job, world_with(launcher_job(3, APP_FAIL)), NOW, SETTINGS)
+    assert d.status_patch["phase"] == "Failed"
+    failed = cond(d, "Failed")
+    assert failed["reason"] == "RestartsExhausted"
+    assert "exit code 1" in failed["message"]
+    assert "maxRestarts (2) exhausted" in failed["message"]
+    assert "PodFailurePolicy" in failed["message"]
+    assert not d.creates
+
+
+def test_invalid_plan_exit_is_not_retried():
+    d = reconcile(make_job(running()), world_with(launcher_job(1, INVALID_PLAN)), NOW, SETTINGS)
+    assert d.status_patch["phase"] == "Failed"
+    assert cond(d, "Failed")["reason"] == "InvalidPlan"
+
+
+def test_launcher_deadline_fails():
+    d = reconcile(make_job(running()), world_with(launcher_job(1, JOB_DEADLINE)), NOW, SETTINGS)
+    assert cond(d, "Failed")["reason"] == "DeadlineExceeded"
+
+
+@pytest.mark.parametrize(("failures", "expected"), [(0, 0), (1, 10), (2, 20), (3, 25), (40, 25)])
+def test_backoff_doubles_and_is_capped(failures: int, expected: int):
+    assert backoff_seconds(10, 25, failures) == expected
+
+
+def test_backoff_grows_with_attempts():
+    job = make_job(running(attempt=2, restarts=1))
+    d = reconcile(job, world_with(launcher_job(2, APP_FAIL)), NOW, SETTINGS)
+    assert d.status_patch["nextAttemptTime"] == rfc3339(NOW + timedelta(seconds=20))
+
+
+# --------------------------------------------------------------------------- deadline, suspend
+
+
+def test_active_deadline_fails_and_stops_the_launcher():
+    job = make_job(running(startTime=rfc3339(NOW - timedelta(seconds=100))))
+    job["spec"]["activeDeadlineSeconds"] = 60
+    d = reconcile(job, world_with(launcher_job(1)), NOW, SETTINGS)
+    assert d.status_patch["phase"] == "Failed"
+    assert cond(d, "Failed")["reason"] == "DeadlineExceeded"
+    assert Delete("batch/v1", "Job", "demo-a1") in d.deletes
+
+
+def test_active_deadline_requeues_at_the_deadline():
+    job = make_job(running(startTime=rfc3339(NOW - timedelta(seconds=20))))
+    job["spec"]["activeDeadlineSeconds"] = 60
+    d = reconcile(job, world_with(launcher_job(1)), NOW, SETTINGS)
+    assert d.requeue_after == pytest.approx(40)
+
+
+def test_suspend_deletes_the_launcher_and_resume_starts_a_new_attempt():
+    job = make_job(running())
+    job["spec"]["runtime"] = {"suspend": True}
+    d = reconcile(job, world_with(launcher_job(1)), NOW, SETTINGS)
+    assert d.status_patch["phase"] == "Suspended"
+    assert d.deletes == [Delete("batch/v1", "Job", "demo-a1")]
+    assert cond(d, "Suspended")["status"] == "True"
+    job = apply(job, d)
+    # Still suspended, launcher gone: nothing to do.
+    assert reconcile(job, Observed(), NOW, SETTINGS).actions == []
+    job["spec"]["runtime"] = {"suspend": False}
+    plan_a1 = Child("v1", "ConfigMap", "demo-plan-a1", 1)  # attempt 1 was made
+    d = reconcile(job, Observed(children=(plan_a1,)), NOW, SETTINGS)
+    assert d.status_patch["phase"] == "Running"
+    assert d.status_patch["attempt"] == 2
+    assert ("Job", "demo-a2") in kinds(d)
+    assert cond(d, "Suspended")["status"] == "False"
+    assert "restarts" not in d.status_patch
+
+
+def test_suspended_before_start_creates_nothing_until_resumed():
+    job = make_job(runtime={"suspend": True})
+    d = reconcile(job, Observed(), NOW, SETTINGS)
+    assert d.status_patch["phase"] == "Suspended" and not d.creates
+    job = apply(job, d)
+    job["spec"]["runtime"] = {"suspend": False}
+    d = reconcile(job, Observed(), NOW, SETTINGS)
+    assert d.status_patch["phase"] == "Running" and d.status_patch["attempt"] == 1
+
+
+def test_suspend_during_backoff_cancels_the_pending_attempt():
+    job = make_job(running(attempt=2, nextAttemptTime=rfc3339(NOW + timedelta(seconds=30))))
+    job["spec"]["runtime"] = {"suspend": True}
+    d = reconcile(job, Observed(), NOW, SETTINGS)
+    assert d.status_patch["phase"] == "Suspended"
+    assert d.status_patch["nextAttemptTime"] is None
+
+
+def test_stale_running_launchers_of_other_attempts_are_deleted():
+    stale = Child("batch/v1", "Job", "demo-a1", 1, finished=False)
+    job = make_job(running(attempt=2))
+    d = reconcile(job, Observed(children=(stale,)), NOW, SETTINGS)
+    assert Delete("batch/v1", "Job", "demo-a1") in d.deletes
+    assert ("Job", "demo-a2") in kinds(d)
+
+
+# --------------------------------------------------------------------------- terminal, TTL
+
+
+def test_terminal_phases_do_nothing_without_ttl():
+    for phase in ("Succeeded", "Failed"):
+        job = make_job({"phase": phase, "completionTime": rfc3339(NOW)})
+        d = reconcile(job, world_with(launcher_job(1, SUCCEEDED)), NOW, SETTINGS)
+        assert d.actions == [] and d.requeue_after is None
+
+
+def test_ttl_deletes_children_then_the_job():
+    job = make_job({"phase": "Succeeded", "completionTime": rfc3339(NOW)})
+    job["spec"]["ttlSecondsAfterFinished"] = 30
+    cm = Child("v1", "ConfigMap", "demo-plan-a1", 1)
+    world = world_with(launcher_job(1, SUCCEEDED), cm)
+    early = reconcile(job, world, NOW + timedelta(seconds=10), SETTINGS)
+    assert not early.deletes and early.requeue_after == pytest.approx(20)
+    d = reconcile(job, world, NOW + timedelta(seconds=30), SETTINGS)
+    assert [a.kind for a in d.deletes] == ["ConfigMap", "Job", "FineTuneJob"]
+    assert d.deletes[-1] == Delete("kubetune.io/v1alpha1", "FineTuneJob", "demo")
+
+
+def test_success_with_zero_ttl_deletes_at_once():
+    job = make_job(running())
+    job["spec"]["ttlSecondsAfterFinished"] = 0
+    d = reconcile(job, world_with(launcher_job(1, SUCCEEDED)), NOW, SETTINGS)
+    assert d.status_patch["phase"] == "Succeeded"
+    assert d.deletes[-1].kind == "FineTuneJob"
+
+
+# --------------------------------------------------------------------------- invalid spec
+
+
+def test_invalid_spec_names_the_field_and_creates_nothing():
+    job = make_job(resume={"backoffSeconds": 100, "maxBackoffSeconds": 10})
+    d = reconcile(job, Observed(), NOW, SETTINGS)
+    assert not d.creates
+    assert d.status_patch["phase"] == "Failed"
+    invalid = cond(d, "InvalidSpec")
+    assert invalid["status"] == "True"
+    assert (
+        invalid["message"]
+        == "spec.resume.maxBackoffSeconds: must be at least resume.backoffSeconds"
+    )
+    assert [e.type for e in d.events] == ["Warning"]
+
+
+def test_spec_problems_lists_nested_paths():
+    job = make_job(training={"learningRate": "fast"})
+    (problem,) = spec_problems(job)
+    assert problem.startswith("spec.training.learningRate:")
+
+
+def test_corrected_spec_leaves_invalid_failure():
+    job = make_job(resume={"backoffSeconds": 100, "maxBackoffSeconds": 10})
+    job = apply(job, reconcile(job, Observed(), NOW, SETTINGS))
+    # Same generation: stays failed.
+    assert reconcile(job, Observed(), NOW, SETTINGS).actions == []
+    job["spec"]["resume"] = {"backoffSeconds": 1, "maxBackoffSeconds": 10}
+    job["metadata"]["generation"] = 2
+    d = reconcile(job, Observed(), NOW, SETTINGS)
+    assert d.status_patch["phase"] == "Running"
+    assert cond(d, "InvalidSpec")["status"] == "False"
+    assert ("Job", "demo-a1") in kinds(d)
+
+
+def test_build_error_fails_with_the_field():
+    job = make_job(runtime={"launcher": "rayjob"})  # no RayJob CRD in SETTINGS
+    d = reconcile(job, Observed(), NOW, SETTINGS)
+    assert d.status_patch["phase"] == "Failed"
+    failed = cond(d, "Failed")
+    assert failed["reason"] == "BuildFailed"
+    assert failed["message"].startswith("spec.runtime.launcher:")
+
+
+# --------------------------------------------------------------------------- conditions
+
+
+def test_checkpoint_reported_by_the_trainer_becomes_a_condition():
+    job = make_job(running(lastCheckpoint={"uri": "s3://b/ckpt", "step": 12}))
+    d = reconcile(job, world_with(launcher_job(1)), NOW, SETTINGS)
+    assert cond(d, "Checkpointed")["message"] == "step 12 at s3://b/ckpt"
+    assert "lastCheckpoint" not in d.status_patch and "progress" not in d.status_patch
+
+
+def test_condition_transition_time_kept_while_status_unchanged():
+    job = make_job(running())
+    first = apply(job, reconcile(job, world_with(launcher_job(1)), NOW, SETTINGS))
+    t0 = next(c for c in first["status"]["conditions"] if c["type"] == "Running")
+    first["metadata"]["generation"] = 2
+    later = NOW + timedelta(minutes=5)
+    d = reconcile(first, world_with(launcher_job(1)), later, SETTINGS)
+    assert cond(d, "Running")["lastTransitionTime"] == t0["lastTransitionTime"]
+    assert cond(d, "Running")["observedGeneration"] == 2
+
+
+def test_operator_never_writes_trainer_fields():
+    job = make_job(running(progress={"step": 3}, lastCheckpoint={"uri": "u", "step": 3}))
+    for launcher in (launcher_job(1), launcher_job(1, SUCCEEDED), launcher_job(1, APP_FAIL)):
+        d = reconcile(job, world_with(launcher), NOW, SETTINGS)
+        assert not {"progress", "lastCheckpoint"} & set(d.status_patch)
+
+
+# --------------------------------------------------------------------------- launcher states
+
+
+@pytest.mark.parametrize(
+    ("obj", "state", "kind"),
+    [
+        (launcher_job(1), "running", None),
+        (launcher_job(1, SUCCEEDED), "succeeded", None),
+        (launcher_job(1, {"type": "SuccessCriteriaMet"}), "succeeded", None),
+        (launcher_job(1, APP_FAIL), "failed", "application"),
+        (launcher_job(1, PREEMPTED), "failed", "disruption"),
+        ({"kind": "RayJob", "status": {"jobStatus": "RUNNING"}}, "running", None),
+        ({"kind": "RayJob", "status": {"jobStatus": "SUCCEEDED"}}, "succeeded", None),
+        (
+            {"kind": "RayJob", "status": {"jobDeploymentStatus": "Failed", "reason": "AppFailed"}},
+            "failed",
+            "application",
+        ),
+    ],
+)
+def test_launcher_state(obj: dict[str, Any], state: str, kind: str | None):
+    got, failure = launcher_state(obj)
+    assert got == state
+    assert (failure.kind if failure else None) == kind
+
+
+# --------------------------------------------------------------------------- the switch
+
+
+def _scenarios() -> list[tuple[dict[str, Any], Observed]]:
+    base = {"status": {"phase": "Succeeded", "output": "s3://o"}}
+    out: list[tuple[dict[str, Any], Observed]] = []
+    for phase in [None, *[p.value for p in Phase]]:
+        for launcher in (
+            None,
+            launcher_job(1),
+            launcher_job(1, SUCCEEDED),
+            launcher_job(1, APP_FAIL),
+        ):
+            for suspend in (False, True):
+                status = {"phase": phase, "attempt": 1} if phase else None
+                job = make_job(status, runtime={"suspend": suspend})
+                out.append((job, world_with(launcher)))
+        out.append(
+            (dpo_job({"phase": phase} if phase else None), Observed(dependencies={"base": base}))
+        )
+    return out
+
+
+@pytest.mark.parametrize(("job", "world"), _scenarios())
+def test_every_transition_is_allowed(job: dict[str, Any], world: Observed):
+    before = (job.get("status") or {}).get("phase")
+    d = reconcile(job, world, NOW, SETTINGS)
+    after = d.status_patch.get("phase", before)
+    if after != before:
+        assert Phase(after) in TRANSITIONS[Phase(before) if before else None], (before, after)
+        assert d.events, "a transition posts an event"
+    for action in d.actions:
+        assert isinstance(action, Create | Delete) or action.reason
+
+
+def test_resume_after_suspension_during_backoff_reuses_the_unmade_attempt():
+    job = make_job(
+        running(attempt=2, nextAttemptTime=rfc3339(NOW + timedelta(seconds=30))),
+        runtime={"suspend": True},
+    )
+    old = Child("batch/v1", "Job", "demo-a1", 1, finished=True)
+    job = apply(job, reconcile(job, Observed(children=(old,)), NOW, SETTINGS))
+    job["spec"]["runtime"] = {"suspend": False}
+    d = reconcile(job, Observed(children=(old,)), NOW, SETTINGS)
+    assert "attempt" not in d.status_patch  # attempt 2 was never made: it is the one launched
+    assert ("Job", "demo-a2") in kinds(d)
