@@ -4,8 +4,8 @@
 # and trainer tiers run. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+tests/cluster/build.sh --background   # overlaps the Go build with everything below
 scripts/setup.sh
-tests/cluster/build.sh --background
 
 echo "== lint"
 .venv/bin/ruff format --check .
