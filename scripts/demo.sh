@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
-# The main job. Until the trainer lands: check every example FineTuneJob and print the resolved
-# plan of the SFT -> reward -> PPO pipeline (what the trainer of each stage would receive).
+# The main job: build a tiny model locally, then SFT -> DPO on the shipped synthetic data
+# (the embedded pipeline operator/kubetune/demo/pipeline.yaml), ending with a report.
+# Checkpoints and outputs go to ./runs; running it again resumes, --fresh starts over.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-echo "== kubetune validate manifests/examples/*.yaml"
-.venv/bin/kubetune validate manifests/examples/*.yaml
-echo "== kubetune validate --plan manifests/examples/pipeline.yaml"
-.venv/bin/kubetune validate --plan manifests/examples/pipeline.yaml
+export HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
+exec .venv/bin/kubetune run --local "$@"

@@ -41,6 +41,15 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValidationError, ValueError) as err:
         print(f"kubetune-train: invalid plan {args.plan}: {err}", file=sys.stderr)
         return EXIT_INVALID_PLAN
+    from kubetune_trainer.recipes import TRAINED_METHODS
+
+    if plan.recipe.method not in TRAINED_METHODS:
+        print(
+            f"kubetune-train: method {plan.recipe.method} has no recipe in this trainer version "
+            f"(available: {', '.join(TRAINED_METHODS)})",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID_PLAN
     if args.check:
         print(
             f"{args.plan}: plan for {plan.job.namespace}/{plan.job.name} "
