@@ -44,7 +44,11 @@ def run_on_ray(plan: Plan, *, local_run: bool) -> int:
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     if not ray.is_initialized():
         address = os.environ.get("RAY_ADDRESS")
-        ray.init(address=address, include_dashboard=False, log_to_driver=True)
+        if address:
+            ray.init(address=address, include_dashboard=False, log_to_driver=True)
+        else:
+            # A local Ray of our own (kubetune run --local, tests): keep it on loopback.
+            ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=True)
     storage_path, name = ray_storage(plan)
     scaling = plan.scaling
     trainer = TorchTrainer(
@@ -135,6 +139,10 @@ def _worker(config: dict[str, Any]) -> dict[str, Any]:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     plan = Plan.from_json(config["plan"])
+    if not plan.scaling.use_gpu:
+        # DeepSpeed picks its accelerator when first imported; a CPU plan must get the CPU one
+        # even on a node that has GPUs.
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     storage_path, name = ray_storage(plan)
