@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -44,7 +45,10 @@ class PreemptionCallback(TrainerCallback):
         self._signalled = True
 
     def on_train_begin(self, args, state, control, **kwargs) -> None:
-        self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        # Ray Train runs the training function off the main thread, where signal handlers
+        # cannot be installed; there the driver's stop flag (stop_requested) carries SIGTERM.
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
 
     def _agreed(self, local: bool) -> bool:
         import torch.distributed as dist
@@ -180,3 +184,69 @@ class ProgressCallback(TrainerCallback):
         self._update(state)
         if self.is_reporter:
             self.progress.report(self.record, force=True)
+
+
+class DataTraceCallback(TrainerCallback):
+    """Debugging aid (``KUBETUNE_DATA_TRACE=DIR``): every rank records the rows it trained on,
+    per optimizer step, in ``DIR/rank-N.jsonl`` (N is the HF Trainer's process index). One line
+    per step: the step, the Trainer's world size, a short digest of each row's non-padding token
+    ids (one per packed sequence when packing is padding-free), the non-padding tokens and the
+    token slots fed. Shows whether the data is really sharded across ranks and how much of each
+    batch is padding.
+
+    Rows are seen by a forward pre-hook on the model while it is in training mode, so what is
+    recorded is what the model was fed, after the sampler, the collator and any packing.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._rows: list[str] = []
+        self._tokens = 0
+        self._slots = 0
+        self._handle: Any = None
+        self._out: Any = None
+
+    def _pre_forward(self, module: Any, args: tuple, kwargs: dict[str, Any]) -> None:
+        if not module.training:
+            return
+        import hashlib
+
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is None:
+            return
+        mask = kwargs.get("attention_mask")
+        self._slots += int(ids.numel())
+        if kwargs.get("position_ids") is not None and mask is None and ids.shape[0] == 1:
+            # Padding-free packed batch: one row of concatenated sequences, no padding at all.
+            self._rows.append(hashlib.sha1(ids.cpu().numpy().tobytes()).hexdigest()[:16])
+            self._tokens += int(ids.numel())
+            return
+        for i in range(ids.shape[0]):
+            row = ids[i] if mask is None else ids[i][mask[i].bool()]
+            self._rows.append(hashlib.sha1(row.cpu().numpy().tobytes()).hexdigest()[:16])
+            self._tokens += int(row.numel())
+
+    def on_train_begin(self, args, state, control, model: Any = None, **kwargs) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._out = open(self.directory / f"rank-{args.process_index}.jsonl", "a")  # noqa: SIM115
+        if model is not None:
+            self._handle = model.register_forward_pre_hook(self._pre_forward, with_kwargs=True)
+
+    def on_step_end(self, args, state, control, **kwargs) -> None:
+        entry = {
+            "step": state.global_step,
+            "rank": args.process_index,
+            "worldSize": args.world_size,
+            "rows": self._rows,
+            "tokens": self._tokens,
+            "slots": self._slots,
+        }
+        self._out.write(json.dumps(entry) + "\n")
+        self._out.flush()
+        self._rows, self._tokens, self._slots = [], 0, 0
+
+    def on_train_end(self, args, state, control, **kwargs) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+        if self._out is not None:
+            self._out.close()

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from kubetune_trainer.callbacks import (
+    DataTraceCallback,
     IntervalSaveCallback,
     PreemptionCallback,
     ProgressCallback,
@@ -99,7 +100,7 @@ def trl_args(ctx: RunContext) -> dict[str, Any]:
         "report_to": [] if recipe.tracking.backend == "none" else [recipe.tracking.backend],
         # Without use_cpu, HF Trainer under Ray or torchrun on CPU trains un-distributed.
         "use_cpu": not ctx.hardware.cuda,
-        "deepspeed": deepspeed_config(recipe.deepspeed, ctx.precision),
+        "deepspeed": deepspeed_setup(ctx),
         "disable_tqdm": not (ctx.local_run and ctx.is_main),
         "dataloader_num_workers": 0,
         "include_num_input_tokens_seen": True,
@@ -109,6 +110,24 @@ def trl_args(ctx: RunContext) -> dict[str, Any]:
     if recipe.tracking.project:
         os.environ.setdefault("WANDB_PROJECT", recipe.tracking.project)
     return args
+
+
+def deepspeed_setup(ctx: RunContext) -> dict[str, Any] | None:
+    """The DeepSpeed config for the run. On CPU, DeepSpeed must use its CPU accelerator
+    (DS_ACCELERATOR=cpu, read when deepspeed is first imported) and gloo; ZeRO-3 needs its
+    communication layer set up before the Trainer's arguments (and with them the config) are
+    built, so it is initialised here on the process group the runner made."""
+    config = deepspeed_config(ctx.plan.recipe.deepspeed, ctx.precision)
+    if config is None or ctx.hardware.cuda:
+        return config
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend="gloo")
+    return config
 
 
 def peft_config(spec: PeftSpec) -> Any:
@@ -176,6 +195,9 @@ def callbacks(ctx: RunContext) -> tuple[list[Any], PreemptionCallback]:
         ),
         *ctx.extra_callbacks,
     ]
+    trace = os.environ.get("KUBETUNE_DATA_TRACE")
+    if trace:
+        found.append(DataTraceCallback(Path(trace)))
     return found, preemption
 
 
