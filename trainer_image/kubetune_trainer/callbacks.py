@@ -103,6 +103,7 @@ class ProgressCallback(TrainerCallback):
         is_reporter: bool,
         attempt: int,
         history: Path | None = None,
+        skipped_rows: int = 0,
     ) -> None:
         self.metrics = metrics
         self.progress = progress
@@ -110,7 +111,7 @@ class ProgressCallback(TrainerCallback):
         self.is_reporter = is_reporter
         self.attempt = attempt
         self.history = history
-        self.record = ProgressRecord()
+        self.record = ProgressRecord(skippedRows=skipped_rows)
         self._last_logs: dict[str, float] = {}
         self._window: tuple[float, int] | None = None  # (time, tokens seen) at the last log
         self._started = time.monotonic()

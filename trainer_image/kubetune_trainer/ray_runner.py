@@ -134,6 +134,7 @@ def _worker(config: dict[str, Any]) -> dict[str, Any]:
         metrics_port,
         output_path,
         progress_interval,
+        publish_output,
         recipe_for,
     )
 
@@ -208,6 +209,8 @@ def _worker(config: dict[str, Any]) -> dict[str, Any]:
         stop_requested=stop_requested,
     )
     result = recipe_for(plan.recipe.method)(ctx)
+    if rank == 0:
+        publish_output(plan, result)
     if resume_from is not None:
         shutil.rmtree(resume_from, ignore_errors=True)
     return {

@@ -90,10 +90,22 @@ def run_dir_of(plan: Plan) -> Path:
 
 
 def output_path(plan: Plan) -> Path:
+    """Where the recipe writes the final model: the output directory itself on local or PVC
+    storage; a node-local directory uploaded by publish_output on S3 storage."""
     path = local_storage(plan.storage.output_dir)
-    if path is None:
-        raise NotImplementedError("writing the final model to s3:// is not supported yet")
-    return path
+    if path is not None:
+        return path
+    safe = plan.storage.run_name.replace("/", "_")
+    return Path(tempfile.gettempdir()) / "kubetune-output" / safe / f"attempt-{plan.attempt}"
+
+
+def publish_output(plan: Plan, result: RecipeResult) -> None:
+    """Upload the final model to S3 when the run's storage is remote (rank 0, after success)."""
+    if result.output_dir is None or local_storage(plan.storage.output_dir) is not None:
+        return
+    from kubetune_trainer.uris import upload_dir
+
+    upload_dir(result.output_dir, plan.storage.output_dir)
 
 
 def run_single(plan: Plan, *, local_run: bool) -> int:

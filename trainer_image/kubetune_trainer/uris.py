@@ -122,6 +122,22 @@ def s3_cache_dir(uri: str) -> Path:
     return cache_root().joinpath("s3", _safe_part(bucket), *parts)
 
 
+def upload_dir(local: Path, uri: str) -> list[str]:
+    """Upload every file under ``local`` to ``s3://BUCKET/PREFIX/<relative path>``; the keys.
+
+    Used for the final model of a run whose storage is S3 (checkpoints go through Ray's
+    storage). Files are uploaded in sorted order with the marker-free layout fetch_s3 reads."""
+    bucket, prefix = split_s3(uri)
+    client = s3_client()
+    keys = []
+    for path in sorted(p for p in local.rglob("*") if p.is_file()):
+        key = "/".join(filter(None, [prefix, path.relative_to(local).as_posix()]))
+        client.upload_file(str(path), bucket, key)
+        keys.append(key)
+    log.info("event=uploaded files=%d uri=%s", len(keys), uri)
+    return keys
+
+
 def fetch_s3(uri: str) -> Path:
     """Download ``s3://BUCKET/PREFIX`` into the cache and return the local path.
 

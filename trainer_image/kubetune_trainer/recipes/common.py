@@ -180,7 +180,11 @@ def torch_dtype(precision: Precision) -> Any:
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
 
 
-def callbacks(ctx: RunContext) -> tuple[list[Any], PreemptionCallback]:
+def callbacks(ctx: RunContext, *, skipped_rows: int = 0) -> tuple[list[Any], PreemptionCallback]:
+    """The callbacks every recipe uses; skipped_rows (malformed rows dropped under
+    badRows: skip) goes to the progress record and the metrics."""
+    if skipped_rows and ctx.metrics:
+        ctx.metrics.skipped_rows.labels(**ctx.metrics.labels).inc(skipped_rows)
     preemption = PreemptionCallback(ctx.stop_requested)
     found = [
         preemption,
@@ -192,6 +196,7 @@ def callbacks(ctx: RunContext) -> tuple[list[Any], PreemptionCallback]:
             is_reporter=ctx.is_main,
             attempt=ctx.plan.attempt,
             history=ctx.history,
+            skipped_rows=skipped_rows,
         ),
         *ctx.extra_callbacks,
     ]

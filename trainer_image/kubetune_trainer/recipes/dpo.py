@@ -44,7 +44,7 @@ def run(ctx: RunContext) -> RecipeResult:
         ref_model = load_model(
             options.reference_model, dtype=dtype, tokenizer=tokenizer, **quantization
         )
-    found, preemption = callbacks(ctx)
+    found, preemption = callbacks(ctx, skipped_rows=data.skipped_rows)
     trainer = DPOTrainer(
         model=model,
         ref_model=ref_model,

@@ -43,7 +43,7 @@ def run(ctx: RunContext) -> RecipeResult:
         tokenizer=tokenizer,
         **quantization_config(recipe.peft, ctx.hardware),
     )
-    found, preemption = callbacks(ctx)
+    found, preemption = callbacks(ctx, skipped_rows=data.skipped_rows)
     trainer = SFTTrainer(
         model=model,
         args=SFTConfig(**args),
