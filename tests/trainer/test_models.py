@@ -55,7 +55,8 @@ def test_builtin_builds_loads_and_generates(name: str) -> None:
     model, tokenizer = load_model_and_tokenizer(f"builtin://{name}")
     assert model.config.model_type == ARCHITECTURES[name]
     params = sum(p.numel() for p in model.parameters())
-    assert 1_000_000 < params < 10_000_000, params
+    # Under a million parameters on purpose: CPU-sized steps for demos and the trainer tier.
+    assert 500_000 < params < 2_000_000, params
     assert 2000 <= len(tokenizer) <= 4096
     assert model.config.vocab_size == len(tokenizer)
     assert tokenizer.model_input_names == ["input_ids", "attention_mask"]
