@@ -71,3 +71,12 @@ def test_progress_is_throttled_but_forced_reports_pass(tmp_path) -> None:
     assert json.loads(path.read_text())["step"] == 1
     assert throttled.report(ProgressRecord(step=3), force=True) is True
     assert json.loads(path.read_text())["step"] == 3
+
+
+def test_qlora_without_cuda_is_a_clear_error() -> None:
+    from kubetune_trainer.plan import PeftSpec
+    from kubetune_trainer.recipes.common import quantization_config
+
+    assert quantization_config(PeftSpec(type="lora"), CPU) == {}
+    with pytest.raises(RuntimeError, match="qlora needs a CUDA GPU"):
+        quantization_config(PeftSpec(type="qlora"), CPU)
