@@ -84,14 +84,12 @@ def test_builtin_second_load_is_a_cache_hit(monkeypatch: pytest.MonkeyPatch) -> 
         raise AssertionError("rebuilt a cached builtin")
 
     monkeypatch.setattr(builtin_module, "_build", no_build)
-    started = time.monotonic()
     assert ensure_builtin("tiny-llama") == first
     assert resolve_model_dir("builtin://tiny-llama") == first
-    assert time.monotonic() - started < 2
     assert (first / "model.safetensors").stat().st_mtime_ns == stamp
 
 
-def test_builtin_build_is_deterministic_fast_and_locked(
+def test_builtin_build_is_deterministic_and_locked(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     reference = ensure_builtin("tiny-qwen2")
@@ -106,7 +104,6 @@ def test_builtin_build_is_deterministic_fast_and_locked(
 
     monkeypatch.setattr(builtin_module, "_build", counting_build)
     results: list[Path] = []
-    started = time.monotonic()
     threads = [
         threading.Thread(target=lambda: results.append(ensure_builtin("tiny-qwen2")))
         for _ in range(3)
@@ -115,12 +112,10 @@ def test_builtin_build_is_deterministic_fast_and_locked(
         thread.start()
     for thread in threads:
         thread.join()
-    elapsed = time.monotonic() - started
     assert builds == ["tiny-qwen2"], "the file lock must let exactly one builder run"
     assert len(set(results)) == 1 and len(results) == 3
     rebuilt = results[0]
     assert rebuilt.name == reference.name  # same content hash
-    assert elapsed < 20, f"building a builtin took {elapsed:.1f}s"
     for file in ("model.safetensors", "tokenizer.json", "config.json", "chat_template.jinja"):
         assert sha256(rebuilt / file) == sha256(reference / file), file
     leftovers = [p.name for p in rebuilt.parent.iterdir() if p.is_dir() and p != rebuilt]
