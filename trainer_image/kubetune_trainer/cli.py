@@ -41,12 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValidationError, ValueError) as err:
         print(f"kubetune-train: invalid plan {args.plan}: {err}", file=sys.stderr)
         return EXIT_INVALID_PLAN
-    from kubetune_trainer.recipes import TRAINED_METHODS
+    from kubetune_trainer.recipes import available_methods
 
-    if plan.recipe.method not in TRAINED_METHODS:
+    if plan.recipe.method not in available_methods():
         print(
             f"kubetune-train: method {plan.recipe.method} has no recipe in this trainer version "
-            f"(available: {', '.join(TRAINED_METHODS)})",
+            f"(available: {', '.join(available_methods())})",
             file=sys.stderr,
         )
         return EXIT_INVALID_PLAN

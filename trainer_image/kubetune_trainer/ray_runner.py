@@ -128,6 +128,7 @@ def _worker(config: dict[str, Any]) -> dict[str, Any]:
     from kubetune_trainer.hardware import Hardware
     from kubetune_trainer.metrics import TrainMetrics
     from kubetune_trainer.progress import NullReporter, Throttled, reporter_from_env
+    from kubetune_trainer.recipes import recipe_for
     from kubetune_trainer.recipes.common import RunContext
     from kubetune_trainer.runner import (
         local_storage,
@@ -135,7 +136,6 @@ def _worker(config: dict[str, Any]) -> dict[str, Any]:
         output_path,
         progress_interval,
         publish_output,
-        recipe_for,
     )
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")

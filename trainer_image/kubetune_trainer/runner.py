@@ -8,7 +8,6 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,6 +17,7 @@ from kubetune_trainer.hardware import Hardware
 from kubetune_trainer.metrics import TrainMetrics
 from kubetune_trainer.plan import Plan, uri_scheme
 from kubetune_trainer.progress import Throttled, reporter_from_env
+from kubetune_trainer.recipes import recipe_for
 from kubetune_trainer.recipes.common import RecipeResult, RunContext
 from kubetune_trainer.uris import local_path, pvc_path
 
@@ -25,18 +25,6 @@ log = logging.getLogger("kubetune.trainer")
 
 Mode = Literal["auto", "single", "ray"]
 CHECKPOINT_MANIFEST = "kubetune.json"
-
-
-def recipe_for(method: str) -> Callable[[RunContext], RecipeResult]:
-    if method == "sft":
-        from kubetune_trainer.recipes import sft
-
-        return sft.run
-    if method == "dpo":
-        from kubetune_trainer.recipes import dpo
-
-        return dpo.run
-    raise NotImplementedError(f"method {method} has no recipe in this trainer version")
 
 
 def local_storage(uri: str) -> Path | None:
