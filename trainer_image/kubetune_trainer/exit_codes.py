@@ -31,6 +31,11 @@ cannot help; the message names the file and row."""
 EXIT_STALE_ATTEMPT = 76
 """A newer attempt of the same job has started; this one stopped without writing anything."""
 
+EXIT_GATE_NOT_MET = 79
+"""Export stage only: the spec's export gate metric did not reach its bound, so nothing was
+exported. Not a failure of the job: the operator finishes it as Succeeded without artifacts and
+says why in the condition."""
+
 DISRUPTION_EXIT_CODES = frozenset({EXIT_PREEMPTED})
 """Exit codes the operator treats as disruptions rather than application failures."""
 
@@ -38,6 +43,7 @@ __all__ = [
     "DISRUPTION_EXIT_CODES",
     "EXIT_BAD_DATA",
     "EXIT_FAILED",
+    "EXIT_GATE_NOT_MET",
     "EXIT_INVALID_PLAN",
     "EXIT_OK",
     "EXIT_PREEMPTED",
