@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from kubetune_trainer.models.adapters import adapter_base, is_adapter_dir
 from kubetune_trainer.models.sources import resolve_model_dir
 from kubetune_trainer.models.templates import (
     CONTROL_TOKENS,
@@ -139,6 +140,15 @@ def load_model(
 
     spec = _spec(spec)
     path = path or resolve_model_dir(spec)
+    if is_adapter_dir(path):
+        return _load_merged_adapters(
+            path,
+            dtype=dtype,
+            task=task,
+            num_labels=num_labels,
+            tokenizer=tokenizer,
+            quantization=quantization,
+        )
     kwargs: dict[str, Any] = {
         "dtype": torch.float32 if dtype is None else dtype,
         "trust_remote_code": spec.trust_remote_code,
@@ -175,6 +185,18 @@ def load_model(
         next(model.parameters()).dtype,
     )
     return model
+
+
+def _load_merged_adapters(path: Path, **load_args: Any) -> PreTrainedModel:
+    """A LoRA job's output as a full model: its base with the adapters merged in, so a later
+    job trains (or a user serves) ordinary weights."""
+    from peft import PeftModel
+
+    base = adapter_base(path)
+    model = load_model(base, **load_args)
+    merged = PeftModel.from_pretrained(model, path).merge_and_unload()
+    log.info("event=adapters_merged adapters=%s base=%s", path, base.source)
+    return merged
 
 
 def load_model_and_tokenizer(

@@ -19,6 +19,7 @@ import logging
 import os
 from pathlib import Path
 
+from kubetune_trainer.models.adapters import is_adapter_dir
 from kubetune_trainer.models.builtin import ensure_builtin
 from kubetune_trainer.plan import ModelSpec
 from kubetune_trainer.uris import (
@@ -75,8 +76,11 @@ def resolve_model_dir(spec: ModelSpec | str) -> Path:
         raise ModelSourceError(f"'{uri}': unsupported model source scheme '{kind}://'")
     if not path.is_dir():
         raise ModelSourceError(f"'{uri}': {path} is not a directory")
-    if not (path / "config.json").is_file():
-        raise ModelSourceError(f"'{uri}': no config.json in {path}; is this a model directory?")
+    if not (path / "config.json").is_file() and not is_adapter_dir(path):
+        raise ModelSourceError(
+            f"'{uri}': no config.json (nor adapter_config.json) in {path}; "
+            "is this a model directory?"
+        )
     return path
 
 

@@ -20,6 +20,7 @@ from kubetune_trainer.callbacks import (
 from kubetune_trainer.deepspeed_config import deepspeed_config
 from kubetune_trainer.hardware import Hardware, Precision, choose_precision, precision_args
 from kubetune_trainer.metrics import TrainMetrics
+from kubetune_trainer.models.adapters import is_adapter_dir, write_base_record
 from kubetune_trainer.plan import PeftSpec, Plan
 from kubetune_trainer.progress import Throttled
 
@@ -208,7 +209,8 @@ def callbacks(ctx: RunContext, *, skipped_rows: int = 0) -> tuple[list[Any], Pre
 
 def train_and_save(trainer: Any, ctx: RunContext, preemption: PreemptionCallback) -> RecipeResult:
     """Train (resuming when there is a checkpoint); then, unless preempted, save the final
-    model (adapters merged for export later) with its tokenizer to the output directory."""
+    model with its tokenizer to the output directory. With LoRA that is the adapters and a
+    record of their base (see models.adapters); the export stage merges them."""
     resume = str(ctx.resume_from) if ctx.resume_from else None
     if resume:
         log.info("event=resume checkpoint=%s", resume)
@@ -219,4 +221,6 @@ def train_and_save(trainer: Any, ctx: RunContext, preemption: PreemptionCallback
     trainer.save_model(str(ctx.output_dir))
     if ctx.is_main:
         trainer.processing_class.save_pretrained(str(ctx.output_dir))
+        if is_adapter_dir(ctx.output_dir):
+            write_base_record(ctx.output_dir, ctx.plan.recipe.model)
     return RecipeResult(trainer.state.global_step, False, metrics, ctx.output_dir)
