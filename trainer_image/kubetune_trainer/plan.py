@@ -796,6 +796,16 @@ class RecipeSpec(Section):
                 )
         if self.method == "eval" and (self.eval is None or not self.eval.metrics):
             raise _FieldError(("eval", "metrics"), "method eval needs at least one metric")
+        if self.export is not None and self.method == "eval":
+            raise _FieldError(("export",), "method eval trains no model; remove spec.export")
+        if self.export is not None and self.method == "reward":
+            convertible = sorted(set(self.export.formats) - {"safetensors"})
+            if convertible:
+                raise _FieldError(
+                    ("export", "formats"),
+                    f"a reward model (a classifier) exports as safetensors only, not "
+                    f"{', '.join(convertible)}",
+                )
         gate = self.export.gate if self.export else None
         if gate is not None:
             names = [m.name for m in self.eval.metrics] if self.eval else []
