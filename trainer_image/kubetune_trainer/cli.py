@@ -32,6 +32,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--local", action="store_true", help="interactive run: progress bar")
     parser.add_argument("--check", action="store_true", help="only validate the plan")
+    parser.add_argument(
+        "--stage",
+        choices=["train", "export"],
+        default="train",
+        help="train: the plan's method; export: the artifacts of a finished run (spec.export)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=os.environ.get("KUBETUNE_LOG_LEVEL", "INFO"), format="%(asctime)s %(message)s"
@@ -41,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValidationError, ValueError) as err:
         print(f"kubetune-train: invalid plan {args.plan}: {err}", file=sys.stderr)
         return EXIT_INVALID_PLAN
+    if args.stage == "export":
+        return run_export_stage(plan, check=args.check, local_run=args.local)
     from kubetune_trainer.recipes import available_methods
 
     if plan.recipe.method not in available_methods():
@@ -64,6 +72,26 @@ def main(argv: list[str] | None = None) -> int:
         return run_plan(plan, mode=args.mode, local_run=args.local)
     except Exception:
         log.exception("event=failed job=%s/%s", plan.job.namespace, plan.job.name)
+        return EXIT_FAILED
+
+
+def run_export_stage(plan: Plan, *, check: bool, local_run: bool) -> int:
+    if plan.recipe.export is None:
+        print(
+            f"kubetune-train: job {plan.job.name} has no spec.export; nothing to export",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID_PLAN
+    if check:
+        print(f"export plan for {plan.job.namespace}/{plan.job.name} is valid")
+        return 0
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    from kubetune_trainer.export.stage import main as export_main
+
+    try:
+        return export_main(plan, local_run=local_run)
+    except Exception:
+        log.exception("event=export_failed job=%s/%s", plan.job.namespace, plan.job.name)
         return EXIT_FAILED
 
 
