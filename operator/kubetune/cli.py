@@ -142,6 +142,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     return next((run.exit_code for run in runs if run.exit_code), 0)
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    paths = [Path(p) for p in args.files] or [DEMO_PIPELINE]
+    jobs, problems = load_jobs(paths)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if problems:
+        return 1
+    selected = [job for _, job in jobs if not args.job or job.metadata.name in args.job]
+    if not selected:
+        print(f"kubetune export: no job named {', '.join(args.job)}", file=sys.stderr)
+        return 1
+    from kubetune.local import export_jobs, export_state
+
+    formats = [f for f in args.format or [] if f]
+    runs = export_jobs(selected, storage=args.storage, formats=formats or None)
+    for run in runs:
+        print(f"{run.job.metadata.name}: export {export_state(run.export_code)}")
+    from kubetune_trainer.exit_codes import EXIT_GATE_NOT_MET
+
+    return next((r.export_code for r in runs if r.export_code not in (0, EXIT_GATE_NOT_MET)), 0)
+
+
 def cmd_crd(args: argparse.Namespace) -> int:
     from kubetune.crd import render
 
@@ -187,6 +209,24 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--fresh", action="store_true", help="discard earlier checkpoints")
     run.add_argument("--mode", choices=["auto", "single", "ray"], default="auto")
     run.set_defaults(func=cmd_run)
+
+    export = commands.add_parser(
+        "export",
+        help="export finished local runs (merged safetensors, GGUF, ONNX), verified",
+        description="Run the export stage of finished local runs, exactly as the Exporting "
+        "phase does in the cluster: build each artifact of spec.export (or --format), verify "
+        "it with an independent loader and write manifest.json beside them.",
+    )
+    export.add_argument("files", nargs="*", metavar="FILE", help="default: the built-in demo")
+    export.add_argument("--job", action="append", help="only this job (repeatable)")
+    export.add_argument(
+        "--format",
+        action="append",
+        choices=["safetensors", "gguf", "onnx"],
+        help="override spec.export.formats (repeatable)",
+    )
+    export.add_argument("--storage", default=LOCAL_STORAGE, help="the runs' storage root")
+    export.set_defaults(func=cmd_export)
 
     crd = commands.add_parser("crd", help="print the FineTuneJob CustomResourceDefinition")
     crd.set_defaults(func=cmd_crd)

@@ -20,6 +20,7 @@ from pathlib import Path
 from kubetune.api import FineTuneJob, model_dependencies
 from kubetune.planner import dependency_output, make_plan
 from kubetune_trainer.checkpoints import CheckpointStore
+from kubetune_trainer.exit_codes import EXIT_FAILED, EXIT_GATE_NOT_MET, EXIT_OK
 from kubetune_trainer.plan import Plan, Scaling, uri_scheme
 
 
@@ -29,6 +30,8 @@ class LocalRun:
     plan: Plan
     run_dir: Path
     exit_code: int
+    export_code: int | None = None
+    """Exit code of the export stage; None when the job asks for no export."""
 
 
 def dependency_order(jobs: list[FineTuneJob]) -> list[FineTuneJob]:
@@ -88,32 +91,12 @@ def run_jobs(
         if fresh and run_dir.exists():
             shutil.rmtree(run_dir)
 
-        def resolve(name: str, namespace: str = ref.namespace) -> str | None:
-            if (namespace, name) in finished:
-                return finished[(namespace, name)]
-            other = next((j for j in jobs if j.metadata.name == name), None)
-            if other is not None:
-                return None  # in this invocation but not finished: should not happen (order)
-            guess = Path(storage_root) / namespace / name / "output"
-            return str(guess) if guess.is_dir() else None
-
         attempt = CheckpointStore(run_dir).latest_attempt() + 1
-        plan = make_plan(
-            job,
-            attempt=attempt,
-            default_storage=storage_root,
-            resolve_job_output=resolve,
-            scaling=scaling,
-        )
+        plan = local_plan(job, jobs, finished, storage_root, attempt, scaling)
         run_dir.mkdir(parents=True, exist_ok=True)
         plan_path = run_dir / f"plan-attempt-{attempt}.json"
         plan_path.write_text(plan.to_json())
-        env = os.environ | {
-            "KUBETUNE_PROGRESS_FILE": str(run_dir / "progress.json"),
-            "KUBETUNE_PROGRESS_INTERVAL": "2",
-            "KUBETUNE_METRICS_PORT": os.environ.get("KUBETUNE_METRICS_PORT", "0"),
-            "HF_HUB_DISABLE_TELEMETRY": "1",
-        }
+        env = trainer_env(run_dir)
         print(
             f"== {ref.namespace}/{ref.name}: {plan.recipe.method} on {plan.recipe.model.source} "
             f"(attempt {attempt}, {workers} worker(s)) -> {run_dir}",
@@ -127,7 +110,97 @@ def run_jobs(
             print(f"{ref.name}: kubetune-train exited with {code}", file=sys.stderr)
             break
         finished[(ref.namespace, ref.name)] = dependency_output(storage_root, job)
+        if plan.recipe.export is not None:
+            runs[-1].export_code = run_export_stage(plan_path, run_dir)
+            if runs[-1].export_code not in (EXIT_OK, EXIT_GATE_NOT_MET):
+                break
     return runs
+
+
+def local_plan(
+    job: FineTuneJob,
+    jobs: list[FineTuneJob],
+    finished: dict[tuple[str, str], str],
+    storage_root: str,
+    attempt: int,
+    scaling: Scaling | None,
+) -> Plan:
+    """The plan a pod of this job would get, with finetunejob:// references resolved to the
+    outputs of jobs finished in this invocation or earlier under the same storage root."""
+    ref = job.job_ref()
+
+    def resolve(name: str, namespace: str = ref.namespace) -> str | None:
+        if (namespace, name) in finished:
+            return finished[(namespace, name)]
+        other = next((j for j in jobs if j.metadata.name == name), None)
+        if other is not None:
+            return None  # in this invocation but not finished: should not happen (order)
+        guess = Path(storage_root) / namespace / name / "output"
+        return str(guess) if guess.is_dir() else None
+
+    return make_plan(
+        job,
+        attempt=attempt,
+        default_storage=storage_root,
+        resolve_job_output=resolve,
+        scaling=scaling,
+    )
+
+
+def trainer_env(run_dir: Path) -> dict[str, str]:
+    return os.environ | {
+        "KUBETUNE_PROGRESS_FILE": str(run_dir / "progress.json"),
+        "KUBETUNE_PROGRESS_INTERVAL": "2",
+        "KUBETUNE_METRICS_PORT": os.environ.get("KUBETUNE_METRICS_PORT", "0"),
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+    }
+
+
+def run_export_stage(plan_path: Path, run_dir: Path) -> int:
+    """``kubetune-train --stage export`` on a finished run, as the export Job runs it."""
+    print(f"== export of {plan_path.parent.name}", flush=True)
+    command = [sys.executable, "-m", "kubetune_trainer.cli", "--plan", str(plan_path)]
+    command += ["--stage", "export", "--local"]
+    code = run_forwarding_signals(command, trainer_env(run_dir))
+    if code not in (EXIT_OK, EXIT_GATE_NOT_MET):
+        print(f"{plan_path.parent.name}: export exited with {code}", file=sys.stderr)
+    return code
+
+
+def export_jobs(
+    jobs: list[FineTuneJob], *, storage: str, formats: list[str] | None = None
+) -> list[LocalRun]:
+    """Export finished local runs again (``kubetune export``): e.g. after adding a format."""
+    storage_root = str(Path(storage).resolve())
+    runs: list[LocalRun] = []
+    for job in dependency_order([local_job(j) for j in jobs]):
+        if formats:
+            job = with_export_formats(job, formats)
+        ref = job.job_ref()
+        run_dir = Path(storage_root) / ref.namespace / ref.name
+        attempt = CheckpointStore(run_dir).latest_attempt()
+        plan = local_plan(job, jobs, {}, storage_root, max(attempt, 1), None)
+        if plan.recipe.export is None:
+            print(f"{ref.name}: no spec.export and no --format; skipped")
+            continue
+        output = Path(plan.storage.output_dir)
+        if not output.is_dir():
+            print(
+                f"{ref.name}: no trained model at {output}; run `kubetune run --local` first",
+                file=sys.stderr,
+            )
+            runs.append(LocalRun(job, plan, run_dir, 0, EXIT_FAILED))
+            continue
+        plan_path = run_dir / f"plan-export-attempt-{plan.attempt}.json"
+        plan_path.write_text(plan.to_json())
+        runs.append(LocalRun(job, plan, run_dir, 0, run_export_stage(plan_path, run_dir)))
+    return runs
+
+
+def with_export_formats(job: FineTuneJob, formats: list[str]) -> FineTuneJob:
+    data = job.model_dump(by_alias=True, exclude_none=True)
+    data["spec"].setdefault("export", {})["formats"] = formats
+    return FineTuneJob.model_validate(data)
 
 
 def run_forwarding_signals(command: list[str], env: dict[str, str]) -> int:
@@ -147,7 +220,7 @@ def run_forwarding_signals(command: list[str], env: dict[str, str]) -> int:
 
 
 def summary_table(runs: list[LocalRun]) -> str:
-    rows = [("JOB", "METHOD", "STEP", "LOSS", "EXIT", "OUTPUT")]
+    rows = [("JOB", "METHOD", "STEP", "LOSS", "EXIT", "EXPORT", "OUTPUT")]
     for run in runs:
         progress_file = run.run_dir / "progress.json"
         progress = json.loads(progress_file.read_text()) if progress_file.exists() else {}
@@ -158,6 +231,7 @@ def summary_table(runs: list[LocalRun]) -> str:
                 f"{progress.get('step', '-')}/{progress.get('totalSteps', '-')}",
                 progress.get("loss", "-"),
                 str(run.exit_code),
+                export_state(run.export_code),
                 run.plan.storage.output_dir if run.exit_code == 0 else "-",
             )
         )
@@ -165,6 +239,12 @@ def summary_table(runs: list[LocalRun]) -> str:
     return "\n".join(
         "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows
     )
+
+
+def export_state(code: int | None) -> str:
+    if code is None:
+        return "-"
+    return {EXIT_OK: "done", EXIT_GATE_NOT_MET: "gate not met"}.get(code, f"failed ({code})")
 
 
 def heldout_accuracy(model_source: str, rows: int = 100) -> float:
