@@ -153,12 +153,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     if not selected:
         print(f"kubetune export: no job named {', '.join(args.job)}", file=sys.stderr)
         return 1
-    from kubetune.local import export_jobs, export_state
+    from kubetune.local import artifact_lines, export_jobs, export_state
 
-    formats = [f for f in args.format or [] if f]
-    runs = export_jobs(selected, storage=args.storage, formats=formats or None)
+    runs = export_jobs(selected, storage=args.storage, formats=args.format)
     for run in runs:
         print(f"{run.job.metadata.name}: export {export_state(run.export_code)}")
+        print("\n".join(artifact_lines(run)))
     from kubetune_trainer.exit_codes import EXIT_GATE_NOT_MET
 
     return next((r.export_code for r in runs if r.export_code not in (0, EXIT_GATE_NOT_MET)), 0)

@@ -235,10 +235,13 @@ def summary_table(runs: list[LocalRun]) -> str:
                 run.plan.storage.output_dir if run.exit_code == 0 else "-",
             )
         )
+    return "\n".join(format_table(rows))
+
+
+def format_table(rows: list[tuple[str, ...]]) -> list[str]:
+    """Rows as left-aligned columns, like kubectl's tables."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows
-    )
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
 
 
 def export_state(code: int | None) -> str:
@@ -289,4 +292,32 @@ def demo_report(runs: list[LocalRun]) -> str:
         f"metrics:     {last.run_dir / 'history.jsonl'} (every logged step), "
         f"{last.run_dir / 'progress.json'} (latest)",
     ]
+    for run in runs:
+        lines += artifact_lines(run)
     return "\n".join(lines)
+
+
+def artifact_lines(run: LocalRun) -> list[str]:
+    """The artifact table of a run's export manifest (nothing when it exported nothing)."""
+    if run.export_code is None:
+        return []
+    manifest_path = Path(run.plan.storage.export_dir) / "manifest.json"
+    if not manifest_path.is_file():
+        return []
+    manifest = json.loads(manifest_path.read_text())
+    if manifest.get("gate") and not manifest["gate"]["passed"]:
+        return ["", f"{run.job.metadata.name}: {manifest['gate']['message']}"]
+    rows = [("ARTIFACT", "SIZE", "SHA256", "VERIFIED BY", "MAX |LOGIT DIFF|", "GREEDY")]
+    for artifact in manifest["artifacts"]:
+        check = artifact["verification"]
+        rows.append(
+            (
+                artifact["path"],
+                f"{artifact['bytes'] / 1e6:.1f} MB",
+                artifact["sha256"][:12],
+                check["loader"] if check["ok"] else f"{check['loader']} (FAILED)",
+                f"{check['max_abs_logit_diff']:.1e}",
+                "same" if check["greedy_match"] else "different",
+            )
+        )
+    return ["", f"Artifacts of {run.job.metadata.name} ({manifest_path}):", *format_table(rows)]

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kubetune-train: invalid plan {args.plan}: {err}", file=sys.stderr)
         return EXIT_INVALID_PLAN
     if args.stage == "export":
-        return run_export_stage(plan, check=args.check, local_run=args.local)
+        return run_export_stage(plan, check=args.check)
     from kubetune_trainer.recipes import available_methods
 
     if plan.recipe.method not in available_methods():
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
 
 
-def run_export_stage(plan: Plan, *, check: bool, local_run: bool) -> int:
+def run_export_stage(plan: Plan, *, check: bool) -> int:
     if plan.recipe.export is None:
         print(
             f"kubetune-train: job {plan.job.name} has no spec.export; nothing to export",
@@ -89,7 +89,7 @@ def run_export_stage(plan: Plan, *, check: bool, local_run: bool) -> int:
     from kubetune_trainer.export.stage import main as export_main
 
     try:
-        return export_main(plan, local_run=local_run)
+        return export_main(plan)
     except Exception:
         log.exception("event=export_failed job=%s/%s", plan.job.namespace, plan.job.name)
         return EXIT_FAILED

@@ -221,32 +221,6 @@ def describe(verification: Verification) -> str:
     )
 
 
-def artifact_table(outcome: ExportOutcome) -> str:
-    rows = [("FORMAT", "SIZE", "SHA256", "VERIFIED", "CHECK")]
-    for a in outcome.manifest.artifacts:
-        rows.append(
-            (
-                a.format,
-                human_bytes(a.bytes),
-                a.sha256[:12],
-                "yes" if a.verification.ok else "NO",
-                describe(a.verification),
-            )
-        )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    return "\n".join([*lines, f"manifest: {outcome.export_uri.rstrip('/')}/{MANIFEST}"])
-
-
-def human_bytes(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
-
-
 def report_to_job(outcome: ExportOutcome) -> None:
     """status.artifacts of the own job, when running in the cluster."""
     if os.environ.get("KUBETUNE_PROGRESS") != "kubernetes":
@@ -269,7 +243,7 @@ def write_termination_message(message: str) -> None:
         log.warning("event=termination_message_unwritable path=%s", path)
 
 
-def main(plan: Plan, *, local_run: bool = False) -> int:
+def main(plan: Plan) -> int:
     """The stage's process: exit 0 exported, 79 gate not met, 78 cannot export this model,
     1 failed (the operator retries the export alone)."""
     from kubetune_trainer.exit_codes import (
@@ -305,9 +279,7 @@ def main(plan: Plan, *, local_run: bool = False) -> int:
         return EXIT_GATE_NOT_MET
     report_to_job(outcome)
     log.info("event=exported job=%s message=%s", plan.job.name, outcome.message)
-    if local_run:
-        print(artifact_table(outcome))
     return EXIT_OK
 
 
-__all__ = ["ExportOutcome", "artifact_table", "main", "run_export"]
+__all__ = ["ExportOutcome", "main", "run_export"]
