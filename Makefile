@@ -1,5 +1,5 @@
 # Every target does its own set-up (scripts/setup.sh is a no-op when the environment is current).
-.PHONY: demo test setup lint format crd cluster-build cluster-up cluster-down
+.PHONY: demo test setup lint format crd install-manifest cluster-build cluster-up cluster-down
 
 demo:  ## the main job: a tiny fine-tuning pipeline, locally
 	scripts/demo.sh
@@ -21,6 +21,9 @@ format: setup
 
 crd: setup  ## regenerate crds/ from kubetune.api
 	.venv/bin/python -m kubetune.crd
+
+install-manifest: crd  ## copy crds/ into the Helm chart and render manifests/install.yaml
+	scripts/render-install.sh
 
 cluster-build:  ## build the e2e control plane binaries (cached by version)
 	tests/cluster/build.sh

@@ -1,0 +1,127 @@
+{{/* Names, labels and the operator's permissions, shared by every template. */}}
+
+{{- define "kubetune.name" -}}
+{{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "kubetune.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Labels of every object; each adds its app.kubernetes.io/component. */}}
+{{- define "kubetune.baseLabels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ include "kubetune.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{- define "kubetune.labels" -}}
+{{ include "kubetune.baseLabels" . }}
+app.kubernetes.io/component: operator
+{{- end -}}
+
+{{- define "kubetune.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "kubetune.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end -}}
+
+{{- define "kubetune.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "kubetune.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "kubetune.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The claim storage.default names ("" when it is not pvc://). */}}
+{{- define "kubetune.storageClaim" -}}
+{{- if hasPrefix "pvc://" .Values.storage.default -}}
+{{- .Values.storage.default | trimPrefix "pvc://" | trimAll "/" | splitList "/" | first -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+What the operator does in the namespaces it serves, and nothing more (a Role or a ClusterRole
+holds these rules). Derived from kubetune.controller.handlers:
+- finetunejobs: kopf lists and watches them and patches its annotations (handler progress);
+  the operator reads each job fresh and deletes a finished one (ttlSecondsAfterFinished).
+- finetunejobs/status: the operator writes status. It also creates, per job, a Role granting
+  get + patch on that job's status to the trainer; Kubernetes only lets it grant what it holds
+  itself, hence get here.
+- jobs (and rayjobs with KubeRay): the launcher of each attempt; watched (kopf on.event),
+  listed by label, created, deleted (new attempt, suspend, deadline).
+- configmaps, services, serviceaccounts, roles, rolebindings: the other children of an
+  attempt; listed by label, read when adopting after a crash, created, deleted.
+- events: kopf's and the operator's events on FineTuneJobs.
+- pods, list only: a failed export stage's pods, for the reason in their termination message.
+No Secrets: pods reference them by name (secretKeyRef); the operator never reads one.
+*/}}
+{{- define "kubetune.namespacedRules" -}}
+- apiGroups: [kubetune.io]
+  resources: [finetunejobs]
+  verbs: [get, list, watch, patch, delete]
+- apiGroups: [kubetune.io]
+  resources: [finetunejobs/status]
+  verbs: [get, patch]
+- apiGroups: [batch]
+  resources: [jobs]
+  verbs: [get, list, watch, create, delete]
+- apiGroups: [ray.io]
+  resources: [rayjobs]
+  verbs: [get, list, watch, create, delete]
+- apiGroups: [""]
+  resources: [configmaps, services, serviceaccounts]
+  verbs: [get, list, create, delete]
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [roles, rolebindings]
+  verbs: [get, list, create, delete]
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create]
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list]
+{{- if and .Values.highAvailability.enabled .Values.watchNamespace }}
+- apiGroups: [kopf.dev]
+  resources: [kopfpeerings]
+  verbs: [get, list, watch, patch]
+{{- end }}
+{{- end -}}
+
+{{/*
+Cluster-scoped reads: kopf watches CustomResourceDefinitions (it starts serving RayJobs when
+KubeRay is installed later) and the operator reads rayjobs.ray.io to pick a launcher. Serving
+one namespace, kopf also lists and watches Namespaces (to notice it deleted or re-created;
+without it kopf retries for about a minute before it starts watching). Plus the
+ClusterKopfPeering of a cluster-wide HA pair.
+*/}}
+{{- define "kubetune.clusterRules" -}}
+- apiGroups: [apiextensions.k8s.io]
+  resources: [customresourcedefinitions]
+  verbs: [get, list, watch]
+{{- if .Values.watchNamespace }}
+- apiGroups: [""]
+  resources: [namespaces]
+  verbs: [list, watch]
+{{- end }}
+{{- if and .Values.highAvailability.enabled (not .Values.watchNamespace) }}
+- apiGroups: [kopf.dev]
+  resources: [clusterkopfpeerings]
+  verbs: [get, list, watch, patch]
+{{- end }}
+{{- end -}}
