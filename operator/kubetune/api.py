@@ -234,6 +234,12 @@ class FineTuneJobStatus(Section):
     """Application failures restarted so far (counts against resume.maxRestarts)."""
     disruptions: int | None = None
     """Disruptions (evictions, preemptions) recovered so far."""
+    export_attempt: int | None = None
+    """Current attempt of the export stage (1 for its first run), numbered apart from training
+    attempts: a failed export is retried alone, never retraining."""
+    export_restarts: int | None = None
+    """Export failures retried so far (counted against resume.maxRestarts apart from
+    restarts)."""
     progress: Progress | None = None
     """Training progress."""
     last_checkpoint: CheckpointRef | None = None
@@ -249,8 +255,8 @@ class FineTuneJobStatus(Section):
     observed_generation: int | None = None
     """The spec generation the operator last acted on."""
     next_attempt_time: ShortText | None = None
-    """When the pending attempt (status.attempt) will be launched, after the restart backoff
-    (RFC 3339); unset once it is launched."""
+    """When the pending attempt (status.attempt; status.exportAttempt while Exporting) will be
+    launched, after the restart backoff (RFC 3339); unset once it is launched."""
 
 
 class ObjectMeta(Section):

@@ -253,6 +253,11 @@ def crd() -> dict[str, Any]:
                         },
                         {"name": "Loss", "type": "string", "jsonPath": ".status.progress.loss"},
                         {"name": "Attempt", "type": "integer", "jsonPath": ".status.attempt"},
+                        {
+                            "name": "Export",
+                            "type": "string",
+                            "jsonPath": '.status.conditions[?(@.type=="Exported")].reason',
+                        },
                         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
                     ],
                     "schema": {

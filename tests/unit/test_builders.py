@@ -23,6 +23,7 @@ from kubetune.builders import (
     BuildError,
     ClusterFacts,
     build_children,
+    build_export_job,
     choose_launcher,
     job_failure,
     names,
@@ -30,8 +31,9 @@ from kubetune.builders import (
     rayjob_failure,
     secret_env_name,
 )
+from kubetune.builders.export_job import EXPORT_CONTAINER
 from kubetune.planner import dependency_output, make_plan
-from kubetune_trainer.exit_codes import EXIT_INVALID_PLAN, EXIT_PREEMPTED
+from kubetune_trainer.exit_codes import EXIT_GATE_NOT_MET, EXIT_INVALID_PLAN, EXIT_PREEMPTED
 from kubetune_trainer.plan import Plan, SecretKeyRef
 
 REPO = Path(__file__).resolve().parents[2]
@@ -165,6 +167,7 @@ def test_golden(method: str, launcher: str) -> None:
 
 def test_no_stale_golden_files() -> None:
     expected = {f"{m}-{launcher}.yaml" for m in METHODS for launcher in LAUNCHERS}
+    expected.add(EXPORT_GOLDEN)
     assert {p.name for p in GOLDEN.glob("*.yaml")} == expected
 
 
@@ -766,3 +769,125 @@ def test_rayjob_failures_are_classified_by_pods_and_exit_code() -> None:
     preempted["status"]["message"] = f"failed with exit code {EXIT_PREEMPTED}"
     result = rayjob_failure(preempted)
     assert result is not None and result.kind == "disruption"
+
+
+# --------------------------------------------------------------------------- export stage
+
+EXPORT_GOLDEN = "sft-export.yaml"
+
+
+def _export(
+    data: dict[str, Any], attempt: int = 1, export_attempt: int = 1, **facts: Any
+) -> dict[str, Any]:
+    job = _job(data)
+    base = ClusterFacts(**{**FACTS["job"].__dict__, **facts})
+    return build_export_job(job, _plan(job, attempt), base, export_attempt)
+
+
+def test_export_golden() -> None:
+    """The sft example asks for safetensors, GGUF and ONNX: its export Job after attempt 1."""
+    export = _export(EXAMPLES["sft"])
+    text = _dump([export])
+    path = GOLDEN / EXPORT_GOLDEN
+    if UPDATE:
+        path.write_text(text)
+    assert text == path.read_text(), (
+        f"{path.name} differs from the builders' output; if the change is intended, "
+        "rerun with KUBETUNE_UPDATE_GOLDEN=1 and review the diff"
+    )
+    assert list(yaml.safe_load_all(path.read_text())) == [export]
+
+
+def test_export_job_runs_the_export_stage_with_pod_zeros_identity_and_storage(
+    job: dict[str, Any],
+) -> None:
+    job = _pvc_job(_secret_job(job))
+    job["spec"]["export"] = {"formats": ["safetensors", "gguf"]}
+    job["spec"]["resources"] = {"gpusPerNode": 4, "nodeSelector": {"pool": "gpu"}}
+    export = _export(job, attempt=3, export_attempt=2)
+    head = next(c for c in _build(job, attempt=3) if c["kind"] == "Job")["spec"]["template"]
+    pod = export["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    (trainer,) = head["spec"]["containers"]
+    assert export["metadata"]["name"] == "demo-export-a2"
+    assert export["metadata"]["labels"][names.LABEL_COMPONENT] == "export"
+    assert export["metadata"]["labels"][names.LABEL_ATTEMPT] == "3"
+    assert export["metadata"]["labels"][names.LABEL_EXPORT_ATTEMPT] == "2"
+    assert container["name"] == EXPORT_CONTAINER
+    assert container["command"] == [
+        "kubetune-train",
+        "--plan",
+        "/etc/kubetune/plan.json",
+        "--stage",
+        "export",
+    ]
+    assert container["image"] == "registry.example/kubetune/export:0.1.0"
+    # The plan of the training attempt it exports, the same identity, secrets and storage.
+    assert {"name": "plan", "configMap": {"name": "demo-plan-a3"}} in pod["volumes"]
+    assert pod["serviceAccountName"] == head["spec"]["serviceAccountName"] == "demo-trainer"
+    secret_env = [e for e in container["env"] if "valueFrom" in e and "secretKeyRef" in str(e)]
+    assert secret_env == [e for e in trainer["env"] if "secretKeyRef" in str(e)]
+    assert {e["name"] for e in secret_env} >= {"WANDB_API_KEY", "AWS_SECRET_ACCESS_KEY"}
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["KUBETUNE_ATTEMPT"] == "3" and env["KUBETUNE_EXPORT_ATTEMPT"] == "2"
+    assert env["KUBETUNE_PROGRESS"] == "kubernetes"  # the stage patches status.artifacts
+    claims = {v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "pvc" in v["name"]}
+    assert claims == set(pvc_claims(_plan(_job(job), 3))) and claims
+    assert {m["name"] for m in container["volumeMounts"]} == {v["name"] for v in pod["volumes"]}
+    assert "shm" not in {v["name"] for v in pod["volumes"]}
+    # No GPU, but the job's placement (the nodes its storage and pools are reachable from).
+    assert container["resources"] == {"requests": {"cpu": "4", "memory": "32Gi"}}
+    assert pod["nodeSelector"] == {"pool": "gpu"}
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    spec = export["spec"]
+    assert (spec["backoffLimit"], spec["completions"], pod["restartPolicy"]) == (0, 1, "Never")
+    rules = spec["podFailurePolicy"]["rules"]
+    assert [r.get("onExitCodes", {}).get("containerName") for r in rules] == [
+        None,
+        EXPORT_CONTAINER,
+        EXPORT_CONTAINER,
+    ]
+    assert _round_trip(export, "V1Job") == export
+
+
+def test_export_image_falls_back_to_the_operator_then_the_trainer_image(
+    job: dict[str, Any],
+) -> None:
+    job["spec"]["export"] = {"formats": ["safetensors"]}
+    image = lambda export: export["spec"]["template"]["spec"]["containers"][0]["image"]  # noqa: E731
+    assert image(_export(job, export_image="")) == "registry.example/kubetune/trainer:0.1.0"
+    job["spec"]["runtime"] = {"exportImage": "mine/export:1"}
+    assert image(_export(job)) == "mine/export:1"
+
+
+def test_export_job_requests_what_the_job_asked_for(job: dict[str, Any]) -> None:
+    job["spec"]["resources"] = {"gpusPerNode": 8, "cpu": "96", "memory": "1000Gi"}
+    job["spec"]["export"] = {"formats": ["onnx"]}
+    container = _export(job)["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"] == {"requests": {"cpu": "96", "memory": "1000Gi"}}
+
+
+def test_export_names_fit_for_the_longest_job_name(job: dict[str, Any]) -> None:
+    job["metadata"]["name"] = "j" * 49
+    job["spec"]["export"] = {"formats": ["safetensors"]}
+    export = _export(job, export_attempt=99_999)
+    assert len(export["metadata"]["name"]) <= names.MAX_NAME
+    assert names.export_job_name("demo", 4) == "demo-export-a4"
+    with pytest.raises(ValueError):
+        names.export_job_name("demo", 0)
+
+
+def test_export_job_outcomes_read_like_the_launchers() -> None:
+    gate = _failed_job(
+        "PodFailurePolicy",
+        f"Container export for pod ns/demo-export-a1-x failed with exit code {EXIT_GATE_NOT_MET} "
+        "matching FailJob rule at index 2",
+    )
+    failure = job_failure(gate)
+    assert failure is not None and failure.exit_code == EXIT_GATE_NOT_MET
+    evicted = _failed_job(
+        "PodFailurePolicy",
+        "Pod ns/demo-export-a1-x has condition DisruptionTarget matching FailJob rule at index 0",
+    )
+    assert job_failure(evicted).kind == "disruption"

@@ -547,3 +547,308 @@ def test_resume_after_suspension_during_backoff_reuses_the_unmade_attempt():
     d = reconcile(job, Observed(children=(old,)), NOW, SETTINGS)
     assert "attempt" not in d.status_patch  # attempt 2 was never made: it is the one launched
     assert ("Job", "demo-a2") in kinds(d)
+
+
+# --------------------------------------------------------------------------- exporting
+
+EXPORT = {"formats": ["safetensors", "gguf"]}
+GATE_EXPORT = {
+    "formats": ["safetensors"],
+    "gate": {"metric": "add_accuracy", "min": 0.9},
+}
+GATE_EVAL = {
+    "metrics": [
+        {
+            "name": "add_accuracy",
+            "type": "accuracy",
+            "dataset": {"uri": "builtin://arithmetic-sft"},
+            "extractor": "lastNumber",
+        }
+    ]
+}
+ARTIFACTS = [
+    {"format": "safetensors", "uri": "s3://bucket/export/model", "verified": True},
+    {"format": "gguf-f16", "uri": "s3://bucket/export/model-f16.gguf", "verified": True},
+]
+
+
+def export_failure(code: int) -> dict[str, str]:
+    return {
+        "type": "Failed",
+        "reason": "PodFailurePolicy",
+        "message": f"Container export for pod team-a/demo-export-a1-x failed with exit code "
+        f"{code} matching FailJob rule at index 2",
+    }
+
+
+EXPORT_EVICTED = {
+    "type": "Failed",
+    "reason": "PodFailurePolicy",
+    "message": "Pod team-a/demo-export-a1-x has condition DisruptionTarget matching FailJob "
+    "rule at index 0",
+}
+
+
+def export_job(n: int, condition: dict[str, str] | None = None) -> dict[str, Any]:
+    obj = launcher_job(1, condition)
+    obj["metadata"] = {
+        "name": names.export_job_name("demo", n),
+        "labels": {
+            names.LABEL_ATTEMPT: "1",
+            names.LABEL_EXPORT_ATTEMPT: str(n),
+            names.LABEL_COMPONENT: "export",
+        },
+    }
+    return obj
+
+
+def export_child(n: int, finished: bool = False) -> Child:
+    return Child("batch/v1", "Job", names.export_job_name("demo", n), 1, finished, "export")
+
+
+def export_world(exporter: dict[str, Any] | None, *extra: Child, pods=()) -> Observed:
+    """Training attempt 1 finished; the export Job of the current export attempt as given."""
+    children = [Child("batch/v1", "Job", "demo-a1", 1, True, "launcher"), *extra]
+    if exporter is not None:
+        n = int(exporter["metadata"]["labels"][names.LABEL_EXPORT_ATTEMPT])
+        children.append(export_child(n, launcher_state(exporter)[0] != "running"))
+    return Observed(exporter=exporter, children=tuple(children), export_pods=tuple(pods))
+
+
+def exporting(n: int = 1, **extra: Any) -> dict[str, Any]:
+    return running(**{"phase": "Exporting", "exportAttempt": n, **extra})
+
+
+def stopped_pod(message: str, container: str = "export") -> dict[str, Any]:
+    state = {"terminated": {"exitCode": 79, "message": message}}
+    return {"status": {"containerStatuses": [{"name": container, "state": state}]}}
+
+
+def created(decision: Decision) -> list[dict[str, Any]]:
+    return [m for c in decision.creates for m in c.manifests]
+
+
+def test_training_success_with_export_enters_exporting_and_runs_the_export_job():
+    job = make_job(running(), export=EXPORT)
+    d = reconcile(job, world_with(launcher_job(1, SUCCEEDED)), NOW, SETTINGS)
+    assert d.status_patch["phase"] == "Exporting"
+    assert d.status_patch["exportAttempt"] == 1
+    assert d.status_patch["output"] == "s3://bucket/runs/team-a/demo/output"
+    assert "completionTime" not in d.status_patch
+    assert kinds(d) == [("Job", "demo-export-a1")]  # nothing of training is made again
+    (export,) = created(d)
+    container = export["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"][-2:] == ["--stage", "export"]
+    volumes = export["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "plan", "configMap": {"name": "demo-plan-a1"}} in volumes
+    exported = cond(d, "Exported")
+    assert (exported["status"], exported["reason"]) == ("False", "ExportRunning")
+    assert cond(d, "Running")["reason"] == "TrainingSucceeded"
+    assert "Succeeded" not in {c["type"] for c in d.status_patch["conditions"]}
+    assert {"TrainingSucceeded", "ExportLaunched", "Exporting"} <= {e.reason for e in d.events}
+
+
+@pytest.mark.parametrize("export", [None, {"formats": []}])
+def test_training_success_without_export_formats_succeeds_at_once(export):
+    job = make_job(running()) if export is None else make_job(running(), export=export)
+    d = reconcile(job, world_with(launcher_job(1, SUCCEEDED)), NOW, SETTINGS)
+    assert d.status_patch["phase"] == "Succeeded"
+    assert not d.creates and "exportAttempt" not in d.status_patch
+    assert "Exported" not in {c["type"] for c in d.status_patch["conditions"]}
+
+
+def test_running_export_is_left_alone():
+    job = make_job(exporting(), export=EXPORT)
+    world = export_world(export_job(1))
+    d = reconcile(job, world, NOW, SETTINGS)
+    assert not d.creates and not d.deletes
+    assert cond(d, "Exported")["message"] == "export attempt 1 is running"
+    d2 = reconcile(apply(job, d), world, NOW, SETTINGS)
+    assert d2.status_patch == {} and d2.actions == []
+
+
+def test_export_success_lists_the_artifacts_the_stage_reported():
+    job = make_job(exporting(artifacts=ARTIFACTS), export=EXPORT)
+    d = reconcile(job, export_world(export_job(1, SUCCEEDED)), NOW, SETTINGS)
+    assert d.status_patch["phase"] == "Succeeded"
+    assert d.status_patch["completionTime"] == rfc3339(NOW)
+    assert "artifacts" not in d.status_patch  # the stage's field, never the operator's
+    exported = cond(d, "Exported")
+    assert (exported["status"], exported["reason"]) == ("True", "Exported")
+    assert exported["message"] == (
+        "export attempt 1 succeeded: 2 artifact(s) (safetensors, gguf-f16), 2 verified"
+    )
+    assert cond(d, "Succeeded")["reason"] == "Exported"
+    assert {"Exported", "Succeeded"} <= {e.reason for e in d.events}
+
+
+def test_export_success_without_artifacts_is_a_warning():
+    job = make_job(exporting(), export=EXPORT)
+    d = reconcile(job, export_world(export_job(1, SUCCEEDED)), NOW, SETTINGS)
+    assert d.status_patch["phase"] == "Succeeded"
+    assert "reported no artifacts" in cond(d, "Exported")["message"]
+    assert ("Warning", "NoArtifactsReported") in {(e.type, e.reason) for e in d.events}
+
+
+def test_export_gate_not_met_succeeds_with_the_stages_message():
+    job = make_job(exporting(), export=GATE_EXPORT, eval=GATE_EVAL)
+    pod = stopped_pod("add_accuracy 0.41 is below the gate's min 0.9")
+    d = reconcile(job, export_world(export_job(1, export_failure(79)), pods=[pod]), NOW, SETTINGS)
+    assert d.status_patch["phase"] == "Succeeded"
+    assert "exportAttempt" not in d.status_patch and not d.creates  # not retried
+    exported = cond(d, "Exported")
+    assert (exported["status"], exported["reason"]) == ("False", "ExportGateNotMet")
+    assert exported["message"].endswith("add_accuracy 0.41 is below the gate's min 0.9")
+    assert cond(d, "Succeeded")["reason"] == "ExportGateNotMet"
+    assert "Failed" not in {c["type"] for c in d.status_patch["conditions"]}
+
+
+def test_export_gate_not_met_without_a_message_names_the_gate():
+    job = make_job(exporting(), export=GATE_EXPORT, eval=GATE_EVAL)
+    d = reconcile(job, export_world(export_job(1, export_failure(79))), NOW, SETTINGS)
+    assert cond(d, "Exported")["message"].endswith("spec.export.gate asks for add_accuracy >= 0.9")
+
+
+def test_export_failure_retries_the_export_alone_after_the_backoff():
+    job = make_job(exporting(restarts=1), export=EXPORT)
+    pod = stopped_pod("Traceback ... OSError: disk full")
+    d = reconcile(job, export_world(export_job(1, export_failure(1)), pods=[pod]), NOW, SETTINGS)
+    assert d.status_patch["exportAttempt"] == 2
+    assert d.status_patch["exportRestarts"] == 1
+    assert d.status_patch["nextAttemptTime"] == rfc3339(NOW + timedelta(seconds=10))
+    assert {"attempt", "restarts", "phase"}.isdisjoint(d.status_patch)  # training untouched
+    assert not d.creates and d.requeue_after == 10
+    exported = cond(d, "Exported")
+    assert exported["reason"] == "ExportFailure"
+    assert "exit code 1" in exported["message"] and "OSError: disk full" in exported["message"]
+    assert ("Warning", "ExportFailure") in {(e.type, e.reason) for e in d.events}
+
+    job = apply(job, d)
+    old = export_child(1, finished=True)
+    early = reconcile(job, export_world(None, old), NOW + timedelta(seconds=4), SETTINGS)
+    assert not early.creates and early.requeue_after == pytest.approx(6)
+    d2 = reconcile(job, export_world(None, old), NOW + timedelta(seconds=10), SETTINGS)
+    assert kinds(d2) == [("Job", "demo-export-a2")]
+    assert not d2.deletes  # the failed export Job and the training launcher are kept
+    assert d2.status_patch["nextAttemptTime"] is None
+    assert "ExportRetried" in {e.reason for e in d2.events}
+    volumes = created(d2)[0]["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "plan", "configMap": {"name": "demo-plan-a1"}} in volumes
+    # Counted once: the next pass sees attempt 2 running and changes nothing of the count.
+    d3 = reconcile(apply(job, d2), export_world(export_job(2), old), NOW, SETTINGS)
+    assert "exportRestarts" not in d3.status_patch and "exportAttempt" not in d3.status_patch
+
+
+def test_export_disruption_is_retried_without_counting():
+    job = make_job(exporting(exportRestarts=2), export=EXPORT)  # maxRestarts 2: exhausted
+    d = reconcile(job, export_world(export_job(1, EXPORT_EVICTED)), NOW, SETTINGS)
+    assert d.status_patch["exportAttempt"] == 2
+    assert d.status_patch["disruptions"] == 1
+    assert "exportRestarts" not in d.status_patch
+    assert cond(d, "Exported")["reason"] == "ExportDisruption"
+
+
+def test_export_failures_exhausted_fail_with_the_exit_code():
+    job = make_job(exporting(3, exportRestarts=2), export=EXPORT)
+    failed_job = export_job(3, export_failure(1))
+    d = reconcile(job, export_world(failed_job), NOW, SETTINGS)
+    assert d.status_patch["phase"] == "Failed"
+    failed = cond(d, "Failed")
+    assert failed["reason"] == "ExportFailed"
+    assert "export attempt 3 failed" in failed["message"]
+    assert "exit code 1" in failed["message"]
+    assert "resume.maxRestarts (2) exhausted" in failed["message"]
+    assert cond(d, "Exported")["reason"] == "ExportFailed"
+    assert not d.creates
+
+
+def test_export_invalid_plan_fails_without_retry():
+    job = make_job(exporting(), export=EXPORT)
+    d = reconcile(job, export_world(export_job(1, export_failure(78))), NOW, SETTINGS)
+    assert d.status_patch["phase"] == "Failed"
+    assert cond(d, "Failed")["reason"] == "ExportInvalidPlan"
+    assert "exit code 78" in cond(d, "Failed")["message"]
+    assert not d.creates and "exportAttempt" not in d.status_patch
+
+
+def test_export_job_is_recreated_by_name_after_a_crash():
+    # The status said exportAttempt 1 but the Job was never created (operator died between).
+    d = reconcile(make_job(exporting(), export=EXPORT), export_world(None), NOW, SETTINGS)
+    assert kinds(d) == [("Job", "demo-export-a1")]
+    assert "exportAttempt" not in d.status_patch
+
+
+def test_suspend_during_export_deletes_the_export_job_and_resume_exports_again():
+    job = make_job(exporting(), export=EXPORT, runtime={"suspend": True})
+    world = export_world(export_job(1))
+    d = reconcile(job, world, NOW, SETTINGS)
+    assert d.status_patch["phase"] == "Suspended"
+    assert d.deletes == [Delete("batch/v1", "Job", "demo-export-a1")]  # the launcher is done
+    job = apply(job, d)
+    job["spec"]["runtime"] = {"suspend": False}
+    # The deleted export Job may linger (terminating): its name is not reused.
+    d = reconcile(job, export_world(None, export_child(1)), NOW, SETTINGS)
+    assert d.status_patch["phase"] == "Exporting"
+    assert d.status_patch["exportAttempt"] == 2
+    assert kinds(d) == [("Job", "demo-export-a2")]  # no retraining
+    assert cond(d, "Suspended")["status"] == "False"
+    assert "exportRestarts" not in d.status_patch and "attempt" not in d.status_patch
+
+
+def test_deadline_during_export_fails_and_stops_the_export_job():
+    job = make_job(exporting(startTime=rfc3339(NOW - timedelta(seconds=100))), export=EXPORT)
+    job["spec"]["activeDeadlineSeconds"] = 60
+    d = reconcile(job, export_world(export_job(1)), NOW, SETTINGS)
+    assert d.status_patch["phase"] == "Failed"
+    assert cond(d, "Failed")["reason"] == "DeadlineExceeded"
+    assert d.deletes == [Delete("batch/v1", "Job", "demo-export-a1")]
+
+
+def test_export_removed_from_the_spec_while_exporting_succeeds():
+    d = reconcile(make_job(exporting()), export_world(export_job(1)), NOW, SETTINGS)
+    assert d.status_patch["phase"] == "Succeeded"
+    assert d.deletes == [Delete("batch/v1", "Job", "demo-export-a1")]
+
+
+def test_export_jobs_are_not_launchers():
+    # A new training attempt keeps a (stale, running) export Job out of the launcher sweep, and
+    # the export sweep keeps training launchers: each owns its kind of Job.
+    stale_export = export_child(1)
+    job = make_job(running(attempt=2))
+    d = reconcile(job, Observed(children=(stale_export,)), NOW, SETTINGS)
+    assert Delete("batch/v1", "Job", "demo-export-a1") not in d.deletes
+    assert ("Job", "demo-a2") in kinds(d)
+    running_launcher = Child("batch/v1", "Job", "demo-a1", 1, False, "launcher")
+    job = make_job(exporting(), export=EXPORT, runtime={"suspend": True})
+    d = reconcile(job, Observed(children=(running_launcher,)), NOW, SETTINGS)
+    assert Delete("batch/v1", "Job", "demo-a1") in d.deletes  # suspension stops both kinds
+
+
+def test_termination_message_is_read_from_the_export_container_only():
+    job = make_job(exporting(), export=EXPORT)
+    pods = [stopped_pod("sidecar noise", container="istio-proxy"), stopped_pod("  real\n  reason ")]
+    d = reconcile(job, export_world(export_job(1, export_failure(1)), pods=pods), NOW, SETTINGS)
+    message = cond(d, "Exported")["message"]
+    assert "the export stage said: real reason;" in message and "sidecar" not in message
+
+
+def _export_scenarios() -> list[tuple[dict[str, Any], Observed]]:
+    out = []
+    for exporter in (
+        None,
+        export_job(1),
+        export_job(1, SUCCEEDED),
+        export_job(1, export_failure(1)),
+        export_job(1, export_failure(79)),
+    ):
+        for suspend in (False, True):
+            for phase in ("Exporting", "Suspended"):
+                status = exporting(phase=phase)
+                job = make_job(status, export=EXPORT, runtime={"suspend": suspend})
+                out.append((job, export_world(exporter)))
+    return out
+
+
+@pytest.mark.parametrize(("job", "world"), _export_scenarios())
+def test_every_export_transition_is_allowed(job: dict[str, Any], world: Observed):
+    test_every_transition_is_allowed(job, world)

@@ -22,6 +22,7 @@ from .common import (
     secret_env_name,
 )
 from .configmap import plan_configmap
+from .export_job import export_job
 from .job_launcher import POD_FAILURE_RULES, job_launcher
 from .outcome import LauncherFailure, job_failure, rayjob_failure
 from .rayjob_launcher import rayjob_launcher
@@ -53,6 +54,16 @@ def build_children(job: FineTuneJob, plan: Plan, facts: ClusterFacts) -> list[Ma
     ]
 
 
+def build_export_job(
+    job: FineTuneJob, plan: Plan, facts: ClusterFacts, export_attempt: int
+) -> Manifest:
+    """The export stage's Job for export attempt ``export_attempt``, exporting what the
+    training attempt ``plan.attempt`` produced (it mounts that attempt's plan ConfigMap)."""
+    check_plan(job, plan)
+    configmap = names.plan_configmap_name(job.metadata.name, plan.attempt)
+    return export_job(job, plan, facts, export_attempt, configmap)
+
+
 __all__ = [
     "POD_FAILURE_RULES",
     "BuildError",
@@ -61,6 +72,7 @@ __all__ = [
     "LauncherFailure",
     "Manifest",
     "build_children",
+    "build_export_job",
     "build_launcher",
     "choose_launcher",
     "job_failure",

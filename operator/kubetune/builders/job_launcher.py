@@ -49,39 +49,47 @@ from .common import (
 
 FailureKind = Literal["disruption", "application"]
 
-POD_FAILURE_RULES: list[tuple[FailureKind, Manifest]] = [
-    (
-        "disruption",
-        {
-            "action": "FailJob",
-            "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
-        },
-    ),
-    (
-        "disruption",
-        {
-            "action": "FailJob",
-            "onExitCodes": {
-                "containerName": CONTAINER,
-                "operator": "In",
-                "values": [EXIT_PREEMPTED],
+
+def pod_failure_rules(container: str) -> list[tuple[FailureKind, Manifest]]:
+    """(what a match means, the rule), in the order the Job controller evaluates them, for a
+    Job whose main container is ``container``. The Job controller skips exit code 0, so the
+    last rule matches every other non-zero exit. The export Job uses the same rules (same
+    indices), so :mod:`kubetune.builders.outcome` reads both alike."""
+    return [
+        (
+            "disruption",
+            {
+                "action": "FailJob",
+                "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
             },
-        },
-    ),
-    (
-        "application",
-        {
-            "action": "FailJob",
-            "onExitCodes": {
-                "containerName": CONTAINER,
-                "operator": "NotIn",
-                "values": [EXIT_PREEMPTED],
+        ),
+        (
+            "disruption",
+            {
+                "action": "FailJob",
+                "onExitCodes": {
+                    "containerName": container,
+                    "operator": "In",
+                    "values": [EXIT_PREEMPTED],
+                },
             },
-        },
-    ),
-]
-"""(what a match means, the rule), in the order the Job controller evaluates them. The Job
-controller skips exit code 0, so rule 2 matches every other non-zero exit."""
+        ),
+        (
+            "application",
+            {
+                "action": "FailJob",
+                "onExitCodes": {
+                    "containerName": container,
+                    "operator": "NotIn",
+                    "values": [EXIT_PREEMPTED],
+                },
+            },
+        ),
+    ]
+
+
+POD_FAILURE_RULES = pod_failure_rules(CONTAINER)
+"""The launcher's rules (see :func:`pod_failure_rules`)."""
 
 HEAD_ENV = "KUBETUNE_RAY_HEAD"
 
@@ -190,4 +198,11 @@ def job_launcher(
     return [headless_service(job, plan), indexed_job(job, plan, facts, configmap)]
 
 
-__all__ = ["HEAD_ENV", "POD_FAILURE_RULES", "headless_service", "indexed_job", "job_launcher"]
+__all__ = [
+    "HEAD_ENV",
+    "POD_FAILURE_RULES",
+    "headless_service",
+    "indexed_job",
+    "job_launcher",
+    "pod_failure_rules",
+]

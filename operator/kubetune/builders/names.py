@@ -3,7 +3,7 @@
 Every name derives from the job name and the attempt number only, so a handler that crashed
 half-way finds what it made on the next pass instead of making it twice. Job names are at most
 49 characters (see ``kubetune.api.ObjectMeta``); every name here then fits a 63-character DNS
-label for attempts below 10,000,000.
+label for attempts below 10,000,000 (export attempts below 100,000).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_JOB = "kubetune.io/job"
 LABEL_ATTEMPT = "kubetune.io/attempt"
 LABEL_ROLE = "kubetune.io/role"
+LABEL_EXPORT_ATTEMPT = "kubetune.io/export-attempt"
 APP = "kubetune"
 MANAGER = "kubetune-operator"
 
@@ -43,6 +44,13 @@ def launcher_name(job: str, attempt: int) -> str:
     """The launcher (Job or RayJob) of an attempt: ``<job>-a<attempt>``."""
     _check_attempt(attempt)
     return _checked(f"{job}-a{attempt}")
+
+
+def export_job_name(job: str, export_attempt: int) -> str:
+    """The Job running the export stage: ``<job>-export-a<export attempt>`` (export attempts are
+    numbered apart from training attempts; a retried export never retrains)."""
+    _check_attempt(export_attempt)
+    return _checked(f"{job}-export-a{export_attempt}")
 
 
 def service_name(job: str, attempt: int) -> str:
@@ -83,12 +91,14 @@ __all__ = [
     "KUEUE_QUEUE_LABEL",
     "LABEL_ATTEMPT",
     "LABEL_COMPONENT",
+    "LABEL_EXPORT_ATTEMPT",
     "LABEL_JOB",
     "LABEL_MANAGED_BY",
     "LABEL_NAME",
     "LABEL_ROLE",
     "MANAGER",
     "MAX_NAME",
+    "export_job_name",
     "head_address",
     "head_pod_hostname",
     "launcher_name",

@@ -15,6 +15,13 @@ to N+1 and counts the failure in the same status patch (``restarts`` for applica
 ``disruptions`` otherwise), with ``nextAttemptTime`` after the backoff. A later pass creates the
 children of attempt N+1 once that time has come. A failure is therefore counted exactly once,
 whatever crashes in between: the patch either happened or it did not.
+
+Exporting (only when spec.export asks for formats): once training succeeds, the export stage
+runs as its own Job (``<job>-export-a<N>``, N = ``status.exportAttempt``). Its exit code decides:
+0 exported (Succeeded, Exported=True); EXIT_GATE_NOT_MET the eval gate was not met (Succeeded,
+Exported=False ExportGateNotMet); EXIT_INVALID_PLAN no retry can help (Failed); anything else is
+retried the way training is (``exportRestarts`` against resume.maxRestarts, disruptions not
+counted, the same backoff), in a new export Job: a failed export never retrains.
 """
 
 from __future__ import annotations
@@ -31,17 +38,24 @@ from kubetune.builders import (
     ClusterFacts,
     LauncherFailure,
     build_children,
+    build_export_job,
     job_failure,
+    names,
     rayjob_failure,
 )
+from kubetune.builders.export_job import EXPORT_CONTAINER
 from kubetune.planner import UnresolvedDependency, make_plan
 from kubetune.validation import Document, problems_from_error
+from kubetune_trainer.exit_codes import EXIT_GATE_NOT_MET
 
 Manifest = dict[str, Any]
 
 ACTIVE = (Phase.pending, Phase.waiting_for_dependencies, Phase.running, Phase.exporting)
 TERMINAL = (Phase.succeeded, Phase.failed)
 LAUNCHER_KINDS = ("Job", "RayJob")
+EXPORT_COMPONENT = "export"
+"""app.kubernetes.io/component of the export stage's Job (a Job, but not a launcher)."""
+TERMINATION_MESSAGE_LIMIT = 1000
 
 # Condition types (api.Condition documents them).
 INVALID_SPEC = "InvalidSpec"
@@ -67,7 +81,17 @@ class Child:
     name: str
     attempt: int | None
     finished: bool = False
-    """For launchers: the Job/RayJob has succeeded or failed."""
+    """For launchers and export Jobs: the Job/RayJob has succeeded or failed."""
+    component: str | None = None
+    """Its app.kubernetes.io/component label (``export`` for the export stage's Jobs)."""
+
+    @property
+    def is_launcher(self) -> bool:
+        return self.kind in LAUNCHER_KINDS and self.component != EXPORT_COMPONENT
+
+    @property
+    def is_exporter(self) -> bool:
+        return self.kind == "Job" and self.component == EXPORT_COMPONENT
 
 
 @dataclass(frozen=True)
@@ -78,6 +102,10 @@ class Observed:
     """The launcher (Job or RayJob) of the attempt in status.attempt, when it exists."""
     children: tuple[Child, ...] = ()
     """Every object labelled kubetune.io/job=<name> that the handler lists."""
+    exporter: Manifest | None = None
+    """The export Job of the export attempt in status.exportAttempt, when it exists."""
+    export_pods: tuple[Manifest, ...] = ()
+    """The exporter's pods once it has failed (their termination messages say why)."""
     dependencies: dict[str, Manifest | None] = field(default_factory=dict)
     """finetunejob:// dependencies by name: the FineTuneJob object, or None when absent."""
 
@@ -233,6 +261,10 @@ class _Pass:
     def attempt(self) -> int:
         return int(self.status.get("attempt") or 0)
 
+    @property
+    def export_attempt(self) -> int:
+        return int(self.status.get("exportAttempt") or 0)
+
     def condition(self, type_: str) -> dict[str, Any] | None:
         return next((c for c in self._conditions if c.get("type") == type_), None)
 
@@ -298,15 +330,24 @@ class _Pass:
     # -- children ----------------------------------------------------------------------------
 
     def launchers(self) -> list[Child]:
-        return [c for c in self.world.children if c.kind in LAUNCHER_KINDS]
+        return [c for c in self.world.children if c.is_launcher]
 
     def delete_launchers(self, keep_attempt: int | None = None, keep_finished: bool = True) -> None:
         """Delete the launchers of every attempt but keep_attempt; finished launchers are kept
         for inspection unless keep_finished is False."""
         for child in self.world.children:
-            if child.kind not in LAUNCHER_KINDS or child.attempt is None:
+            if not child.is_launcher or child.attempt is None:
                 continue
             if child.attempt == keep_attempt or (keep_finished and child.finished):
+                continue
+            self.decision.actions.append(Delete(child.api_version, child.kind, child.name))
+
+    def delete_exporters(self, keep: int | None = None, keep_finished: bool = True) -> None:
+        """Delete the export Jobs of every export attempt but keep (finished ones are kept for
+        inspection unless keep_finished is False)."""
+        kept = names.export_job_name(self.name, keep) if keep else None
+        for child in self.world.children:
+            if not child.is_exporter or child.name == kept or (keep_finished and child.finished):
                 continue
             self.decision.actions.append(Delete(child.api_version, child.kind, child.name))
 
@@ -336,6 +377,26 @@ class _Pass:
             resolve_job_output=self.resolve_output,
         )
         return plan.storage.output_dir
+
+    def export_job_for(self, export_attempt: int) -> Manifest:
+        """The export Job exporting what training attempt status.attempt produced."""
+        try:
+            resolver = self.resolve_output
+            plan = make_plan(
+                self.model,
+                attempt=max(self.attempt, 1),
+                default_storage=self.settings.default_storage,
+                resolve_job_output=resolver,
+            )
+        except UnresolvedDependency:
+            # An input job deleted since training (its TTL): the mounted plan ConfigMap still
+            # holds the resolved plan; this one only decides mounts and secrets.
+            plan = make_plan(
+                self.model,
+                attempt=max(self.attempt, 1),
+                default_storage=self.settings.default_storage,
+            )
+        return build_export_job(self.model, plan, self.settings.facts, export_attempt)
 
 
 # --------------------------------------------------------------------------- the switch
@@ -379,6 +440,7 @@ def _invalid(p: _Pass, problems: list[str]) -> None:
     p.set_condition(INVALID_SPEC, True, "InvalidSpec", message)
     p.set_condition(FAILED, True, "InvalidSpec", message)
     p.delete_launchers(keep_finished=False)
+    p.delete_exporters(keep_finished=False)
     p.set(completionTime=p.status.get("completionTime") or rfc3339(p.now))
     p.transition(Phase.failed, "InvalidSpec", message, warning=True)
 
@@ -459,8 +521,10 @@ def _launch(p: _Pass, attempt: int, reason: str, message: str) -> None:
 
 
 def _suspend(p: _Pass) -> None:
-    """Suspended from any active phase: no launcher runs (finished ones are kept)."""
+    """Suspended from any active phase: no launcher or export Job runs (finished ones are
+    kept)."""
     p.delete_launchers(keep_finished=True)
+    p.delete_exporters(keep_finished=True)
     p.set(nextAttemptTime=None)
     p.set_condition(SUSPENDED, True, "Suspended", "spec.runtime.suspend is true")
     p.clear_condition(RUNNING, "Suspended", "spec.runtime.suspend is true")
@@ -475,6 +539,15 @@ def _suspended(p: _Pass) -> None:
         p.set_condition(SUSPENDED, False, "Resumed", "spec.runtime.suspend is false")
         p.transition(Phase.pending, "Resumed", "spec.runtime.suspend is false")
         _start(p)
+        return
+    if p.export_attempt:
+        # Training had succeeded (status.exportAttempt is set only then): export again.
+        _launch_export(
+            p,
+            _next_export_attempt(p),
+            "ExportResumed",
+            "export attempt {attempt} launched after suspension",
+        )
         return
     # An attempt whose children were made (its launcher deleted by the suspension) is not
     # reused: resume in a new one. An attempt still waiting for its backoff was never made.
@@ -580,24 +653,189 @@ def _failed_attempt(p: _Pass, failure: LauncherFailure) -> None:
     p.requeue(delay)
 
 
+def _export_formats(p: _Pass) -> list[str]:
+    export = p.model.spec.export
+    return list(export.formats) if export is not None else []
+
+
 def _trained(p: _Pass) -> None:
-    """Training succeeded. The export stage (a later issue) will go through Exporting here;
-    until then the job succeeds as soon as training does."""
-    export_enabled = False
-    if export_enabled:
-        p.transition(Phase.exporting, "Exporting", "training succeeded; exporting")
+    """Training succeeded: the job succeeds, or exports first when spec.export asks for it."""
+    formats = _export_formats(p)
+    if not formats:
+        _succeed(p, f"attempt {p.attempt} succeeded")
         return
-    _succeed(p, f"attempt {p.attempt} succeeded")
+    message = f"attempt {p.attempt} succeeded; exporting {', '.join(formats)}"
+    p.set(output=p.output_uri())
+    p.set_condition(RUNNING, False, "TrainingSucceeded", message)
+    p.clear_condition(RESUMING, "TrainingSucceeded", message)
+    p.event("TrainingSucceeded", message)
+    _launch_export(
+        p, _next_export_attempt(p), "ExportLaunched", "export attempt {attempt} launched"
+    )
+
+
+def _next_export_attempt(p: _Pass) -> int:
+    """The export attempt to launch: the current one unless its Job was made already (then
+    deleted by a suspension, or finished): a name is never reused."""
+    current = p.export_attempt
+    if current == 0:
+        return 1
+    made = names.export_job_name(p.name, current)
+    return current + 1 if any(c.name == made for c in p.world.children) else current
+
+
+def _launch_export(p: _Pass, export_attempt: int, reason: str, message: str) -> None:
+    """Create the export Job of export_attempt (create-or-adopt by name), enter Exporting."""
+    try:
+        manifest = p.export_job_for(export_attempt)
+    except BuildError as err:
+        p.set_condition(EXPORTED, False, "BuildFailed", str(err))
+        _fail(p, "BuildFailed", str(err))
+        return
+    text = message.format(attempt=export_attempt)
+    p.decision.actions.append(Create([manifest]))
+    p.delete_exporters(keep=export_attempt)
+    p.set(exportAttempt=export_attempt, nextAttemptTime=None)
+    p.set_condition(EXPORTED, False, "ExportRunning", text)
+    p.clear_condition(SUSPENDED, "Resumed", text)
+    p.event(reason, text)
+    p.transition(Phase.exporting, "Exporting", text)
+    _deadline_passed(p)  # only to requeue at the deadline
 
 
 def _exporting(p: _Pass) -> None:
-    # No export stage yet: nothing can be in Exporting; finish as if export had nothing to do.
-    _succeed(p, "nothing to export")
+    spec = p.model.spec
+    if spec.runtime.suspend:
+        _suspend(p)
+        return
+    if _deadline_passed(p):
+        p.delete_exporters(keep_finished=True)
+        message = (
+            f"the job was active longer than spec.activeDeadlineSeconds "
+            f"({spec.active_deadline_seconds}s)"
+        )
+        p.set_condition(EXPORTED, False, "DeadlineExceeded", message)
+        _fail(p, "DeadlineExceeded", message)
+        return
+    if not _export_formats(p):
+        p.delete_exporters(keep_finished=True)
+        message = "spec.export no longer asks for artifacts; nothing to export"
+        p.clear_condition(EXPORTED, "NotRequested", message)
+        _succeed(p, message)
+        return
+
+    n = p.export_attempt
+    exporter = p.world.exporter
+    if exporter is None:
+        pending = parse_time(p.status.get("nextAttemptTime"))
+        if pending is not None and pending > p.now:
+            p.requeue((pending - p.now).total_seconds())
+            return
+        # After the backoff, or a crash between the decision and the creation.
+        reason = "ExportRetried" if n > 1 else "ExportLaunched"
+        _launch_export(p, max(n, 1), reason, "export attempt {attempt} launched")
+        return
+
+    state, failure = launcher_state(exporter)
+    if state == "running":
+        p.set_condition(EXPORTED, False, "ExportRunning", f"export attempt {n} is running")
+        return
+    if state == "succeeded":
+        _exported(p)
+        return
+    assert failure is not None
+    _failed_export(p, failure)
 
 
-def _succeed(p: _Pass, message: str) -> None:
+def _termination_message(pods: tuple[Manifest, ...]) -> str:
+    """What the export container said when it stopped (its termination message, else the
+    tail of its log on an error: terminationMessagePolicy FallbackToLogsOnError)."""
+    for pod in pods:
+        for status in (pod.get("status") or {}).get("containerStatuses") or []:
+            if status.get("name") != EXPORT_CONTAINER:
+                continue
+            terminated = (status.get("state") or {}).get("terminated") or {}
+            message = " ".join(str(terminated.get("message") or "").split())
+            if message:
+                return message[-TERMINATION_MESSAGE_LIMIT:]
+    return ""
+
+
+def _artifact_summary(artifacts: list[dict[str, Any]]) -> str:
+    formats = ", ".join(str(a.get("format")) for a in artifacts)
+    verified = sum(1 for a in artifacts if a.get("verified"))
+    return f"{len(artifacts)} artifact(s) ({formats}), {verified} verified"
+
+
+def _exported(p: _Pass) -> None:
+    n = p.export_attempt
+    artifacts = p.status.get("artifacts") or []
+    if artifacts:
+        text = f"export attempt {n} succeeded: {_artifact_summary(artifacts)}"
+    else:
+        text = f"export attempt {n} succeeded but reported no artifacts in status.artifacts"
+        p.event("NoArtifactsReported", text, warning=True)
+    p.set_condition(EXPORTED, True, "Exported", text)
+    p.event("Exported", text)
+    _succeed(p, text, reason="Exported")
+
+
+def _gate_not_met(p: _Pass, detail: str) -> None:
+    gate = p.model.spec.export.gate if p.model.spec.export else None
+    if not detail and gate is not None:
+        bounds = [f"{op} {v}" for op, v in ((">=", gate.min), ("<=", gate.max)) if v is not None]
+        detail = f"spec.export.gate asks for {gate.metric} {' and '.join(bounds)}"
+    text = f"the export gate was not met, nothing was exported: {detail or 'no detail given'}"
+    p.set_condition(EXPORTED, False, "ExportGateNotMet", text)
+    p.event("ExportGateNotMet", text)
+    _succeed(p, f"training succeeded; {text}", reason="ExportGateNotMet")
+
+
+def _failed_export(p: _Pass, failure: LauncherFailure) -> None:
+    resume = p.model.spec.resume
+    n = p.export_attempt
+    detail = _termination_message(p.world.export_pods)
+    if failure.exit_code == EXIT_GATE_NOT_MET:
+        _gate_not_met(p, detail)
+        return
+    text = f"export attempt {n} failed: {_failure_text(failure)}"
+    if detail:
+        text += f"; the export stage said: {detail}"
+    if not failure.retryable:
+        text += "; the export stage refused the plan, a retry cannot help"
+        p.set_condition(EXPORTED, False, "ExportFailed", text)
+        _fail(p, "ExportInvalidPlan", text)
+        return
+    restarts = int(p.status.get("exportRestarts") or 0)
+    disruptions = int(p.status.get("disruptions") or 0)
+    if failure.counts_as_restart or failure.kind == "deadline":
+        if restarts >= resume.max_restarts:
+            text += f"; resume.maxRestarts ({resume.max_restarts}) exhausted"
+            p.set_condition(EXPORTED, False, "ExportFailed", text)
+            _fail(p, "ExportFailed", text)
+            return
+        restarts += 1
+        reason = "ExportFailure"
+    else:
+        disruptions += 1
+        reason = "ExportDisruption"
+    delay = backoff_seconds(resume.backoff_seconds, resume.max_backoff_seconds, n)
+    nxt = n + 1
+    p.set(
+        exportAttempt=nxt,
+        exportRestarts=restarts,
+        disruptions=disruptions,
+        nextAttemptTime=rfc3339(p.now + timedelta(seconds=delay)),
+    )
+    message = f"{text}; export attempt {nxt} in {delay}s (the trained model is kept)"
+    p.set_condition(EXPORTED, False, reason, message)
+    p.event(reason, message, warning=True)
+    p.requeue(delay)
+
+
+def _succeed(p: _Pass, message: str, reason: str = "TrainingSucceeded") -> None:
     p.set(output=p.output_uri(), completionTime=rfc3339(p.now), nextAttemptTime=None)
-    p.set_condition(SUCCEEDED, True, "TrainingSucceeded", message)
+    p.set_condition(SUCCEEDED, True, reason, message)
     p.set_condition(RUNNING, False, "Completed", message)
     p.clear_condition(RESUMING, "Completed", message)
     p.transition(Phase.succeeded, "Succeeded", message)
@@ -622,6 +860,7 @@ def _terminal(p: _Pass) -> None:
         _start(p)
         return
     p.delete_launchers(keep_finished=True)
+    p.delete_exporters(keep_finished=True)
     _ttl(p)
 
 
@@ -652,7 +891,13 @@ TRANSITIONS: dict[Phase | None, set[Phase]] = {
     Phase.waiting_for_dependencies: {Phase.running, Phase.suspended, Phase.failed},
     Phase.running: {Phase.exporting, Phase.succeeded, Phase.failed, Phase.suspended},
     Phase.exporting: {Phase.succeeded, Phase.failed, Phase.suspended},
-    Phase.suspended: {Phase.pending, Phase.waiting_for_dependencies, Phase.running, Phase.failed},
+    Phase.suspended: {
+        Phase.pending,
+        Phase.waiting_for_dependencies,
+        Phase.running,
+        Phase.exporting,
+        Phase.failed,
+    },
     Phase.succeeded: set(),
     Phase.failed: {Phase.pending, Phase.waiting_for_dependencies, Phase.running},
 }
