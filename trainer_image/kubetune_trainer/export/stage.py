@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import tempfile
 import time
 from collections.abc import Callable
@@ -225,10 +226,15 @@ def report_to_job(outcome: ExportOutcome) -> None:
     """status.artifacts of the own job, when running in the cluster."""
     if os.environ.get("KUBETUNE_PROGRESS") != "kubernetes":
         return
-    from kubetune_trainer.kube_progress import KubernetesReporter
+    from kubetune_trainer.kube_progress import KubernetesReporter, ReportError
 
     entries = [a.status_entry(outcome.export_uri) for a in outcome.manifest.artifacts]
-    KubernetesReporter().patch({"status": {"artifacts": entries}})
+    try:
+        KubernetesReporter().patch({"status": {"artifacts": entries}})
+    except ReportError as err:
+        raise ExportError(
+            f"artifacts exported but not recorded in the job's status: {err}"
+        ) from None
 
 
 def write_termination_message(message: str) -> None:
@@ -243,14 +249,24 @@ def write_termination_message(message: str) -> None:
         log.warning("event=termination_message_unwritable path=%s", path)
 
 
+class Interrupted(Exception):
+    """SIGTERM (eviction, node drain): the export stops; the next export attempt starts over."""
+
+
+def _raise_interrupted(signum: int, frame: object) -> None:
+    raise Interrupted()
+
+
 def main(plan: Plan) -> int:
     """The stage's process: exit 0 exported, 79 gate not met, 78 cannot export this model,
-    1 failed (the operator retries the export alone)."""
+    75 interrupted by SIGTERM (a disruption), 1 failed (the operator retries the export
+    alone). Every non-zero exit leaves its reason as the pod's termination message."""
     from kubetune_trainer.exit_codes import (
         EXIT_FAILED,
         EXIT_GATE_NOT_MET,
         EXIT_INVALID_PLAN,
         EXIT_OK,
+        EXIT_PREEMPTED,
     )
     from kubetune_trainer.export.errors import UnsupportedArchitecture
 
@@ -264,20 +280,28 @@ def main(plan: Plan) -> int:
             time.monotonic() - started,
         )
 
+    def stop(code: int, event: str, message: str) -> int:
+        log.error("event=%s job=%s message=%s", event, plan.job.name, message)
+        write_termination_message(message)
+        return code
+
+    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
         outcome = run_export(plan, step)
+        report_to_job(outcome)
+    except Interrupted:
+        return stop(EXIT_PREEMPTED, "export_interrupted", "SIGTERM: export stopped")
     except UnsupportedArchitecture as err:
-        log.error("event=export_refused job=%s message=%s", plan.job.name, err)
-        return EXIT_INVALID_PLAN
+        return stop(EXIT_INVALID_PLAN, "export_refused", str(err))
     except ExportError as err:
-        log.error("event=export_failed job=%s message=%s", plan.job.name, err)
-        return EXIT_FAILED
+        return stop(EXIT_FAILED, "export_failed", str(err))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if not outcome.gate_met:
         log.warning("event=export_skipped job=%s message=%s", plan.job.name, outcome.message)
         print(outcome.message)
         write_termination_message(outcome.message)
         return EXIT_GATE_NOT_MET
-    report_to_job(outcome)
     log.info("event=exported job=%s message=%s", plan.job.name, outcome.message)
     return EXIT_OK
 
