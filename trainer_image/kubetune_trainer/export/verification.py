@@ -19,10 +19,12 @@ class Verification:
     prompts: int
     """How many fixed prompts were compared."""
     detail: str = ""
+    tokens_match: bool = True
+    """Whether the artifact's own tokenizer encoded the prompts like the source's (GGUF)."""
 
     @property
     def ok(self) -> bool:
-        return self.greedy_match and self.max_abs_logit_diff <= self.tolerance
+        return self.tokens_match and self.greedy_match and self.max_abs_logit_diff <= self.tolerance
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self) | {"ok": self.ok}
