@@ -119,7 +119,8 @@ def test_merge_writes_verified_safetensors(tmp_path: Path, adapter_dir: Path) ->
 def test_stage_publishes_artifacts_with_a_matching_manifest(
     tmp_path: Path, adapter_dir: Path
 ) -> None:
-    plan = export_plan(tmp_path, {"formats": ["safetensors"]})
+    export = {"formats": ["safetensors", "gguf", "onnx"], "gguf": {"types": ["f16", "q8_0"]}}
+    plan = export_plan(tmp_path, export)
     output = Path(plan.storage.output_dir)
     output.parent.mkdir(parents=True)
     output.symlink_to(adapter_dir, target_is_directory=True)
@@ -130,13 +131,18 @@ def test_stage_publishes_artifacts_with_a_matching_manifest(
     export_dir = Path(plan.storage.export_dir)
     manifest = json.loads((export_dir / "manifest.json").read_text())
     assert manifest["job"] == "t/exp" and manifest["source"] == plan.storage.output_dir
-    (artifact,) = manifest["artifacts"]
-    assert artifact["format"] == "safetensors" and artifact["verification"]["ok"]
-    for entry in artifact["files"]:
-        path = export_dir / entry["path"]
-        assert path.stat().st_size == entry["bytes"]
-        assert sha256_file(path) == entry["sha256"]
-    assert artifact["bytes"] == sum(f["bytes"] for f in artifact["files"])
+    formats = [a["format"] for a in manifest["artifacts"]]
+    assert formats == ["safetensors", "gguf-f16", "gguf-q8_0", "onnx"]
+    loaders = {a["format"]: a["verification"]["loader"] for a in manifest["artifacts"]}
+    assert loaders["onnx"] == "onnxruntime" and loaders["gguf-f16"] == "transformers-gguf"
+    for artifact in manifest["artifacts"]:
+        assert artifact["verification"]["ok"], artifact
+        for entry in artifact["files"]:
+            path = export_dir / entry["path"]
+            assert path.stat().st_size == entry["bytes"]
+            assert sha256_file(path) == entry["sha256"]
+        assert artifact["bytes"] == sum(f["bytes"] for f in artifact["files"])
+    assert (export_dir / "gguf" / "exp-q8_0.gguf").is_file()
     leftovers = [p.name for p in export_dir.parent.iterdir() if p.name.startswith(".export-")]
     assert leftovers == [], "the scratch directory must not outlive the stage"
 
