@@ -1,0 +1,67 @@
+"""A loaded chat model answering chat prompts: what ``kubetune generate`` and ``kubetune serve``
+run. Prompts are rendered with the model's chat template exactly as training and evaluation
+render them (:func:`kubetune_trainer.models.load_tokenizer` picks the template)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from kubetune_trainer.evaluation import Completion, Messages, generate_completions
+from kubetune_trainer.plan import ModelSpec
+
+
+def choose_device(device: str = "auto") -> str:
+    """auto: cuda when a GPU is visible, else cpu."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class ChatModel:
+    """A causal LM and its tokenizer; one generation at a time (calls are serialised)."""
+
+    def __init__(self, model: Any, tokenizer: Any, name: str) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(
+        cls, source: str | ModelSpec, *, device: str = "auto", name: str | None = None
+    ) -> ChatModel:
+        from kubetune_trainer.models import load_model_and_tokenizer
+
+        spec = ModelSpec(source=source) if isinstance(source, str) else source
+        model, tokenizer = load_model_and_tokenizer(spec)
+        model.to(choose_device(device))
+        model.eval()
+        return cls(model, tokenizer, name or spec.source)
+
+    def complete(
+        self,
+        prompts: Sequence[Messages],
+        *,
+        max_new_tokens: int = 128,
+        temperature: float = 0.0,
+        n: int = 1,
+        seed: int | None = None,
+    ) -> list[list[Completion]]:
+        """``n`` completions per prompt; at temperature 0 the n greedy completions are one
+        completion repeated (it is computed once)."""
+        samples = n if temperature > 0 else 1
+        with self._lock:
+            found = generate_completions(
+                self.model,
+                self.tokenizer,
+                prompts,
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                num_samples=samples,
+                seed=seed,
+            )
+        return found if samples == n else [[c[0]] * n for c in found]
