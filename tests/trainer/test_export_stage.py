@@ -15,7 +15,7 @@ import torch
 
 from kubetune.api import FineTuneJob
 from kubetune.planner import make_plan
-from kubetune_trainer.exit_codes import EXIT_FAILED, EXIT_OK
+from kubetune_trainer.exit_codes import EXIT_FAILED, EXIT_GATE_NOT_MET, EXIT_OK
 from kubetune_trainer.export.manifest import sha256_file
 from kubetune_trainer.models.adapters import is_adapter_dir, write_base_record
 from kubetune_trainer.plan import ModelSpec, Plan, Scaling
@@ -194,3 +194,41 @@ def test_export_without_a_trained_model_says_so(tmp_path: Path) -> None:
     result = run_stage(tmp_path, plan)
     assert result.returncode == EXIT_FAILED
     assert "no trained model at" in result.stderr and "did training finish?" in result.stderr
+
+
+GATE_DATA = {"uri": "builtin://arithmetic-prompts", "split": "test", "maxSamples": 8}
+
+
+def test_gate_not_met_exports_nothing_and_says_why(tmp_path: Path, adapter_dir: Path) -> None:
+    eval_spec = {"metrics": [{"name": "acc", "type": "accuracy", "extractor": "lastNumber",
+                              "maxNewTokens": 6, "dataset": GATE_DATA}]}  # fmt: skip
+    export = {"formats": ["safetensors", "gguf"], "gate": {"metric": "acc", "min": 0.9}}
+    plan = export_plan(tmp_path, export, eval=eval_spec)
+    output = Path(plan.storage.output_dir)
+    output.parent.mkdir(parents=True)
+    output.symlink_to(adapter_dir, target_is_directory=True)
+    termination = tmp_path / "termination-log"
+
+    result = run_stage(tmp_path, plan, {"KUBETUNE_TERMINATION_LOG": str(termination)})
+    assert result.returncode == EXIT_GATE_NOT_MET, result.stderr[-3000:]
+    message = termination.read_text()
+    assert message.startswith("export gate not met: acc=0 is below min 0.9"), message
+    manifest = json.loads((Path(plan.storage.export_dir) / "manifest.json").read_text())
+    assert manifest["artifacts"] == []
+    assert manifest["gate"]["passed"] is False and manifest["gate"]["value"] == 0.0
+
+
+def test_gate_met_exports(tmp_path: Path, adapter_dir: Path) -> None:
+    data = {"uri": "builtin://arithmetic-sft", "maxSamples": 8}
+    eval_spec = {"metrics": [{"name": "ppl", "type": "perplexity", "dataset": data}]}
+    export = {"formats": ["safetensors"], "gate": {"metric": "ppl", "max": 1e9}}
+    plan = export_plan(tmp_path, export, eval=eval_spec)
+    output = Path(plan.storage.output_dir)
+    output.parent.mkdir(parents=True)
+    output.symlink_to(adapter_dir, target_is_directory=True)
+
+    result = run_stage(tmp_path, plan)
+    assert result.returncode == EXIT_OK, result.stderr[-3000:]
+    manifest = json.loads((Path(plan.storage.export_dir) / "manifest.json").read_text())
+    assert manifest["gate"]["passed"] is True and 1 < manifest["gate"]["value"] < 1e9
+    assert [a["format"] for a in manifest["artifacts"]] == ["safetensors"]

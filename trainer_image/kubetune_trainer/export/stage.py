@@ -34,7 +34,7 @@ from kubetune_trainer.checkpoints import CheckpointStore
 from kubetune_trainer.export.errors import ExportError, VerificationFailed
 from kubetune_trainer.export.manifest import MANIFEST, Artifact, Manifest
 from kubetune_trainer.export.verification import Verification
-from kubetune_trainer.plan import ExportGate, Plan
+from kubetune_trainer.plan import Plan
 
 log = logging.getLogger("kubetune.export")
 
@@ -71,36 +71,25 @@ def latest_checkpoint(plan: Plan) -> dict[str, Any] | None:
     return None if latest is None else {"step": latest.step, "attempt": latest.attempt}
 
 
-def gate_passes(gate: ExportGate, value: float) -> bool:
-    if gate.min is not None and value < gate.min:
-        return False
-    return not (gate.max is not None and value > gate.max)
-
-
-def describe_gate(gate: ExportGate, value: float) -> str:
-    bounds = [f"min {gate.min:g}" if gate.min is not None else ""]
-    bounds.append(f"max {gate.max:g}" if gate.max is not None else "")
-    verdict = "met" if gate_passes(gate, value) else "not met"
-    return f"export gate {gate.metric}={value:.4g} ({', '.join(b for b in bounds if b)}): {verdict}"
-
-
 def evaluate_gate(plan: Plan, model_dir: Path) -> tuple[bool, dict[str, Any]]:
-    from kubetune_trainer.evaluation import evaluate_metrics
+    """Evaluate the trained model on the gate's metric; whether it passes, and the record the
+    manifest keeps."""
     from kubetune_trainer.plan import EvalSpec, ModelSpec
+    from kubetune_trainer.recipes.evaluate import check_gate, evaluate_metrics
 
+    assert plan.recipe.export is not None and plan.recipe.eval is not None
     gate = plan.recipe.export.gate
-    assert gate is not None and plan.recipe.eval is not None
+    assert gate is not None
     metric = next(m for m in plan.recipe.eval.metrics if m.name == gate.metric)
     results = evaluate_metrics(EvalSpec(metrics=[metric]), ModelSpec(source=str(model_dir)))
-    value = float(results["metrics"][gate.metric])
-    passed = gate_passes(gate, value)
+    passed, reason = check_gate(results, gate)
     record = {
         "metric": gate.metric,
-        "value": value,
+        "value": results["metrics"].get(gate.metric),
         "min": gate.min,
         "max": gate.max,
         "passed": passed,
-        "message": describe_gate(gate, value),
+        "message": f"export gate {'met' if passed else 'not met'}: {reason}",
     }
     return passed, record
 
