@@ -25,6 +25,22 @@ log = logging.getLogger("kubetune.trainer")
 Publisher = Callable[[Path, int, dict[str, float]], str | None]
 
 
+def any_rank(local: bool) -> bool:
+    """True on every rank when it is True on any rank: decisions that make ranks save or stop
+    must be taken together, or the others wait forever at the next collective."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return local
+    import torch
+
+    flag = torch.tensor([1 if local else 0], dtype=torch.int32)
+    if dist.get_backend() == "nccl":
+        flag = flag.cuda()
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+
 class PreemptionCallback(TrainerCallback):
     """SIGTERM (pod eviction, preemption, node drain) → save at the next step boundary, then
     stop. The runner turns `preempted` into the documented exit code.
@@ -50,22 +66,9 @@ class PreemptionCallback(TrainerCallback):
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
 
-    def _agreed(self, local: bool) -> bool:
-        import torch.distributed as dist
-
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-            return local
-        import torch
-
-        flag = torch.tensor([1 if local else 0], dtype=torch.int32)
-        if dist.get_backend() == "nccl":
-            flag = flag.cuda()
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
-
     def on_step_end(self, args, state, control: TrainerControl, **kwargs) -> None:
         local = self._signalled or bool(self.stop_requested and self.stop_requested())
-        if self._agreed(local):
+        if any_rank(local):
             self.preempted = True
             control.should_save = True
             control.should_training_stop = True
@@ -76,14 +79,17 @@ class PreemptionCallback(TrainerCallback):
 
 
 class IntervalSaveCallback(TrainerCallback):
-    """Save when `every_seconds` passed since the last save (HF only saves by steps)."""
+    """Save when `every_seconds` passed since the last save (HF only saves by steps). Each rank
+    has its own clock, so the decision is shared: all ranks save at the same step."""
 
     def __init__(self, every_seconds: int | None) -> None:
         self.every_seconds = every_seconds
         self._last = time.monotonic()
 
     def on_step_end(self, args, state, control: TrainerControl, **kwargs) -> None:
-        if self.every_seconds and time.monotonic() - self._last >= self.every_seconds:
+        if not self.every_seconds:
+            return
+        if any_rank(time.monotonic() - self._last >= self.every_seconds):
             control.should_save = True
 
     def on_save(self, args, state, control, **kwargs) -> None:

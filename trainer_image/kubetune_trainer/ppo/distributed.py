@@ -29,11 +29,6 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return reduced.to(tensor.device)
 
 
-def any_rank(flag: bool) -> bool:
-    """True on every rank when ``flag`` is true on any: ranks must save and stop together."""
-    return bool(all_reduce_sum(torch.tensor([1.0 if flag else 0.0])).item() > 0)
-
-
 def mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
     """Each metric averaged over ranks (every rank passes the same keys)."""
     if world_size() == 1 or not values:

@@ -42,6 +42,7 @@ from typing import Any
 import torch
 from transformers import TrainerControl, TrainerState, get_scheduler, set_seed
 
+from kubetune_trainer.callbacks import any_rank
 from kubetune_trainer.data import load_data
 from kubetune_trainer.models import load_model, load_tokenizer
 from kubetune_trainer.plan import PpoSpec
@@ -53,7 +54,7 @@ from kubetune_trainer.ppo.advantages import (
     masked_whiten,
     token_rewards,
 )
-from kubetune_trainer.ppo.distributed import any_rank, average_gradients, mean_over_ranks
+from kubetune_trainer.ppo.distributed import average_gradients, mean_over_ranks
 from kubetune_trainer.ppo.kl import kl_controller
 from kubetune_trainer.ppo.losses import policy_loss, token_logprobs, value_loss
 from kubetune_trainer.ppo.prompts import PromptFeed
