@@ -25,16 +25,6 @@ def test_unreadable_plan(tmp_path: Path) -> None:
     assert f"invalid plan {path}" in result.stderr
 
 
-def test_method_without_recipe_is_refused(tmp_path: Path, job) -> None:
-    job["spec"]["method"] = "grpo"
-    job["spec"]["grpo"] = {"rewards": [{"type": "answerMatch"}]}
-    path = tmp_path / "plan.json"
-    path.write_text(make_plan(FineTuneJob.model_validate(job)).to_json())
-    result = kubetune_train("--plan", str(path))
-    assert result.returncode == EXIT_INVALID_PLAN
-    assert "method grpo has no recipe in this trainer version" in result.stderr
-
-
 def test_check_accepts_a_valid_plan(tmp_path: Path, job) -> None:
     path = tmp_path / "plan.json"
     path.write_text(make_plan(FineTuneJob.model_validate(job), attempt=2).to_json())

@@ -15,7 +15,7 @@ capped by its own maxSamples; no weights, repeats or shuffling).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -72,8 +72,11 @@ def _raw_rows(source: DataSource) -> Iterator[RawRow]:
         yield from read_file(path, origin)
 
 
-def read_source(source: DataSource, kind: Kind, *, bad_rows: str = "fail") -> SourceRows:
-    """Every valid row of ``source`` as ``kind`` rows, up to its maxSamples."""
+def read_source(
+    source: DataSource, kind: Kind, *, bad_rows: str = "fail", extra_columns: Sequence[str] = ()
+) -> SourceRows:
+    """Every valid row of ``source`` as ``kind`` rows, up to its maxSamples; ``extra_columns``
+    are copied from the raw row as they are (a row without one is bad)."""
     fmt = native_format(source)
     check_supported(fmt, kind, source.uri)
     result = SourceRows(uri=source.uri, rows=[])
@@ -84,7 +87,12 @@ def read_source(source: DataSource, kind: Kind, *, bad_rows: str = "fail") -> So
             if raw.error is not None:
                 raise BadRow(raw.error)
             assert raw.value is not None
-            result.rows.append(normalize(raw.value, fmt, kind, source.columns))
+            row = normalize(raw.value, fmt, kind, source.columns)
+            for column in extra_columns:
+                if raw.value.get(column) is None:
+                    raise BadRow(f"missing field '{column}'")
+                row[column] = raw.value[column]
+            result.rows.append(row)
         except BadRow as exc:
             message = f"{raw.where}: {exc}"
             if bad_rows == "fail":
@@ -149,10 +157,14 @@ def _keys(sources: list[DataSource]) -> list[str]:
     return keys
 
 
-def load_data(spec: DataSpec, *, kind: Kind) -> LoadedData:
-    """Train and eval datasets for ``kind`` (sft, preference or prompt) from ``spec``."""
+def load_data(spec: DataSpec, *, kind: Kind, extra_columns: Sequence[str] = ()) -> LoadedData:
+    """Train and eval datasets for ``kind`` (sft, preference or prompt) from ``spec``, with
+    ``extra_columns`` of the raw rows kept as they are (e.g. a reward margin)."""
     train_keys = _keys(spec.sources)
-    read = [read_source(s, kind, bad_rows=spec.bad_rows) for s in spec.sources]
+    read = [
+        read_source(s, kind, bad_rows=spec.bad_rows, extra_columns=extra_columns)
+        for s in spec.sources
+    ]
     pools: list[list[Row]] = []
     held: list[list[Row]] = []
     for index, source_rows in enumerate(read):
@@ -161,7 +173,10 @@ def load_data(spec: DataSpec, *, kind: Kind) -> LoadedData:
         pools.append(train_rows)
         held.append(eval_rows)
     eval_keys = _keys(spec.eval_sources)
-    eval_read = [read_source(s, kind, bad_rows=spec.bad_rows) for s in spec.eval_sources]
+    eval_read = [
+        read_source(s, kind, bad_rows=spec.bad_rows, extra_columns=extra_columns)
+        for s in spec.eval_sources
+    ]
     if eval_read:
         held = [r.rows for r in eval_read]
     groups = _unify(pools + held, kind)
