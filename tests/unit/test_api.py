@@ -98,6 +98,7 @@ INVALID = [
     ("export format", {"spec.export": {"formats": ["pt"]}}, "spec.export.formats[0]", "'safetensors', 'gguf' or 'onnx'"),
     ("export duplicate format", {"spec.export": {"formats": ["gguf", "gguf"]}}, "spec.export.formats", "each format may appear once"),
     ("gguf type", {"spec.export": {"gguf": {"types": ["q2_k"]}}}, "spec.export.gguf.types[0]", "'q8_0'"),
+    ("trlArgs overriding a grpo field", {"spec.method": "grpo", "spec.grpo": {"rewards": [RM]}, "spec.training.trlArgs": {"temperature": 0.3}}, "spec.training.trlArgs.temperature", "use spec.grpo.temperature instead"),
     ("export of an eval job", {"spec.method": "eval", "spec.data": None, "spec.eval": {"metrics": [{"name": "ppl", "type": "perplexity", "dataset": DATASET}]}, "spec.export": {"formats": ["safetensors"]}}, "spec.export", "method eval trains no model"),
     ("gguf of a reward model", {"spec.method": "reward", "spec.export": {"formats": ["safetensors", "gguf"]}}, "spec.export.formats", "safetensors only, not gguf"),
     ("deepspeed offload params", {"spec.deepspeed": {"zeroStage": 2, "offloadParams": True}}, "spec.deepspeed", "offloadParams needs zeroStage 3"),

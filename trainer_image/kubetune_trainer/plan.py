@@ -737,6 +737,10 @@ TRL_ARGS_OWNED = {
     "beta": "spec.dpo.beta / spec.grpo.beta",
     "loss_type": "spec.dpo.lossType",
     "num_generations": "spec.grpo.numGenerations",
+    "max_completion_length": "spec.grpo.maxCompletionLength",
+    "temperature": "spec.grpo.temperature",
+    "label_smoothing": "spec.dpo.labelSmoothing",
+    "center_rewards_coefficient": "spec.reward.centerRewardsCoefficient",
     "use_cpu": "spec.resources",
 }
 
