@@ -71,6 +71,32 @@ def timed(action) -> tuple[Any, float]:
     return result, time.perf_counter() - start
 
 
+def figure(
+    source_mb: float,
+    baseline: float,
+    convert: float,
+    verify: float,
+    artifact: Path,
+    verification: Any,
+) -> dict[str, Any]:
+    return {
+        "MBps": round(source_mb / convert, 1),
+        "ratioToBaseline": round(source_mb / convert / baseline, 3),
+        "outputMB": round(megabytes(artifact), 1),
+        "verifySeconds": round(verify, 1),
+        "verified": verification.ok,
+        "maxAbsLogitDiff": verification.max_abs_logit_diff,
+    }
+
+
+def baseline_seconds(source: Path, target: Path) -> float:
+    """Seconds transformers takes to write the same model as safetensors."""
+    model = LlamaForCausalLM.from_pretrained(source)
+    _, seconds = timed(lambda: model.save_pretrained(target))
+    shutil.rmtree(target)
+    return seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--layers", type=int, default=8, help="8 layers ≈ 106M parameters")
@@ -83,11 +109,8 @@ def main() -> None:
         source_mb = megabytes(source / "model.safetensors")
         say(f"model: {params:.0f}M parameters, {source_mb:.0f} MB fp32 safetensors")
 
-        model = LlamaForCausalLM.from_pretrained(source)
-        _, seconds = timed(lambda: model.save_pretrained(work / "resaved"))
-        baseline = source_mb / seconds
+        baseline = source_mb / baseline_seconds(source, work / "resaved")
         say(f"baseline save_pretrained: {baseline:.0f} MB/s")
-        del model
 
         figures: dict[str, Any] = {
             "paramsMillions": round(params, 1),
@@ -99,28 +122,16 @@ def main() -> None:
             _, convert = timed(lambda t=out_type, p=path: convert_to_gguf(source, p, t))
             verification, verify = timed(lambda t=out_type, p=path: verify_gguf(source, p, t))
             say(f"gguf {out_type}: {convert:.1f}s convert, {verify:.1f}s verify")
-            figures[f"gguf_{out_type}"] = {
-                "MBps": round(source_mb / convert, 1),
-                "ratioToBaseline": round(source_mb / convert / baseline, 3),
-                "outputMB": round(megabytes(path), 1),
-                "verifySeconds": round(verify, 1),
-                "verified": verification.ok,
-                "maxAbsLogitDiff": verification.max_abs_logit_diff,
-            }
+            figures[f"gguf_{out_type}"] = figure(
+                source_mb, baseline, convert, verify, path, verification
+            )
             path.unlink()
 
         onnx_dir = work / "onnx"
         onnx_file, convert = timed(lambda: export_onnx(source, onnx_dir))
         verification, verify = timed(lambda: verify_onnx(source, onnx_file))
         say(f"onnx: {convert:.1f}s export, {verify:.1f}s verify")
-        figures["onnx"] = {
-            "MBps": round(source_mb / convert, 1),
-            "ratioToBaseline": round(source_mb / convert / baseline, 3),
-            "outputMB": round(megabytes(onnx_dir), 1),
-            "verifySeconds": round(verify, 1),
-            "verified": verification.ok,
-            "maxAbsLogitDiff": verification.max_abs_logit_diff,
-        }
+        figures["onnx"] = figure(source_mb, baseline, convert, verify, onnx_dir, verification)
         print(json.dumps(figures))
     finally:
         shutil.rmtree(work, ignore_errors=True)
