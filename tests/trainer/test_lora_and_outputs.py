@@ -5,48 +5,16 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-from kubetune.api import FineTuneJob
-from kubetune.planner import make_plan
-from kubetune_trainer.plan import Scaling
+from trainer_support import run_dir, run_job
 
 pytestmark = pytest.mark.trainer
 
 
-def run_job(tmp_path: Path, name: str, method: str, spec: dict) -> Path:
-    job = FineTuneJob.model_validate(
-        {
-            "apiVersion": "kubetune.io/v1alpha1",
-            "kind": "FineTuneJob",
-            "metadata": {"name": name, "namespace": "t"},
-            "spec": {"method": method, "model": {"source": "builtin://tiny-llama"}, **spec},
-        }
-    )
-    plan = make_plan(
-        job,
-        default_storage=str(tmp_path / "runs"),
-        scaling=Scaling(workers=1, devices_per_worker=0, nodes=1, use_gpu=False),
-    )
-    plan_path = tmp_path / f"{name}.json"
-    plan_path.write_text(plan.to_json())
-    run_dir = Path(plan.storage.root) / plan.storage.run_name
-    env = os.environ | {
-        "KUBETUNE_METRICS_PORT": "0",
-        "KUBETUNE_PROGRESS_FILE": str(run_dir / "progress.json"),
-    }
-    command = [sys.executable, "-m", "kubetune_trainer.cli", "--plan", str(plan_path)]
-    assert subprocess.run(command, env=env).returncode == 0
-    return run_dir
-
-
-def logged(run_dir: Path) -> list[dict]:
-    lines = (run_dir / "history.jsonl").read_text().splitlines()
+def logged(directory: Path) -> list[dict]:
+    lines = (directory / "history.jsonl").read_text().splitlines()
     return [entry for entry in map(json.loads, lines) if "loss" in entry]
 
 
@@ -73,7 +41,7 @@ def lora_sft(tmp_path_factory) -> Path:
                      "maxLength": 96, "logEverySteps": 1},
         "peft": {"type": "lora", "r": 8, "alpha": 16, "dropout": 0.0},
     }  # fmt: skip
-    return run_job(tmp, "lora-sft", "sft", spec)
+    return run_dir(run_job(tmp, "lora-sft", "sft", spec))
 
 
 def test_lora_sft_learns_and_saves_an_adapter(lora_sft: Path) -> None:
@@ -105,11 +73,11 @@ def test_lora_dpo_uses_the_adapter_disabled_model_as_reference(tmp_path: Path) -
         "peft": {"type": "lora", "r": 8},
         "dpo": {"beta": 0.1},
     }  # fmt: skip
-    run_dir = run_job(tmp_path, "lora-dpo", "dpo", spec)
-    first = logged(run_dir)[0]
+    dpo_dir = run_dir(run_job(tmp_path, "lora-dpo", "dpo", spec))
+    first = logged(dpo_dir)[0]
     # No reference model was loaded: at step 0 the adapters are zero, policy == reference.
     assert abs(first["loss"] - math.log(2)) < 1e-3
-    assert (run_dir / "output" / "adapter_config.json").is_file()
+    assert (dpo_dir / "output" / "adapter_config.json").is_file()
 
 
 def test_final_model_is_published_to_s3(tmp_path: Path, s3_env: str, s3_upload) -> None:

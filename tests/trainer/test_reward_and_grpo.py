@@ -5,43 +5,17 @@ rule reward."""
 from __future__ import annotations
 
 import json
-import os
 import random
-import subprocess
-import sys
 from pathlib import Path
 from statistics import fmean
 from typing import Any
 
 import pytest
+from trainer_support import run_job
 
-from kubetune.api import FineTuneJob
-from kubetune.planner import make_plan
-from kubetune_trainer.plan import Plan, Scaling
+from kubetune_trainer.plan import Plan
 
 pytestmark = pytest.mark.trainer
-
-
-def run_job(tmp_path: Path, name: str, method: str, spec: dict[str, Any]) -> Plan:
-    job = FineTuneJob.model_validate(
-        {
-            "apiVersion": "kubetune.io/v1alpha1",
-            "kind": "FineTuneJob",
-            "metadata": {"name": name, "namespace": "t"},
-            "spec": {"method": method, "model": {"source": "builtin://tiny-llama"}, **spec},
-        }
-    )
-    plan = make_plan(
-        job,
-        default_storage=str(tmp_path / "runs"),
-        scaling=Scaling(workers=1, devices_per_worker=0, nodes=1, use_gpu=False),
-    )
-    plan_path = tmp_path / f"{name}.json"
-    plan_path.write_text(plan.to_json())
-    env = os.environ | {"KUBETUNE_METRICS_PORT": "0", "KUBETUNE_PROGRESS_INTERVAL": "0"}
-    command = [sys.executable, "-m", "kubetune_trainer.cli", "--plan", str(plan_path)]
-    assert subprocess.run(command, env=env).returncode == 0
-    return plan
 
 
 def history(plan: Plan) -> list[dict[str, Any]]:
@@ -56,7 +30,7 @@ def even_answer_pairs(path: Path, split: str, count: int, seed: int) -> list[dic
     """hh-rlhf rows over the builtin arithmetic questions, labelled by a rater who prefers even
     numbers: of two adjacent numbers near the answer, the even one is chosen. Both responses
     have the same form, so a random score head ranks them about at chance; a from-scratch tiny
-    model cannot learn arithmetic correctness itself within a CPU budget (see the report)."""
+    model cannot learn arithmetic correctness itself within a CPU budget."""
     source = Path(__file__).resolve().parents[2] / "trainer_image/kubetune_trainer"
     lines = (source / f"synthetic_data/arithmetic-preference/{split}.jsonl").read_text()
     rng = random.Random(seed)
