@@ -4,7 +4,12 @@ environment.
 KUBETUNE_TRAINER_IMAGE, KUBETUNE_EXPORT_IMAGE, KUBETUNE_DEFAULT_STORAGE: cluster facts.
 KUBETUNE_NAMESPACE: watch only this namespace (default: every namespace).
 KUBETUNE_METRICS_PORT: Prometheus /metrics port (default 8080; 0 turns it off).
-KUBETUNE_HA=1: kopf peering, so only one of a pair of replicas acts (needs kopf's peering CRD).
+KUBETUNE_HA=1: kopf peering, so only one of a pair of replicas acts: the one with the highest
+KUBETUNE_PEERING_PRIORITY (random when unset: kopf pauses every replica when two share one); a
+standby takes over KUBETUNE_PEERING_LIFETIME_SECONDS (60) after the active one's last keep-alive.
+Needs kopf's peering CRDs (kopf.dev/v1 ClusterKopfPeering, KopfPeering) and a peering object
+named "kubetune" (a KopfPeering in KUBETUNE_NAMESPACE when set).
+KUBETUNE_API_WORKERS (32): API calls in flight at once. KUBETUNE_LAUNCHER_DEBOUNCE_SECONDS (0.5).
 KUBETUNE_TIMER_SECONDS, KUBETUNE_DEPENDENCY_POLL_SECONDS, KUBETUNE_RETRY_BACKOFF_SECONDS,
 KUBETUNE_WATCH_TIMEOUT_SECONDS: loop timings (tests shorten them).
 """

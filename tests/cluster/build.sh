@@ -22,8 +22,11 @@ if [[ -z "$GO" && -x /usr/local/go/bin/go ]]; then GO=/usr/local/go/bin/go; fi
 cache_key() {
   # Human-readable versions plus a short hash of everything that determines the binaries.
   local h
-  h="$(cat "$HERE/versions.env" "$HERE/k8s/go.mod" "$HERE/k8s/go.sum" "$HERE/k8s/main.go" \
-        "$HERE/etcd/go.mod" "$HERE/etcd/go.sum" "$HERE/etcd/main.go" | sha256sum | cut -c1-10)"
+  # Prometheus and KubeRay lines are left out: fetched, not built, into their own directories.
+  h="$(cat <(grep -viE 'prometheus|kuberay' "$HERE/versions.env") \
+        "$HERE/k8s/go.mod" "$HERE/k8s/go.sum" "$HERE/k8s/main.go" \
+        "$HERE/etcd/go.mod" "$HERE/etcd/go.sum" "$HERE/etcd/main.go" |
+        sha256sum | cut -c1-10)"
   echo "k8s-${KUBERNETES_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}_${h}"
 }
 
@@ -138,6 +141,18 @@ build() {
   echo "build.sh: done in $((SECONDS - t0))s -> $BIN"
 }
 
+fetch_prometheus() {
+  # Seconds, not minutes: done in the foreground, even when the Go build goes to the background.
+  "$HERE/fetch-prometheus.sh" ||
+    echo "build.sh: warning: Prometheus not fetched; the metrics e2e test will skip" >&2
+}
+
+fetch_kuberay_crds() {
+  # Seconds, and a no-op once cached (offline afterwards).
+  "$HERE/fetch-kuberay-crds.sh" ||
+    echo "build.sh: warning: KubeRay CRDs not fetched; the rayjob e2e test will skip" >&2
+}
+
 locked_build() {
   mkdir -p "$CACHE_ROOT"
   exec 9>"$LOCK"
@@ -155,10 +170,14 @@ locked_build() {
 main() {
   case "${1:-build}" in
     build)
+      fetch_prometheus
+      fetch_kuberay_crds
       if up_to_date; then echo "build.sh: up to date: $BIN"; exit 0; fi
       locked_build
       ;;
     --background)
+      fetch_prometheus
+      fetch_kuberay_crds
       if up_to_date; then echo "build.sh: up to date: $BIN"; exit 0; fi
       mkdir -p "$DEST"
       # Low priority so unit tests running meanwhile keep the CPU they need.

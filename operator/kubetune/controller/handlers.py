@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
+import random
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -71,11 +74,24 @@ class OperatorConfig:
     namespace: str | None = None  # KUBETUNE_NAMESPACE: watch only this namespace
     metrics_port: int = 8080  # KUBETUNE_METRICS_PORT (0: no metrics server)
     ha: bool = False  # KUBETUNE_HA=1: kopf peering (an active/standby pair)
+    peering_priority: int = 0
+    """KUBETUNE_PEERING_PRIORITY: with HA, the replica with the highest priority acts. kopf
+    pauses *every* operator when two alive ones share a priority, so 0 (the default) picks a
+    random one per process."""
+    peering_lifetime: int = 60
+    """KUBETUNE_PEERING_LIFETIME_SECONDS: how long after its last keep-alive a silent replica
+    is taken for dead and its standby takes over."""
     timer_interval: float = 60.0  # KUBETUNE_TIMER_SECONDS: safety-net resync of every job
     dependency_poll: float = 10.0  # KUBETUNE_DEPENDENCY_POLL_SECONDS
     retry_backoff: float = 2.0  # KUBETUNE_RETRY_BACKOFF_SECONDS: first retry after an error
     retry_backoff_max: float = 60.0
     server_timeout: float = 300.0  # KUBETUNE_WATCH_TIMEOUT_SECONDS
+    api_workers: int = 32
+    """KUBETUNE_API_WORKERS: API calls in flight at once (threads and pooled connections); the
+    calls are blocking, so this bounds how many jobs are reconciled concurrently."""
+    launcher_debounce: float = 0.5
+    """KUBETUNE_LAUNCHER_DEBOUNCE_SECONDS: a launcher's status changes in bursts (pods created,
+    active, ready); events within this window end in one reconcile pass."""
     crd_refresh: float = 300.0  # how often to look for the RayJob CRD again
     fault_exit_after_creates: int = 0
     """KUBETUNE_FAULT_EXIT_AFTER_CREATES (fault injection for tests): the process dies
@@ -92,16 +108,22 @@ class OperatorConfig:
             namespace=namespace,
             metrics_port=int(env.get("KUBETUNE_METRICS_PORT", "8080")),
             ha=env.get("KUBETUNE_HA", "") in ("1", "true", "yes"),
+            peering_priority=int(env.get("KUBETUNE_PEERING_PRIORITY", "0")),
+            peering_lifetime=int(env.get("KUBETUNE_PEERING_LIFETIME_SECONDS", "60")),
             timer_interval=_env_float("KUBETUNE_TIMER_SECONDS", 60.0),
             dependency_poll=_env_float("KUBETUNE_DEPENDENCY_POLL_SECONDS", 10.0),
             retry_backoff=_env_float("KUBETUNE_RETRY_BACKOFF_SECONDS", 2.0),
             retry_backoff_max=_env_float("KUBETUNE_RETRY_BACKOFF_MAX_SECONDS", 60.0),
             server_timeout=_env_float("KUBETUNE_WATCH_TIMEOUT_SECONDS", 300.0),
+            api_workers=int(env.get("KUBETUNE_API_WORKERS", "32")),
+            launcher_debounce=_env_float("KUBETUNE_LAUNCHER_DEBOUNCE_SECONDS", 0.5),
             fault_exit_after_creates=int(env.get("KUBETUNE_FAULT_EXIT_AFTER_CREATES", "0")),
         )
 
 
 CONFIG = OperatorConfig.from_env()
+PEERING = "kubetune"  # the kopf peering object's name
+PEERING_CHECK_SECONDS = 2.0
 
 
 @dataclass
@@ -117,6 +139,9 @@ class _State:
     resync: asyncio.Task[None] | None = None
     crd_checked: float = float("-inf")
     dynamic: DynamicClient | None = None
+    priority: int = 0
+    acting: bool = True
+    acting_checked: float = float("-inf")
 
 
 STATE = _State()
@@ -125,21 +150,38 @@ STATE = _State()
 # --------------------------------------------------------------------------- API access
 
 
+class JobGone(Exception):
+    """The FineTuneJob was deleted while a pass was working on it."""
+
+
 def _api() -> DynamicClient:
+    """One client (one connection pool, sized for the worker threads) for every call."""
     if STATE.dynamic is None:
         try:
             k8s_config.load_incluster_config()
         except k8s_config.ConfigException:
             k8s_config.load_kube_config()
-        STATE.dynamic = DynamicClient(k8s.ApiClient())
+        configuration = k8s.Configuration.get_default_copy()
+        configuration.connection_pool_maxsize = CONFIG.api_workers
+        STATE.dynamic = DynamicClient(k8s.ApiClient(configuration))
     return STATE.dynamic
+
+
+def describe(err: BaseException) -> str:
+    """One log line for an error (API errors print their headers and traceback otherwise)."""
+    if isinstance(err, ApiException):
+        message = ""
+        with contextlib.suppress(TypeError, ValueError, AttributeError):
+            message = json.loads(err.body).get("message", "")
+        return f"{err.status} {err.reason}: {message}".rstrip(": ")
+    return f"{type(err).__name__}: {err}"
 
 
 def _resource(api_version: str, kind: str) -> Any:
     return _api().resources.get(api_version=api_version, kind=kind)
 
 
-def _get(api_version: str, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
+def _get(api_version: str, kind: str, name: str, namespace: str | None) -> dict[str, Any] | None:
     try:
         return _resource(api_version, kind).get(name=name, namespace=namespace).to_dict()
     except NotFoundError:
@@ -150,7 +192,7 @@ def _rayjob_crd() -> bool:
     now = time.monotonic()
     if now - STATE.crd_checked > CONFIG.crd_refresh:
         try:
-            k8s.ApiextensionsV1Api().read_custom_resource_definition("rayjobs.ray.io")
+            k8s.ApiextensionsV1Api(_api().client).read_custom_resource_definition("rayjobs.ray.io")
             STATE.rayjob_crd = True
         except ApiException as err:
             if err.status != 404:
@@ -194,6 +236,9 @@ def observe(job: dict[str, Any], rayjob_crd: bool) -> Observed:
     children: list[Child] = []
     launcher = None
     attempt = int((job.get("status") or {}).get("attempt") or 0)
+    export_attempt = int((job.get("status") or {}).get("exportAttempt") or 0)
+    exporter_name = names.export_job_name(name, export_attempt) if export_attempt else None
+    exporter = None
     for api_version, kind in kinds:
         listed = _resource(api_version, kind).get(namespace=namespace, label_selector=selector)
         for item in listed.to_dict().get("items") or []:
@@ -209,9 +254,24 @@ def observe(job: dict[str, Any], rayjob_crd: bool) -> Observed:
                     names.launcher_name(name, attempt) if attempt else None
                 ):
                     launcher = item
+                elif kind == "Job" and item["metadata"]["name"] == exporter_name:
+                    exporter = item
+            component = (item["metadata"].get("labels") or {}).get(names.LABEL_COMPONENT)
             children.append(
-                Child(api_version, kind, item["metadata"]["name"], child_attempt, finished)
+                Child(
+                    api_version, kind, item["metadata"]["name"], child_attempt, finished, component
+                )
             )
+    export_pods: list[dict[str, Any]] = []
+    if exporter is not None and lifecycle.launcher_state(exporter)[0] == "failed":
+        # The export stage says why it stopped in its termination message (optional: without
+        # the power to list pods the condition carries the exit code alone).
+        with contextlib.suppress(ApiException):
+            pods = _resource("v1", "Pod").get(
+                namespace=namespace,
+                label_selector=f"{selector},{names.LABEL_EXPORT_ATTEMPT}={export_attempt}",
+            )
+            export_pods = pods.to_dict().get("items") or []
     dependencies: dict[str, dict[str, Any] | None] = {}
     try:
         spec = FineTuneJobSpec.model_validate(job.get("spec") or {})
@@ -220,7 +280,13 @@ def observe(job: dict[str, Any], rayjob_crd: bool) -> Observed:
         deps = []
     for dep in deps:
         dependencies[dep] = _get(API_VERSION, KIND, dep, namespace)
-    return Observed(launcher=launcher, children=tuple(children), dependencies=dependencies)
+    return Observed(
+        launcher=launcher,
+        children=tuple(children),
+        dependencies=dependencies,
+        exporter=exporter,
+        export_pods=tuple(export_pods),
+    )
 
 
 def _create_or_adopt(manifest: dict[str, Any], uid: str) -> str:
@@ -266,13 +332,16 @@ def _delete(namespace: str, action: Delete) -> None:
 
 def _patch_status(namespace: str, name: str, patch: dict[str, Any]) -> None:
     resource = _resource(API_VERSION, KIND)
-    _api().patch(
-        resource=resource.subresources["status"],
-        name=name,
-        namespace=namespace,
-        body={"status": patch},
-        content_type=MERGE_PATCH,
-    )
+    try:
+        _api().patch(
+            resource=resource.subresources["status"],
+            name=name,
+            namespace=namespace,
+            body={"status": patch},
+            content_type=MERGE_PATCH,
+        )
+    except NotFoundError as err:
+        raise JobGone(name) from err
 
 
 def _post_event(job: dict[str, Any], event: Event) -> None:
@@ -303,7 +372,7 @@ def _post_event(job: dict[str, Any], event: Event) -> None:
         reporting_instance=names.MANAGER,
     )
     with contextlib.suppress(ApiException):
-        k8s.CoreV1Api().create_namespaced_event(meta["namespace"], body)
+        k8s.CoreV1Api(_api().client).create_namespaced_event(meta["namespace"], body)
 
 
 def execute(job: dict[str, Any], decision: Decision) -> list[str]:
@@ -365,7 +434,14 @@ def _get_job(namespace: str, name: str) -> dict[str, Any] | None:
 
 def _count(job: dict[str, Any], decision: Decision, done: list[str]) -> None:
     method = str((job.get("spec") or {}).get("method") or "unknown")
-    launched = sum(1 for line in done if line.startswith(("created Job/", "created RayJob/")))
+    launchers = {
+        f"created {m['kind']}/{m['metadata']['name']}"
+        for create in decision.creates
+        for m in create.manifests
+        if m["kind"] in lifecycle.LAUNCHER_KINDS
+        and m["metadata"]["labels"].get(names.LABEL_COMPONENT) == "launcher"
+    }  # not the export stage's Jobs
+    launched = sum(1 for line in done if line in launchers)
     if launched:
         metrics.ATTEMPTS.labels(namespace=job["metadata"]["namespace"], method=method).inc(launched)
     for event in decision.events:
@@ -375,25 +451,37 @@ def _count(job: dict[str, Any], decision: Decision, done: list[str]) -> None:
             metrics.RESTARTS.labels(reason="Unsuspended").inc()
 
 
+def _pass(namespace: str, name: str) -> tuple[dict[str, Any], Decision, list[str]] | None:
+    """Read, decide, act: the blocking part of a pass, in one worker thread, so a pass waits
+    for a worker once (under a burst, passes finish in arrival order instead of all of them
+    finishing together at the end). None when the job no longer exists."""
+    started = time.perf_counter()
+    try:
+        job = _get_job(namespace, name)
+        if job is None:
+            return None
+        settings = _settings()
+        world = observe(job, settings.facts.rayjob_crd)
+        decision = lifecycle.reconcile(job, world, datetime.now(UTC), settings)
+        return job, decision, execute(job, decision)
+    except JobGone:
+        return None  # deleted meanwhile: the garbage collector takes the rest
+    except Exception:
+        metrics.RECONCILE_ERRORS.inc()
+        raise
+    finally:
+        metrics.RECONCILE_DURATION.observe(time.perf_counter() - started)
+
+
 async def reconcile_job(namespace: str, name: str) -> None:
     """One pass for one job, serialized per job. Raises on API errors (callers retry)."""
     key = _key(namespace, name)
     async with _lock(key):
-        started = time.perf_counter()
-        try:
-            job = await asyncio.to_thread(_get_job, namespace, name)
-            if job is None:
-                forget(namespace, name)
-                return
-            settings = await asyncio.to_thread(_settings)
-            world = await asyncio.to_thread(observe, job, settings.facts.rayjob_crd)
-            decision = lifecycle.reconcile(job, world, datetime.now(UTC), settings)
-            done = await asyncio.to_thread(execute, job, decision)
-        except Exception:
-            metrics.RECONCILE_ERRORS.inc()
-            raise
-        finally:
-            metrics.RECONCILE_DURATION.observe(time.perf_counter() - started)
+        result = await asyncio.to_thread(_pass, namespace, name)
+        if result is None:
+            forget(namespace, name)
+            return
+        job, decision, done = result
         for event in decision.events:
             _post_event(job, event)
         _count(job, decision, done)
@@ -419,13 +507,10 @@ async def reconcile_job(namespace: str, name: str) -> None:
 
 
 async def _nudge_waiting(namespace: str) -> None:
-    """A job succeeded: jobs of the namespace waiting for dependencies look again now."""
-    listed = await asyncio.to_thread(
-        lambda: _resource(API_VERSION, KIND).get(namespace=namespace).to_dict()
-    )
-    for item in listed.get("items") or []:
-        if (item.get("status") or {}).get("phase") == "WaitingForDependencies":
-            schedule(namespace, item["metadata"]["name"], 0)
+    """A job succeeded: jobs of the namespace waiting for dependencies look again now. They
+    are known from the watch (no list of every job per success: that is quadratic)."""
+    for name in metrics.jobs_in_phase(namespace, "WaitingForDependencies"):
+        schedule(namespace, name, 0)
 
 
 def _retry_delay(key: tuple[str, str]) -> float:
@@ -457,10 +542,14 @@ def _fire(key: tuple[str, str]) -> None:
 async def _scheduled(key: tuple[str, str]) -> None:
     namespace, name = key
     try:
+        if not await _acting():
+            return  # a standby: the active replica reconciles (and its resync covers all)
         await reconcile_job(namespace, name)
     except Exception as err:
         delay = _retry_delay(key)
-        log.warning("job=%s/%s reconcile failed (%s); retry in %.1fs", namespace, name, err, delay)
+        log.warning(
+            "job=%s/%s reconcile failed (%s); retry in %.1fs", namespace, name, describe(err), delay
+        )
         schedule(namespace, name, delay)
 
 
@@ -472,7 +561,54 @@ async def _handler_pass(namespace: str, name: str) -> None:
     except kopf.TemporaryError:
         raise
     except Exception as err:
-        raise kopf.TemporaryError(f"reconcile failed: {err}", delay=_retry_delay(key)) from err
+        raise kopf.TemporaryError(
+            f"reconcile failed: {describe(err)}", delay=_retry_delay(key)
+        ) from err
+
+
+# --------------------------------------------------------------------------- HA
+
+
+def peering_acting(peering: dict[str, Any] | None, priority: int, now: datetime) -> bool:
+    """Whether the replica with ``priority`` is the one that acts, from kopf's peering object
+    (status: one entry per replica with priority, lastseen, lifetime): no live replica has a
+    higher priority. kopf pauses its own handlers by the same rule; this applies it to the
+    operator's own timers (requeues, resync), which kopf does not pause."""
+    for info in ((peering or {}).get("status") or {}).values():
+        if not isinstance(info, dict):
+            continue
+        lastseen = lifecycle.parse_time(info.get("lastseen"))
+        lifetime = float(info.get("lifetime") or 60)
+        alive = lastseen is None or (now - lastseen).total_seconds() < lifetime
+        if alive and int(info.get("priority") or 0) > priority:
+            return False
+    return True
+
+
+def _read_peering() -> dict[str, Any] | None:
+    if CONFIG.namespace is None:
+        return _get("kopf.dev/v1", "ClusterKopfPeering", PEERING, None)
+    return _get("kopf.dev/v1", "KopfPeering", PEERING, CONFIG.namespace)
+
+
+async def _acting() -> bool:
+    if not CONFIG.ha:
+        return True
+    now = time.monotonic()
+    if now - STATE.acting_checked > PEERING_CHECK_SECONDS:
+        STATE.acting_checked = now
+        try:
+            peering = await asyncio.to_thread(_read_peering)
+        except Exception as err:
+            log.warning("peering: cannot read %s (%s)", PEERING, describe(err))
+        else:
+            acting = peering_acting(peering, STATE.priority, datetime.now(UTC))
+            if acting != STATE.acting:
+                log.info(
+                    "peering: %s (priority %s)", "acting" if acting else "standby", STATE.priority
+                )
+            STATE.acting = acting
+    return STATE.acting
 
 
 # --------------------------------------------------------------------------- kopf wiring
@@ -491,10 +627,14 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.execution.max_workers = 8
     settings.networking.error_backoffs = [1, 2, 5, 10, 30]
     if CONFIG.ha:
+        STATE.priority = CONFIG.peering_priority or random.SystemRandom().randint(1, 2**31 - 1)
+        STATE.acting, STATE.acting_checked = False, float("-inf")
         settings.peering.standalone = False
-        settings.peering.name = "kubetune"
+        settings.peering.name = PEERING
         settings.peering.mandatory = True
         settings.peering.clusterwide = CONFIG.namespace is None
+        settings.peering.priority = STATE.priority
+        settings.peering.lifetime = CONFIG.peering_lifetime
     else:
         settings.peering.standalone = True
     # A new run (a restart, or a test's second runner in one process) starts with no state.
@@ -502,6 +642,11 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     STATE.timers.clear()
     STATE.failures.clear()
     STATE.crd_checked = float("-inf")
+    # asyncio.to_thread's default pool has min(32, CPUs + 4) threads: 6 on a 2-core node, which
+    # would cap concurrent reconciles far below what the API server serves.
+    asyncio.get_running_loop().set_default_executor(
+        ThreadPoolExecutor(max_workers=CONFIG.api_workers, thread_name_prefix="kubetune-api")
+    )
     if CONFIG.metrics_port:
         _start_metrics(CONFIG.metrics_port)
     STATE.resync = asyncio.get_running_loop().create_task(_resync_loop())
@@ -526,8 +671,9 @@ async def on_change(name: str, namespace: str, **_: Any) -> None:
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def on_job_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
-    """Metrics follow every change (the trainer's progress too); deletion forgets the job."""
+async def on_job_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+    """Metrics follow every change (the trainer's progress too); deletion forgets the job.
+    Async, on the event loop: no I/O, and no other thread touching the per-job state."""
     meta = body.get("metadata") or {}
     if event.get("type") == "DELETED":
         forget(meta.get("namespace", ""), meta.get("name", ""))
@@ -542,7 +688,7 @@ async def on_launcher_event(body: kopf.Body, namespace: str, **_: Any) -> None:
     cluster has) changed: reconcile the FineTuneJob it belongs to."""
     owner = (body.get("metadata", {}).get("labels") or {}).get(names.LABEL_JOB)
     if owner:
-        schedule(namespace, owner, 0)
+        schedule(namespace, owner, CONFIG.launcher_debounce)
 
 
 async def _resync_loop() -> None:
@@ -552,6 +698,8 @@ async def _resync_loop() -> None:
     finalizer on every job, so that deleting a job would wait for a running operator."""
     while True:
         await asyncio.sleep(CONFIG.timer_interval)
+        if not await _acting():
+            continue
         try:
             listed = await asyncio.to_thread(_list_jobs)
         except Exception as err:
@@ -561,8 +709,10 @@ async def _resync_loop() -> None:
         kept = {*STATE.locks, *STATE.timers, *STATE.failures, *metrics.known_jobs()}
         for key in [k for k in kept if k not in existing]:
             forget(*key)
-        for namespace, name in existing:
-            schedule(namespace, name, 0)
+        # Spread over the interval: a thousand passes at once would delay event-driven ones.
+        spacing = CONFIG.timer_interval / max(1, len(existing))
+        for i, (namespace, name) in enumerate(sorted(existing)):
+            schedule(namespace, name, i * spacing)
 
 
 def _list_jobs() -> list[dict[str, Any]]:

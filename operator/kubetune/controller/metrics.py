@@ -90,6 +90,11 @@ def forget_job(namespace: str, name: str) -> None:
                 gauge.remove(namespace, name, method)
 
 
+def jobs_in_phase(namespace: str, phase: str) -> list[str]:
+    """Names of the namespace's jobs last seen in ``phase``."""
+    return [name for (ns, name), (seen, _) in _known.items() if ns == namespace and seen == phase]
+
+
 def tracked_jobs() -> int:
     return len(_known)
 
@@ -107,6 +112,7 @@ __all__ = [
     "REGISTRY",
     "RESTARTS",
     "forget_job",
+    "jobs_in_phase",
     "known_jobs",
     "observe_job",
     "tracked_jobs",
