@@ -563,26 +563,3 @@ def test_operator_crashing_between_creations_adopts_and_finishes(api, operator, 
         (m["kind"], m["metadata"]["name"]) for m in predicted(job, 1)
     }
     assert "adopted Job/crashy-a1" in operator.logs(tail=400)
-
-
-def test_operator_killed_and_restarted_during_reconciles(api, operator, namespace):
-    jobs = [f"crash-{i}" for i in range(3)]
-    for name in jobs:
-        create(api, namespace, ftj(name, pods=outcome("succeed", "4s")))
-    for pause in (0.3, 1.0, 2.0):
-        time.sleep(pause)
-        operator.kill()
-        operator.start()
-    for name in jobs:
-        s = wait_phase(api, namespace, name, "Succeeded", timeout=90)
-        assert s["attempt"] == 1 and s.get("restarts") in (None, 0)
-        job = get(api, namespace, name)
-        expected = {(m["kind"], m["metadata"]["name"]) for m in predicted(job, 1)}
-        assert children(api, namespace, name) == expected
-        assert (
-            k8s.BatchV1Api(api)
-            .list_namespaced_job(namespace, label_selector=f"kubetune.io/job={name}")
-            .items[0]
-            .metadata.name
-            == f"{name}-a1"
-        )

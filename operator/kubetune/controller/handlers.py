@@ -134,7 +134,7 @@ class _State:
     timers: dict[tuple[str, str], asyncio.TimerHandle] = field(default_factory=dict)
     failures: dict[tuple[str, str], int] = field(default_factory=dict)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
-    rayjob_crd: bool = False
+    crds: dict[str, bool] = field(default_factory=dict)
     created: int = 0
     resync: asyncio.Task[None] | None = None
     crd_checked: float = float("-inf")
@@ -188,26 +188,39 @@ def _get(api_version: str, kind: str, name: str, namespace: str | None) -> dict[
         return None
 
 
-def _rayjob_crd() -> bool:
+RAYJOB_CRD = "rayjobs.ray.io"
+KUEUE_CRD = "workloads.kueue.x-k8s.io"
+
+
+def _installed_crds() -> dict[str, bool]:
+    """Which optional CRDs (KubeRay's RayJob, Kueue's Workload) the cluster has, re-read every
+    crd_refresh seconds. Without permission to read CRDs (a namespaced install) they count as
+    absent: the job launcher and no Kueue."""
     now = time.monotonic()
     if now - STATE.crd_checked > CONFIG.crd_refresh:
-        try:
-            k8s.ApiextensionsV1Api(_api().client).read_custom_resource_definition("rayjobs.ray.io")
-            STATE.rayjob_crd = True
-        except ApiException as err:
-            if err.status != 404:
-                raise
-            STATE.rayjob_crd = False
+        api = k8s.ApiextensionsV1Api(_api().client)
+        for name in (RAYJOB_CRD, KUEUE_CRD):
+            try:
+                api.read_custom_resource_definition(name)
+                STATE.crds[name] = True
+            except ApiException as err:
+                if err.status not in (403, 404):
+                    raise
+                if err.status == 403 and name not in STATE.crds:
+                    log.warning("event=crd_unreadable crd=%s assumed=absent", name)
+                STATE.crds[name] = False
         STATE.crd_checked = now
-    return STATE.rayjob_crd
+    return STATE.crds
 
 
 def _settings() -> lifecycle.Settings:
+    crds = _installed_crds()
     facts = ClusterFacts(
         trainer_image=CONFIG.trainer_image,
         export_image=CONFIG.export_image,
         default_storage=CONFIG.default_storage,
-        rayjob_crd=_rayjob_crd(),
+        rayjob_crd=crds[RAYJOB_CRD],
+        kueue=crds[KUEUE_CRD],
     )
     return lifecycle.Settings(
         facts=facts,
