@@ -141,6 +141,7 @@ class OperatorProcess:
             "KUBECONFIG": str(kubeconfig),
             "KUBETUNE_NAMESPACE": NAMESPACE,
             "KUBETUNE_METRICS_PORT": str(self.port),
+            "KUBETUNE_HEALTH_PORT": "0",
             "KUBETUNE_TRAINER_IMAGE": "kubetune/trainer:bench",
             "KUBETUNE_DEFAULT_STORAGE": "s3://kubetune-bench/runs",
             "PYTHONPATH": os.pathsep.join(

@@ -4,6 +4,8 @@ environment.
 KUBETUNE_TRAINER_IMAGE, KUBETUNE_EXPORT_IMAGE, KUBETUNE_DEFAULT_STORAGE: cluster facts.
 KUBETUNE_NAMESPACE: watch only this namespace (default: every namespace).
 KUBETUNE_METRICS_PORT: Prometheus /metrics port (default 8080; 0 turns it off).
+KUBETUNE_HEALTH_PORT: kopf's liveness endpoint, GET /healthz (default 8081; 0 turns it off): it
+answers only while kopf's event loop runs, unlike /metrics, which a thread serves.
 KUBETUNE_HA=1: kopf peering, so only one of a pair of replicas acts: the one with the highest
 KUBETUNE_PEERING_PRIORITY (random when unset: kopf pauses every replica when two share one); a
 standby takes over KUBETUNE_PEERING_LIFETIME_SECONDS (60) after the active one's last keep-alive.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 import kopf
@@ -42,7 +45,9 @@ def main(argv: list[str] | None = None) -> int:
         config.metrics_port,
         config.trainer_image,
     )
+    health_port = int(os.environ.get("KUBETUNE_HEALTH_PORT", "8081"))
     kopf.run(
+        liveness_endpoint=f"http://0.0.0.0:{health_port}/healthz" if health_port else None,
         standalone=not config.ha,
         namespaces=[config.namespace] if config.namespace else (),
         clusterwide=config.namespace is None,

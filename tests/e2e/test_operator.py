@@ -67,6 +67,7 @@ class Operator:
         self.kubeconfig = kubeconfig
         self.log_dir = log_dir
         self.metrics_port = _free_port()
+        self.health_port = _free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -83,6 +84,7 @@ class Operator:
             KUBETUNE_TRAINER_IMAGE=TRAINER_IMAGE,
             KUBETUNE_DEFAULT_STORAGE=STORAGE,
             KUBETUNE_METRICS_PORT=str(self.metrics_port),
+            KUBETUNE_HEALTH_PORT=str(self.health_port),
             KUBETUNE_TIMER_SECONDS="5",
             KUBETUNE_DEPENDENCY_POLL_SECONDS="2",
             KUBETUNE_RETRY_BACKOFF_SECONDS="0.5",
@@ -114,6 +116,11 @@ class Operator:
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         with urllib.request.urlopen(url, timeout=5) as resp:
             return resp.read().decode()
+
+    def healthz(self) -> int:
+        url = f"http://127.0.0.1:{self.health_port}/healthz"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status
 
     def kill(self) -> None:
         """SIGKILL: no cleanup, no chance to finish what it was doing."""
@@ -324,6 +331,7 @@ def test_sft_job_runs_to_success_with_predicted_children(api, operator, namespac
     assert {"Accepted", "Launched", "Running", "Succeeded"} <= set(reasons), reasons
     text = operator.metrics()
     assert 'kubetune_jobs{method="sft",phase="Succeeded"}' in text
+    assert operator.healthz() == 200
     assert "kubetune_job_attempts_total" in text
     assert "kubetune_reconcile_duration_seconds_count" in text
 

@@ -61,14 +61,19 @@ def peering_crd(kind: str, scope: str) -> dict:
 
 
 @pytest.fixture
-def api(cluster, tmp_path) -> k8s.ApiClient:
+def api(cluster, tmp_path) -> Iterator[k8s.ApiClient]:
     cluster.add_gpu_nodes(2, group=NODE_GROUP)
     crds = tmp_path / "peering-crds"
     crds.mkdir()
+    names = []
     for kind, scope in (("ClusterKopfPeering", "Cluster"), ("KopfPeering", "Namespaced")):
-        (crds / f"{kind.lower()}.yaml").write_text(yaml.safe_dump(peering_crd(kind, scope)))
+        crd = peering_crd(kind, scope)
+        names.append(crd["metadata"]["name"])
+        (crds / f"{kind.lower()}.yaml").write_text(yaml.safe_dump(crd))
     kc.apply_crds(cluster, crds)
-    return k8s_config.new_client_from_config(config_file=str(cluster.kubeconfig))
+    yield k8s_config.new_client_from_config(config_file=str(cluster.kubeconfig))
+    # Other modules (the Helm chart's HA install) bring their own copies of these CRDs.
+    cluster.kubectl("delete", "crd", *names, "--ignore-not-found", "--wait=true")
 
 
 @pytest.fixture

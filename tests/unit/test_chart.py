@@ -282,8 +282,11 @@ def test_operator_pod_is_locked_down_and_configured_from_values(helm):
         "capabilities": {"drop": ["ALL"]},
     }
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-        assert container[probe]["httpGet"] == {"path": "/metrics", "port": "metrics"}, probe
-    assert container["ports"] == [{"name": "metrics", "containerPort": 9090, "protocol": "TCP"}]
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}, probe
+    assert container["ports"] == [
+        {"name": "metrics", "containerPort": 9090, "protocol": "TCP"},
+        {"name": "health", "containerPort": 8081, "protocol": "TCP"},
+    ]
     assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
     expected = {
         "KUBETUNE_TRAINER_IMAGE": "registry.example/trainer:1.2.3",
