@@ -173,13 +173,19 @@ def export_jobs(
     """Export finished local runs again (``kubetune export``): e.g. after adding a format."""
     storage_root = str(Path(storage).resolve())
     runs: list[LocalRun] = []
-    for job in dependency_order([local_job(j) for j in jobs]):
+    local_jobs = [local_job(j) for j in jobs]
+    finished = {
+        (job.job_ref().namespace, job.job_ref().name): dependency_output(storage_root, job)
+        for job in local_jobs
+        if Path(dependency_output(storage_root, job)).is_dir()
+    }
+    for job in dependency_order(local_jobs):
         if formats:
             job = with_export_formats(job, formats)
         ref = job.job_ref()
         run_dir = Path(storage_root) / ref.namespace / ref.name
         attempt = CheckpointStore(run_dir).latest_attempt()
-        plan = local_plan(job, jobs, {}, storage_root, max(attempt, 1), None)
+        plan = local_plan(job, jobs, finished, storage_root, max(attempt, 1), None)
         if plan.recipe.export is None:
             print(f"{ref.name}: no spec.export and no --format; skipped")
             continue

@@ -1,6 +1,7 @@
 """`kubetune run --local` and `kubetune export` as a user runs them: a LoRA job trains, its
-export runs right after, the artifact table is printed, and a later `kubetune export --format`
-re-exports the same trained model in another format without retraining."""
+export runs right after, the artifact table is printed, a second job starts from the LoRA job's
+output, and a later `kubetune export --format` re-exports the finished runs (dependencies
+resolved from storage) in another format without retraining."""
 
 from __future__ import annotations
 
@@ -40,6 +41,24 @@ spec:
     formats: [safetensors, gguf]
     gguf:
       types: [q8_0]
+---
+apiVersion: kubetune.io/v1alpha1
+kind: FineTuneJob
+metadata:
+  name: tiny-next
+  namespace: cli
+spec:
+  method: sft
+  model:
+    source: finetunejob://tiny-lora
+  data:
+    sources:
+      - uri: builtin://arithmetic-sft
+        maxSamples: 32
+  training:
+    maxSteps: 2
+    perDeviceBatchSize: 16
+    maxLength: 64
 """
 
 
@@ -55,6 +74,8 @@ def test_run_local_exports_and_export_reexports(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr[-3000:]
     summary = run.stdout
     assert "tiny-lora" in summary and "done" in summary, summary
+    # The LoRA job's output (adapters + base record) served as the next job's model.
+    assert (tmp_path / "runs" / "cli" / "tiny-next" / "output" / "config.json").is_file()
 
     export_dir = tmp_path / "runs" / "cli" / "tiny-lora" / "export"
     manifest = json.loads((export_dir / "manifest.json").read_text())
@@ -64,6 +85,7 @@ def test_run_local_exports_and_export_reexports(tmp_path: Path) -> None:
     again = kubetune("export", "job.yaml", "--format", "onnx", "--storage", "runs", cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "tiny-lora: export done" in again.stdout
+    assert "tiny-next: export done" in again.stdout, "--format exports jobs without spec.export"
     assert "onnx" in again.stdout and "onnxruntime" in again.stdout, again.stdout
     manifest = json.loads((export_dir / "manifest.json").read_text())
     assert [a["format"] for a in manifest["artifacts"]] == ["onnx"]

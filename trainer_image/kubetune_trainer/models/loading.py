@@ -195,6 +195,9 @@ def _load_merged_adapters(path: Path, **load_args: Any) -> PreTrainedModel:
     base = adapter_base(path)
     model = load_model(base, **load_args)
     merged = PeftModel.from_pretrained(model, path).merge_and_unload()
+    # PEFT froze the base weights when it loaded the adapters for inference; the merged model
+    # is an ordinary model that the next job trains.
+    merged.requires_grad_(True)
     log.info("event=adapters_merged adapters=%s base=%s", path, base.source)
     return merged
 
