@@ -320,6 +320,7 @@ def test_optional_monitoring_objects(helm):
         monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     )
     assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
+    assert monitor["spec"]["endpoints"][0]["honorLabels"] is True, "per-job series keep `job`"
     rules = {r["alert"]: r for r in one(docs, "PrometheusRule")["spec"]["groups"][0]["rules"]}
     assert {"KubetuneJobsFailed", "KubetuneJobsWithoutProgress", "KubetuneRestartsClimbing"} <= (
         set(rules)
