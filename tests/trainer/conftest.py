@@ -1,4 +1,4 @@
-"""Shared fixtures of the trainer tier: a session cache, a local S3 server."""
+"""Shared fixtures of the trainer tier: its own cache, a local S3 server."""
 
 from __future__ import annotations
 
@@ -13,14 +13,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 
-@pytest.fixture(scope="session", autouse=True)
-def kubetune_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """KUBETUNE_CACHE in a session temp dir: nothing is written to $HOME, and builtin models
-    built by one test are reused by the next."""
-    path = tmp_path_factory.mktemp("kubetune-cache")
+@pytest.fixture(scope="session")
+def kubetune_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache for the tier: builtin models built by one test are reused by the next."""
+    return tmp_path_factory.mktemp("kubetune-cache")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def kubetune_cache(kubetune_cache_dir: Path) -> Iterator[Path]:
+    """KUBETUNE_CACHE points at the tier's cache while each trainer module runs, so nothing is
+    written to $HOME; restored after the module, so later tiers see the real cache (where the
+    e2e binaries and helm live)."""
     old = os.environ.get("KUBETUNE_CACHE")
-    os.environ["KUBETUNE_CACHE"] = str(path)
-    yield path
+    os.environ["KUBETUNE_CACHE"] = str(kubetune_cache_dir)
+    yield kubetune_cache_dir
     if old is None:
         os.environ.pop("KUBETUNE_CACHE", None)
     else:
