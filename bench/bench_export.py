@@ -99,7 +99,7 @@ def baseline_seconds(source: Path, target: Path) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--layers", type=int, default=8, help="8 layers ≈ 106M parameters")
+    parser.add_argument("--layers", type=int, default=8, help="8 layers ≈ 94M parameters")
     parser.add_argument("--gguf-types", default="f16,q8_0")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="kubetune-bench-export-"))
