@@ -73,3 +73,13 @@ def namespace(cluster) -> str:
     )
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test that used an operator gets the operator's log tail in its report."""
+    report = yield
+    operator = getattr(item, "funcargs", {}).get("operator")
+    if report.failed and call.when == "call" and hasattr(operator, "logs"):
+        report.sections.append(("operator log", operator.logs()))
+    return report

@@ -9,7 +9,6 @@ ServiceAccount's token, the identity the stage has in its pod.
 
 from __future__ import annotations
 
-import sys
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -68,14 +67,6 @@ def operator(cluster, api, tmp_path_factory) -> Iterator[Operator]:
     op.start()
     yield op
     op.stop()
-
-
-@pytest.fixture(autouse=True)
-def _operator_logs_on_failure(request, operator) -> Iterator[None]:
-    failed = request.session.testsfailed
-    yield
-    if request.session.testsfailed > failed:
-        sys.stderr.write(f"\n--- operator log ---\n{operator.logs()}\n")
 
 
 def export_ftj(name: str, **spec: Any) -> dict[str, Any]:

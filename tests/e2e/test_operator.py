@@ -155,14 +155,6 @@ def operator(cluster, api, tmp_path_factory) -> Iterator[Operator]:
     op.stop()
 
 
-@pytest.fixture(autouse=True)
-def _operator_logs_on_failure(request, operator) -> Iterator[None]:
-    failed = request.session.testsfailed
-    yield
-    if request.session.testsfailed > failed:
-        sys.stderr.write(f"\n--- operator log ---\n{operator.logs()}\n")
-
-
 # --------------------------------------------------------------------------- helpers
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -96,14 +95,6 @@ def operator(cluster, api, tmp_path_factory) -> Iterator[Operator]:
     op.start()
     yield op
     op.stop()
-
-
-@pytest.fixture(autouse=True)
-def _operator_logs_on_failure(request, operator) -> Iterator[None]:
-    failed = request.session.testsfailed
-    yield
-    if request.session.testsfailed > failed:
-        sys.stderr.write(f"\n--- operator log ---\n{operator.logs()}\n")
 
 
 def _custom(api: k8s.ApiClient) -> k8s.CustomObjectsApi:
