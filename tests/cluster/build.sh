@@ -90,6 +90,14 @@ MOD
   echo "gen-mod: etcd/go.mod at ${ETCD_VERSION}"
 }
 
+timed() {
+  # timed NAME CMD...: run CMD, then print how long it took (the build budget is per binary).
+  local name="$1" t=$SECONDS
+  shift
+  "$@"
+  echo "build.sh: step $name took $((SECONDS - t))s"
+}
+
 build() {
   need_go
   local jobs="${KUBETUNE_BUILD_JOBS:-$(nproc 2>/dev/null || echo 2)}"
@@ -108,30 +116,33 @@ build() {
   minor="$(echo "${KUBERNETES_VERSION#v}" | cut -d. -f2)"
   local vpkg=k8s.io/component-base/version
   echo "build.sh: kube-multi ${KUBERNETES_VERSION} (go build -p $jobs)"
-  (cd "$HERE/k8s" && "$GO" build "${modflags[@]}" "${flags[@]}" \
-      -ldflags "$strip -X $vpkg.gitVersion=${KUBERNETES_VERSION} -X $vpkg.gitMajor=$major -X $vpkg.gitMinor=$minor -X $vpkg.gitTreeState=clean -X $vpkg.buildDate=1970-01-01T00:00:00Z" \
-      -o "$BIN/kube-multi" .)
+  # Downloads are timed apart from compiles: a slow proxy and a slow CPU need different cures.
+  timed k8s-download bash -c "cd '$HERE/k8s' && '$GO' mod download"
+  timed kube-multi bash -c "cd '$HERE/k8s' && '$GO' build ${modflags[*]} ${flags[*]} \
+      -ldflags '$strip -X $vpkg.gitVersion=${KUBERNETES_VERSION} -X $vpkg.gitMajor=$major -X $vpkg.gitMinor=$minor -X $vpkg.gitTreeState=clean -X $vpkg.buildDate=1970-01-01T00:00:00Z' \
+      -o '$BIN/kube-multi' ."
   local c
   for c in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
     ln -sfn kube-multi "$BIN/$c"
   done
 
   echo "build.sh: etcd ${ETCD_VERSION}"
-  (cd "$HERE/etcd" && "$GO" build "${modflags[@]}" "${flags[@]}" -ldflags "$strip" -o "$BIN/etcd" .)
+  timed etcd-download bash -c "cd '$HERE/etcd' && '$GO' mod download"
+  timed etcd bash -c "cd '$HERE/etcd' && '$GO' build ${modflags[*]} ${flags[*]} -ldflags '$strip' -o '$BIN/etcd' ."
 
   # Tools installed straight from their modules at pinned versions (their own go.sum applies).
   echo "build.sh: kwok, kwokctl ${KWOK_VERSION}; helm ${HELM_VERSION}; kubeconform ${KUBECONFORM_VERSION}"
   local helm_major="${HELM_VERSION%%.*}"
   local helm_mod="helm.sh/helm"
   [[ "$helm_major" != v2 && "$helm_major" != v1 ]] && helm_mod="helm.sh/helm/${helm_major}"
-  GOBIN="$BIN" "$GO" install "${flags[@]}" -ldflags "$strip" \
+  timed kwok env GOBIN="$BIN" "$GO" install "${flags[@]}" -ldflags "$strip" \
       "sigs.k8s.io/kwok/cmd/kwok@${KWOK_VERSION}"
-  GOBIN="$BIN" "$GO" install "${flags[@]}" -ldflags "$strip" \
+  timed kwokctl env GOBIN="$BIN" "$GO" install "${flags[@]}" -ldflags "$strip" \
       "sigs.k8s.io/kwok/cmd/kwokctl@${KWOK_VERSION}"
-  GOBIN="$BIN" "$GO" install "${flags[@]}" \
+  timed helm env GOBIN="$BIN" "$GO" install "${flags[@]}" \
       -ldflags "$strip -X helm.sh/helm/${helm_major}/internal/version.version=${HELM_VERSION}" \
       "${helm_mod}/cmd/helm@${HELM_VERSION}"
-  GOBIN="$BIN" "$GO" install "${flags[@]}" -ldflags "$strip -X main.version=${KUBECONFORM_VERSION}" \
+  timed kubeconform env GOBIN="$BIN" "$GO" install "${flags[@]}" -ldflags "$strip -X main.version=${KUBECONFORM_VERSION}" \
       "github.com/yannh/kubeconform/cmd/kubeconform@${KUBECONFORM_VERSION}"
 
   "$BIN/kube-apiserver" --version
