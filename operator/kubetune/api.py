@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, StringConstraints, model_validator
 
+from kubetune.reasons import ConditionType, Reason
 from kubetune_trainer.plan import (
     JobRef,
     ModelSpec,
@@ -312,12 +313,14 @@ __all__ = [
     "Artifact",
     "CheckpointRef",
     "Condition",
+    "ConditionType",
     "FineTuneJob",
     "FineTuneJobSpec",
     "FineTuneJobStatus",
     "ModelSpec",
     "Phase",
     "Progress",
+    "Reason",
     "ResourcesSpec",
     "ResumeSpec",
     "RuntimeSpec",

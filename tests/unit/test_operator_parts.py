@@ -61,20 +61,21 @@ def test_trainer_env_selects_the_kubernetes_reporter():
 
 
 def test_metrics_series_removed_with_the_job():
-    from kubetune.controller import metrics
+    from kubetune.controller.metrics import OperatorMetrics
 
+    metrics = OperatorMetrics()
     body = {
         "metadata": {"namespace": "ns", "name": "m1"},
         "spec": {"method": "sft"},
         "status": {"phase": "Running", "progress": {"step": 4, "loss": "0.5"}},
     }
     metrics.observe_job(body)
-    text = _exposition(metrics.REGISTRY)
+    text = _exposition(metrics.registry)
     assert 'kubetune_job_step{job="m1",method="sft",namespace="ns"} 4.0' in text
     assert 'kubetune_jobs{method="sft",phase="Running"}' in text
     before = metrics.tracked_jobs()
     metrics.forget_job("ns", "m1")
-    text = _exposition(metrics.REGISTRY)
+    text = _exposition(metrics.registry)
     assert 'job="m1"' not in text
     assert metrics.tracked_jobs() == before - 1
 
@@ -86,7 +87,7 @@ def _exposition(registry: Any) -> str:
 
 
 def test_operator_config_from_env(monkeypatch):
-    from kubetune.controller.handlers import OperatorConfig
+    from kubetune.controller.config import OperatorConfig
 
     monkeypatch.setenv("KUBETUNE_TRAINER_IMAGE", "img:1")
     monkeypatch.setenv("KUBETUNE_NAMESPACE", "team")
