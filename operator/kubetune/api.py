@@ -10,6 +10,7 @@ from pydantic import Field, StringConstraints, model_validator
 
 from kubetune.reasons import ConditionType, Reason
 from kubetune_trainer.plan import (
+    FieldError,
     JobRef,
     ModelSpec,
     Name,
@@ -17,7 +18,6 @@ from kubetune_trainer.plan import (
     SecretKeyRef,
     Section,
     ShortText,
-    _FieldError,
 )
 
 GROUP = "kubetune.io"
@@ -125,13 +125,13 @@ class FineTuneJobSpec(RecipeSpec):
     @model_validator(mode="after")
     def _platform_rules(self) -> FineTuneJobSpec:
         if self.peft.type == "qlora" and self.resources.gpus_per_node == 0:
-            raise _FieldError(
+            raise FieldError(
                 ("peft", "type"),
                 "qlora needs GPUs (resources.gpusPerNode > 0): bitsandbytes "
                 "4-bit kernels do not run on CPU",
             )
         if self.resume.max_backoff_seconds < self.resume.backoff_seconds:
-            raise _FieldError(
+            raise FieldError(
                 ("resume", "maxBackoffSeconds"), "must be at least resume.backoffSeconds"
             )
         return self

@@ -787,25 +787,25 @@ class RecipeSpec(Section):
                     section == "eval" and self.export is not None and self.export.gate is not None
                 )
             ):
-                raise _FieldError(
+                raise FieldError(
                     (section,), f"section given but method is '{self.method}'; remove it"
                 )
         if self.method != "eval" and self.data is None:
-            raise _FieldError(("data",), f"method {self.method} needs training data")
+            raise FieldError(("data",), f"method {self.method} needs training data")
         if self.method in ("ppo", "grpo"):
             section = getattr(self, self.method)
             if section is None or not section.rewards:
-                raise _FieldError(
+                raise FieldError(
                     (self.method, "rewards"), f"method {self.method} needs at least one reward"
                 )
         if self.method == "eval" and (self.eval is None or not self.eval.metrics):
-            raise _FieldError(("eval", "metrics"), "method eval needs at least one metric")
+            raise FieldError(("eval", "metrics"), "method eval needs at least one metric")
         if self.export is not None and self.method == "eval":
-            raise _FieldError(("export",), "method eval trains no model; remove spec.export")
+            raise FieldError(("export",), "method eval trains no model; remove spec.export")
         if self.export is not None and self.method == "reward":
             convertible = sorted(set(self.export.formats) - {"safetensors"})
             if convertible:
-                raise _FieldError(
+                raise FieldError(
                     ("export", "formats"),
                     f"a reward model (a classifier) exports as safetensors only, not "
                     f"{', '.join(convertible)}",
@@ -814,7 +814,7 @@ class RecipeSpec(Section):
         if gate is not None:
             names = [m.name for m in self.eval.metrics] if self.eval else []
             if gate.metric not in names:
-                raise _FieldError(
+                raise FieldError(
                     ("export", "gate", "metric"),
                     f"'{gate.metric}' is not a metric in spec.eval.metrics "
                     f"({', '.join(names) or 'none defined'})",
@@ -828,7 +828,7 @@ class RecipeSpec(Section):
             return
         for key in args:
             if key in TRL_ARGS_OWNED:
-                raise _FieldError(
+                raise FieldError(
                     ("training", "trlArgs", key),
                     f"set by kubetune; use {TRL_ARGS_OWNED[key]} instead",
                 )
@@ -836,12 +836,12 @@ class RecipeSpec(Section):
         if self.method == "grpo" and self.grpo is not None:
             config_key = self.grpo.variant
         if config_key not in CONFIG_FOR_METHOD:
-            raise _FieldError(
+            raise FieldError(
                 ("training", "trlArgs"),
                 f"method {self.method} is kubetune's own trainer; trlArgs does not apply",
             )
         for key, message in check_trl_args(config_key, args):
-            raise _FieldError(("training", "trlArgs", key), message)
+            raise FieldError(("training", "trlArgs", key), message)
 
     def method_section(self) -> BaseModel | None:
         """The options section of this recipe's method (None for sft)."""
@@ -878,8 +878,9 @@ class RecipeSpec(Section):
         return found
 
 
-class _FieldError(ValueError):
-    """A cross-field error that belongs to a specific field path (relative to the model)."""
+class FieldError(ValueError):
+    """A cross-field error that belongs to a specific field path (relative to the model);
+    kubetune.validation reports it at that path."""
 
     def __init__(self, loc: tuple[str, ...], message: str) -> None:
         super().__init__(message)
