@@ -34,7 +34,13 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     served_metrics: set[int] = set()
     resync: list[asyncio.Task[None]] = []
 
-    @kopf.on.startup(registry=registry)
+    @kopf.on.login(registry=registry, id="login")
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        """kopf's default login (in-cluster or kubeconfig, through the kubernetes client),
+        which only kopf's default registry brings along."""
+        return kopf.login_via_client(**kwargs)
+
+    @kopf.on.startup(registry=registry, id="configure")
     async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -60,13 +66,13 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
             served_metrics.add(config.metrics_port)
         resync.append(asyncio.get_running_loop().create_task(scheduler.resync_loop()))
 
-    @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry)
-    @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry)
-    @kopf.on.update(GROUP, VERSION, PLURAL, registry=registry)
+    @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry, id="on_change")
+    @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry, id="on_change")
+    @kopf.on.update(GROUP, VERSION, PLURAL, registry=registry, id="on_change")
     async def on_change(name: str, namespace: str, **_: Any) -> None:
         await scheduler.handler_pass(namespace, name)
 
-    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry, id="on_job_event")
     async def on_job_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
         """Metrics follow every change (the trainer's progress too); deletion forgets the job.
         Async, on the event loop: no I/O, and no other thread touching the per-job state."""
@@ -78,8 +84,10 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
 
     managed = {names.LABEL_MANAGED_BY: names.MANAGER}
 
-    @kopf.on.event("ray.io", "v1", "rayjobs", labels=managed, registry=registry)
-    @kopf.on.event("batch", "v1", "jobs", labels=managed, registry=registry)
+    @kopf.on.event(
+        "ray.io", "v1", "rayjobs", labels=managed, registry=registry, id="on_launcher_event"
+    )
+    @kopf.on.event("batch", "v1", "jobs", labels=managed, registry=registry, id="on_launcher_event")
     async def on_launcher_event(body: kopf.Body, namespace: str, **_: Any) -> None:
         """A launcher (Job, or RayJob when KubeRay is installed; kopf serves only resources the
         cluster has) changed: reconcile the FineTuneJob it belongs to."""
@@ -87,7 +95,7 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         if owner:
             scheduler.schedule(namespace, owner, config.launcher_debounce)
 
-    @kopf.on.cleanup(registry=registry)
+    @kopf.on.cleanup(registry=registry, id="stop_resync")
     async def stop_resync(**_: Any) -> None:
         while resync:
             resync.pop().cancel()
