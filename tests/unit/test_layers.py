@@ -222,6 +222,7 @@ def test_evaluation_package_imports_without_torch():
         "kubetune_trainer.evaluation.gate",
         "kubetune_trainer.evaluation.judge",
         "kubetune_trainer.evaluation.sandbox",
+        "kubetune_trainer.evaluation.statistics",
         "kubetune_trainer.plan",
         "kubetune_trainer.reporting.kube_status",
     ]
