@@ -1,4 +1,10 @@
-"""The `kubetune` command line."""
+"""The `kubetune` command line.
+
+Every command fails the same way: an expected failure is a UserError (kubetune_trainer.errors),
+shown by main() as one ``error:`` line and a hint, with its exit code; ``--debug`` (or
+KUBETUNE_LOG_LEVEL=DEBUG) adds the traceback. ``kubetune validate`` prints one
+``file:line: field.path: message`` line per problem and exits 1.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,15 @@ from kubetune import __version__
 from kubetune.api import FineTuneJob, model_dependencies
 from kubetune.inference_cli import add_inference_commands
 from kubetune.planner import LOCAL_STORAGE, dependency_output, make_plan
-from kubetune.validation import job_key, load_jobs, pipeline_problems
+from kubetune.validation import (
+    Document,
+    job_key,
+    load_jobs,
+    local_data_problems,
+    pipeline_problems,
+)
+from kubetune_trainer.errors import UserError, debug_mode, report
+from kubetune_trainer.exit_codes import EXIT_GATE_NOT_MET, EXIT_INVALID_PLAN, EXIT_USAGE
 
 DEMO_PIPELINE = Path(__file__).with_name("demo") / "pipeline.yaml"
 
@@ -19,7 +33,7 @@ DEMO_PIPELINE = Path(__file__).with_name("demo") / "pipeline.yaml"
 def cmd_validate(args: argparse.Namespace) -> int:
     paths = [Path(p) for p in args.files]
     jobs, problems = load_jobs(paths)
-    problems += pipeline_problems(jobs)
+    problems += pipeline_problems(jobs) + local_data_problems(jobs)
     for problem in problems:
         print(problem, file=sys.stderr)
     if problems:
@@ -54,24 +68,39 @@ def _all_resolvable(job: FineTuneJob, by_name: dict[tuple[str, str], FineTuneJob
     return all((namespace, target) in by_name for _, target in model_dependencies(job.spec))
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    if not args.local:
-        print(
-            "kubetune run: only --local is available; on a cluster, `kubectl apply -f` the file",
-            file=sys.stderr,
-        )
-        return 2
-    paths = [Path(p) for p in args.files] or [DEMO_PIPELINE]
+class InvalidManifests(UserError):
+    """FineTuneJob files with problems (each printed on its own line first): nothing ran."""
+
+    exit_code = EXIT_INVALID_PLAN
+
+
+def checked_jobs(paths: list[Path]) -> list[tuple[Document, FineTuneJob]]:
+    """The jobs of the files, or InvalidManifests after printing every problem."""
     jobs, problems = load_jobs(paths)
-    problems += pipeline_problems(jobs)
+    problems += pipeline_problems(jobs) + local_data_problems(jobs)
     for problem in problems:
         print(problem, file=sys.stderr)
     if problems:
-        return 1
+        raise InvalidManifests(
+            f"{len(problems)} problem(s) in {len(paths)} file(s); nothing ran",
+            hint=f"kubetune validate {' '.join(map(str, paths))} checks files without running",
+        )
+    return jobs
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    if not args.local:
+        raise UserError(
+            "kubetune run: only --local is available",
+            hint="on a cluster, `kubectl apply -f` the file",
+            exit_code=EXIT_USAGE,
+        )
+    paths = [Path(p) for p in args.files] or [DEMO_PIPELINE]
+    jobs = checked_jobs(paths)
     from kubetune.local import run_jobs, summary_table
 
     runs = run_jobs(
-        [job for _, job in jobs],
+        jobs,
         storage=args.storage,
         workers=args.workers,
         fresh=args.fresh,
@@ -87,23 +116,28 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     paths = [Path(p) for p in args.files] or [DEMO_PIPELINE]
-    jobs, problems = load_jobs(paths)
-    for problem in problems:
-        print(problem, file=sys.stderr)
-    if problems:
-        return 1
-    selected = [job for _, job in jobs if not args.job or job.metadata.name in args.job]
+    jobs = checked_jobs(paths)
+    selected = [(d, job) for d, job in jobs if not args.job or job.metadata.name in args.job]
     if not selected:
-        print(f"kubetune export: no job named {', '.join(args.job)}", file=sys.stderr)
-        return 1
+        names = ", ".join(job.metadata.name for _, job in jobs)
+        raise UserError(
+            f"no job named {', '.join(args.job)} in {' '.join(map(str, paths))}",
+            hint=f"jobs there: {names}",
+            exit_code=EXIT_USAGE,
+        )
     from kubetune.local import artifact_lines, export_jobs, export_state
 
-    runs = export_jobs(selected, storage=args.storage, formats=args.format)
+    runs, untrained = export_jobs(selected, storage=args.storage, formats=args.format)
     for run in runs:
         print(f"{run.job.metadata.name}: export {export_state(run.export_code)}")
         print("\n".join(artifact_lines(run)))
-    from kubetune_trainer.exit_codes import EXIT_GATE_NOT_MET
-
+    if untrained:
+        command = " ".join(["kubetune run --local", *args.files, "--storage", args.storage])
+        raise UserError(
+            f"no trained model for {', '.join(untrained)} under {args.storage}; "
+            + ("nothing to export" if not runs else "those were not exported"),
+            hint=f"train first: {command}",
+        )
     return next((r.export_code for r in runs if r.export_code not in (0, EXIT_GATE_NOT_MET)), 0)
 
 
@@ -119,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="kubetune", description="Fine-tune language models on Kubernetes, or locally."
     )
     parser.add_argument("--version", action="version", version=f"kubetune {__version__}")
+    add_debug_option(parser)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     validate = commands.add_parser(
@@ -174,12 +209,27 @@ def build_parser() -> argparse.ArgumentParser:
     crd = commands.add_parser("crd", help="print the FineTuneJob CustomResourceDefinition")
     crd.set_defaults(func=cmd_crd)
     add_inference_commands(commands)
+    for command in commands.choices.values():
+        add_debug_option(command, default=argparse.SUPPRESS)
     return parser
+
+
+def add_debug_option(parser: argparse.ArgumentParser, default: object = False) -> None:
+    """--debug, accepted before or after the command name."""
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=default,
+        help="print the traceback of an expected failure (also KUBETUNE_LOG_LEVEL=DEBUG)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except Exception as err:  # the one place a failure becomes an error line and an exit code
+        return report(err, debug=debug_mode(args.debug))
 
 
 if __name__ == "__main__":

@@ -11,16 +11,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
+import socket
 from pathlib import Path
 
 from kubetune.planner import LOCAL_STORAGE
+from kubetune_trainer.errors import UserError
+from kubetune_trainer.exit_codes import EXIT_USAGE
+from kubetune_trainer.plan import MODEL_SCHEMES, check_uri
 
 TRAINER_SCHEMES = ("builtin", "hf", "s3", "pvc", "file")
 
 
-class ModelNotFound(LookupError):
-    pass
+class ModelNotFound(UserError):
+    """MODEL names nothing this command can load (exit 2, like a usage error)."""
+
+    exit_code = EXIT_USAGE
 
 
 def _is_model_dir(path: Path) -> bool:
@@ -32,7 +37,10 @@ def resolve_model(model: str, *, storage: str = LOCAL_STORAGE, namespace: str = 
     if "://" in model:
         scheme, rest = model.split("://", 1)
         if scheme in TRAINER_SCHEMES:
-            return model
+            try:
+                return check_uri(model, MODEL_SCHEMES, "model source")
+            except ValueError as err:
+                raise ModelNotFound(f"'{model}': {err}") from None
         if scheme != "finetunejob":
             raise ModelNotFound(f"'{model}': unknown scheme '{scheme}://'")
         job = rest.strip("/")
@@ -71,11 +79,7 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    try:
-        source = resolve_model(args.model, storage=args.storage, namespace=args.namespace)
-    except ModelNotFound as err:
-        print(f"kubetune generate: {err}", file=sys.stderr)
-        return 2
+    source = resolve_model(args.model, storage=args.storage, namespace=args.namespace)
     from kubetune_trainer.serving.inference import ChatModel
 
     chat = ChatModel.load(source, device=args.device)
@@ -106,18 +110,27 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def check_can_listen(host: str, port: int) -> None:
+    """Fail before the model loads when the address cannot be served."""
     try:
-        source = resolve_model(args.model, storage=args.storage, namespace=args.namespace)
-    except ModelNotFound as err:
-        print(f"kubetune serve: {err}", file=sys.stderr)
-        return 2
+        with socket.create_server((host, port)):
+            pass
+    except OSError as err:
+        raise UserError(
+            f"cannot listen on {host}:{port}: {err.strerror or err}",
+            hint="choose another --port (or stop what listens there)",
+            exit_code=EXIT_USAGE,
+        ) from None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    source = resolve_model(args.model, storage=args.storage, namespace=args.namespace)
     api_key = None
     if args.api_key_env:
         api_key = os.environ.get(args.api_key_env)
         if not api_key:
-            print(f"kubetune serve: ${args.api_key_env} is empty or unset", file=sys.stderr)
-            return 2
+            raise UserError(f"${args.api_key_env} is empty or unset", exit_code=EXIT_USAGE)
+    check_can_listen(args.host, args.port)
     from kubetune_trainer.serving.inference import ChatModel
     from kubetune_trainer.serving.openai_server import serve
 

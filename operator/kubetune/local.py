@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kubetune.api import FineTuneJob, model_dependencies
-from kubetune.planner import dependency_output, make_plan
-from kubetune_trainer.exit_codes import EXIT_FAILED, EXIT_GATE_NOT_MET, EXIT_OK
+from kubetune.planner import UnresolvedDependency, dependency_output, make_plan
+from kubetune.validation import Document, data_locations, resolve_local_data
+from kubetune_trainer.exit_codes import EXIT_GATE_NOT_MET, EXIT_OK
 from kubetune_trainer.plan import Plan, Scaling, uri_scheme
 from kubetune_trainer.training.checkpoints import CheckpointStore
 
@@ -55,8 +56,15 @@ def dependency_order(jobs: list[FineTuneJob]) -> list[FineTuneJob]:
     return ordered
 
 
-def local_job(job: FineTuneJob) -> FineTuneJob:
-    """The job with cluster-only storage (pvc://) replaced by the local default."""
+def local_job(job: FineTuneJob, manifest: Path | None = None) -> FineTuneJob:
+    """The job with cluster-only storage (pvc://) replaced by the local default, and relative
+    data paths read from the manifest's directory (as ``kubetune validate`` checks them)."""
+    job = job.model_copy(deep=True)
+    if manifest is not None:
+        for _, source in data_locations(job):
+            path = resolve_local_data(source.uri, manifest.parent)
+            if path is not None:
+                source.uri = str(path.resolve())
     data = job.model_dump(by_alias=True, exclude_none=True)
     checkpoint = data["spec"].get("checkpoint", {})
     if checkpoint.get("storage") and uri_scheme(checkpoint["storage"]) == "pvc":
@@ -73,19 +81,21 @@ def local_scaling(workers: int) -> Scaling:
 
 
 def run_jobs(
-    jobs: list[FineTuneJob],
+    documents: list[tuple[Document, FineTuneJob]],
     *,
     storage: str,
     workers: int = 1,
     fresh: bool = False,
     mode: str = "auto",
 ) -> list[LocalRun]:
+    """Run the jobs of the documents (from kubetune.validation.load_jobs) in dependency
+    order; stop at the first that fails."""
     storage_root = str(Path(storage).resolve())
     finished: dict[tuple[str, str], str] = {}
     runs: list[LocalRun] = []
     scaling = local_scaling(workers)
-    for original in dependency_order(jobs):
-        job = local_job(original)
+    jobs = [local_job(job, Path(doc.file)) for doc, job in documents]
+    for job in dependency_order(jobs):
         ref = job.job_ref()
         run_dir = Path(storage_root) / ref.namespace / ref.name
         if fresh and run_dir.exists():
@@ -168,12 +178,18 @@ def run_export_stage(plan_path: Path, run_dir: Path) -> int:
 
 
 def export_jobs(
-    jobs: list[FineTuneJob], *, storage: str, formats: list[str] | None = None
-) -> list[LocalRun]:
-    """Export finished local runs again (``kubetune export``): e.g. after adding a format."""
+    documents: list[tuple[Document, FineTuneJob]],
+    *,
+    storage: str,
+    formats: list[str] | None = None,
+) -> tuple[list[LocalRun], list[str]]:
+    """Export finished local runs again (``kubetune export``): e.g. after adding a format.
+    Returns the exports run, and the names of the jobs that have no trained model yet."""
     storage_root = str(Path(storage).resolve())
     runs: list[LocalRun] = []
-    local_jobs = [local_job(j) for j in jobs]
+    untrained: list[str] = []
+    jobs = [job for _, job in documents]
+    local_jobs = [local_job(job, Path(doc.file)) for doc, job in documents]
     finished = {
         (job.job_ref().namespace, job.job_ref().name): dependency_output(storage_root, job)
         for job in local_jobs
@@ -185,22 +201,21 @@ def export_jobs(
         ref = job.job_ref()
         run_dir = Path(storage_root) / ref.namespace / ref.name
         attempt = CheckpointStore(run_dir).latest_attempt()
-        plan = local_plan(job, jobs, finished, storage_root, max(attempt, 1), None)
+        try:
+            plan = local_plan(job, jobs, finished, storage_root, max(attempt, 1), None)
+        except UnresolvedDependency:  # its input job has not been trained either
+            untrained.append(ref.name)
+            continue
         if plan.recipe.export is None:
             print(f"{ref.name}: no spec.export and no --format; skipped")
             continue
-        output = Path(plan.storage.output_dir)
-        if not output.is_dir():
-            print(
-                f"{ref.name}: no trained model at {output}; run `kubetune run --local` first",
-                file=sys.stderr,
-            )
-            runs.append(LocalRun(job, plan, run_dir, 0, EXIT_FAILED))
+        if not Path(plan.storage.output_dir).is_dir():
+            untrained.append(ref.name)
             continue
         plan_path = run_dir / f"plan-export-attempt-{plan.attempt}.json"
         plan_path.write_text(plan.to_json())
         runs.append(LocalRun(job, plan, run_dir, 0, run_export_stage(plan_path, run_dir)))
-    return runs
+    return runs, untrained
 
 
 def with_export_formats(job: FineTuneJob, formats: list[str]) -> FineTuneJob:

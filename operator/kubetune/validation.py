@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,8 +12,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from kubetune.api import KIND, FineTuneJob, model_dependencies
-from kubetune_trainer.plan import FieldError
+from kubetune.api import API_VERSION, GROUP, KIND, FineTuneJob, model_dependencies
+from kubetune_trainer.plan import DataSource, FieldError, uri_scheme
+from kubetune_trainer.uris import local_path
 
 
 @dataclass(frozen=True)
@@ -63,27 +65,176 @@ class Document:
         return line
 
 
-def load_documents(path: Path) -> tuple[list[Document], list[Problem]]:
-    """Every non-empty YAML document in a file; a syntax error is a problem with its line."""
+MAX_FILE_BYTES = 3 * 1024 * 1024
+"""Files larger than this are refused unread (the API server takes requests up to 3 MiB)."""
+MAX_DEPTH = 50
+"""Deepest nesting of mappings and sequences accepted (a FineTuneJob needs fewer than 10)."""
+MAX_VALUES = 100_000
+"""Most values (scalars, mappings, sequences) a document may hold once its aliases are
+followed; a FineTuneJob has a few hundred."""
+
+_GO_YAML_FLOAT = re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?$")
+_GO_YAML_BOOLS = {"y": True, "n": False}
+_TIMESTAMP = "tag:yaml.org,2002:timestamp"
+
+
+class ManifestLoader(yaml.SafeLoader):
+    """YAML read the way kubectl reads it (go-yaml, YAML 1.1): ``1e-4`` is a number (PyYAML
+    wants ``1.0e-4``), ``y`` and ``n`` are booleans, and dates stay strings, so a value is
+    checked with the type the API server will see."""
+
+
+ManifestLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != _TIMESTAMP]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+ManifestLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", _GO_YAML_FLOAT, list("-+0123456789.")
+)
+ManifestLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^[yYnN]$"), list("yYnN")
+)
+
+
+def _construct_bool(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> bool:
+    value = str(loader.construct_scalar(node)).lower()
+    known = {**loader.bool_values, **_GO_YAML_BOOLS}
+    if value not in known:
+        raise yaml.constructor.ConstructorError(
+            None, None, f"'{value}' is not a boolean", node.start_mark
+        )
+    return known[value]
+
+
+ManifestLoader.add_constructor("tag:yaml.org,2002:bool", _construct_bool)
+
+
+class ManifestDumper(yaml.SafeDumper):
+    """Writes YAML that ManifestLoader (and kubectl) read back as the same values."""
+
+
+ManifestDumper.yaml_implicit_resolvers = ManifestLoader.yaml_implicit_resolvers
+
+
+def read_text(path: Path) -> tuple[str | None, Problem | None]:
+    """The file as text, or why it cannot be read: unreadable, too large, not UTF-8."""
     name = str(path)
     try:
-        text = path.read_text()
+        with path.open("rb") as handle:
+            data = handle.read(MAX_FILE_BYTES + 1)
     except OSError as err:
-        return [], [Problem(name, None, "", f"cannot read: {err.strerror}")]
+        return None, Problem(name, None, "", f"cannot read: {err.strerror or err}")
+    if len(data) > MAX_FILE_BYTES:
+        return None, Problem(
+            name, None, "", f"larger than {MAX_FILE_BYTES // (1024 * 1024)} MiB; not read"
+        )
     try:
-        nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+        return data.decode("utf-8-sig"), None
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        bad = data[err.start : err.start + 1].hex()
+        return None, Problem(
+            name, line, "", f"not UTF-8: byte 0x{bad} at byte offset {err.start} ({err.reason})"
+        )
+
+
+def _depth_problem(name: str, text: str) -> Problem | None:
+    """Nesting deeper than MAX_DEPTH, found by the parser before anything is built (deep
+    nesting would exhaust the recursion of the YAML composer)."""
+    depth = 0
+    for event in yaml.parse(text, Loader=ManifestLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                line = event.start_mark.line + 1
+                return Problem(name, line, "", f"nested deeper than {MAX_DEPTH} levels")
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+    return None
+
+
+class _TooBig(Exception):
+    pass
+
+
+def _expansion_problem(name: str, node: yaml.Node) -> Problem | None:
+    """Aliases are followed the way a reader of the data would follow them: a document whose
+    aliases expand it beyond MAX_VALUES values or MAX_DEPTH levels (a "billion laughs", or an
+    alias inside its own anchor) is refused before it is built."""
+    sizes: dict[int, tuple[int, int]] = {}
+
+    def expanded(node: yaml.Node, depth: int) -> tuple[int, int]:
+        """(values, height) of the subtree at node, reached at depth."""
+        known = sizes.get(id(node))
+        if depth > MAX_DEPTH or (known is not None and depth + known[1] > MAX_DEPTH):
+            raise _TooBig(f"nested deeper than {MAX_DEPTH} levels once aliases are followed")
+        if known is not None:
+            return known
+        if isinstance(node, yaml.MappingNode):
+            children = [child for pair in node.value for child in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        else:
+            children = []
+        values, height = 1, 0
+        for child in children:
+            child_values, child_height = expanded(child, depth + 1)
+            values += child_values
+            height = max(height, child_height + 1)
+            if values > MAX_VALUES:
+                raise _TooBig(f"aliases expand the document beyond {MAX_VALUES} values")
+        sizes[id(node)] = (values, height)
+        return values, height
+
+    try:
+        expanded(node, 0)
+    except _TooBig as err:
+        return Problem(name, node.start_mark.line + 1, "", str(err))
+    return None
+
+
+def _yaml_problem(name: str, err: yaml.YAMLError) -> Problem:
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    line = mark.line + 1 if mark is not None else None
+    problem = getattr(err, "problem", None) or str(err)
+    return Problem(name, line, "", f"invalid YAML: {' '.join(str(problem).split())}")
+
+
+def load_documents(path: Path) -> tuple[list[Document], list[Problem]]:
+    """Every non-empty YAML document in a file, or why the file cannot be used. A file with no
+    document at all is a problem; an empty document (a trailing ``---``) is skipped."""
+    name = str(path)
+    text, problem = read_text(path)
+    if text is None:
+        return [], [problem] if problem else []
+    documents: list[Document] = []
+    problems: list[Problem] = []
+    try:
+        problem = _depth_problem(name, text)
+        if problem is not None:
+            return [], [problem]
+        loader = ManifestLoader(text)
+        try:
+            index = 0
+            while loader.check_node():
+                node = loader.get_node()
+                problem = _expansion_problem(name, node) if node is not None else None
+                if problem is not None:
+                    return [], [problem]
+                data = loader.construct_document(node)
+                if data is not None:
+                    problems += _duplicate_keys(name, node)
+                    documents.append(Document(name, index, data, node))
+                index += 1
+        finally:
+            loader.dispose()
     except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        problem = getattr(err, "problem", None) or str(err)
-        return [], [Problem(name, line, "", f"invalid YAML: {problem}")]
-    documents, problems = [], []
-    for index, node in enumerate(nodes):
-        if node is None:
-            continue
-        problems += _duplicate_keys(name, node)
-        data = yaml.SafeLoader(yaml.serialize(node)).get_single_data()
-        documents.append(Document(name, index, data, node))
+        return [], [_yaml_problem(name, err)]
+    except (ValueError, TypeError, AttributeError) as err:  # an explicit tag's constructor
+        # refused its value (!!int x, !!timestamp x)
+        return [], [Problem(name, None, "", f"invalid YAML value: {err}")]
+    if not documents and not problems:
+        problems.append(Problem(name, None, "", "no YAML documents: the file is empty"))
     return documents, problems
 
 
@@ -181,21 +332,95 @@ def is_finetunejob(doc: Document) -> bool:
     return isinstance(doc.data, dict) and doc.data.get("kind") == KIND
 
 
+def _meant_as_finetunejob(doc: Document) -> bool:
+    """A document without a kind, or whose kind or apiVersion is a near miss of ours."""
+    if not isinstance(doc.data, dict) or "kind" not in doc.data:
+        return True
+    kind, api_version = str(doc.data.get("kind")), str(doc.data.get("apiVersion", ""))
+    near = difflib.SequenceMatcher(None, kind.lower(), KIND.lower()).ratio() >= 0.8
+    return near or api_version.split("/")[0] == GROUP
+
+
+def _kind_problem(doc: Document, alone: bool) -> Problem:
+    kind, api_version = doc.data.get("kind"), doc.data.get("apiVersion")
+    line = doc.line_of(("kind",))
+    if alone:
+        message = (
+            f"not a FineTuneJob: kind {kind}, apiVersion {api_version}; the file holds no "
+            f"FineTuneJob ({API_VERSION})"
+        )
+    else:
+        message = f"unknown kind '{kind}' (apiVersion {api_version}); did you mean {KIND}?"
+    return Problem(doc.file, line, "kind", message)
+
+
+def local_data_problems(jobs: list[tuple[Document, FineTuneJob]]) -> list[Problem]:
+    """Local data paths that do not exist on this machine. A relative path is read from the
+    manifest's directory (as ``kubetune run --local`` reads it)."""
+    return [problem for doc, job in jobs for problem in _missing_paths(doc, job)]
+
+
+def _missing_paths(doc: Document, job: FineTuneJob) -> list[Problem]:
+    problems = []
+    for loc, source in data_locations(job):
+        path = resolve_local_data(source.uri, Path(doc.file).parent)
+        if path is None or path.exists():
+            continue
+        full = ("spec", *loc, "uri")
+        problems.append(
+            Problem(
+                doc.file,
+                doc.line_of(full),
+                format_loc(full),
+                f"{source.uri}: no such file or directory ({path})",
+            )
+        )
+    return problems
+
+
+def data_locations(job: FineTuneJob) -> list[tuple[tuple[str | int, ...], DataSource]]:
+    """Every data source of a job with its path under spec: training, held-out, eval metrics."""
+    found = job.spec.data_sources()
+    if job.spec.eval is not None:
+        found += [
+            (("eval", "metrics", i, "dataset"), metric.dataset)
+            for i, metric in enumerate(job.spec.eval.metrics)
+        ]
+    return found
+
+
+def resolve_local_data(uri: str, manifest_dir: Path) -> Path | None:
+    """The path a local (``file``) data URI names, relative ones under manifest_dir; None for
+    remote URIs."""
+    if uri_scheme(uri) != "file":
+        return None
+    path = local_path(uri)
+    return path if path.is_absolute() else manifest_dir / path
+
+
 def load_jobs(paths: list[Path]) -> tuple[list[tuple[Document, FineTuneJob]], list[Problem]]:
-    """Every FineTuneJob in the files, and every problem found. Documents of other kinds are
-    skipped (a pipeline file may hold a Namespace or a Secret too)."""
+    """Every FineTuneJob in the files, and every problem found. A file may hold other kinds
+    beside its FineTuneJobs (a pipeline may carry its Namespace); they are skipped. A file with
+    none, or a near miss of ours (kind FineTuneJobb, apiVersion kubetune.io/v1), is a problem."""
     jobs: list[tuple[Document, FineTuneJob]] = []
     problems: list[Problem] = []
     for path in paths:
         documents, file_problems = load_documents(path)
         problems += file_problems
+        others = []
         for doc in documents:
+            if not is_finetunejob(doc) and not _meant_as_finetunejob(doc):
+                others.append(doc)
+                continue
             if isinstance(doc.data, dict) and "kind" in doc.data and not is_finetunejob(doc):
+                problems.append(_kind_problem(doc, alone=False))
                 continue
             job, job_problems = parse_job(doc)
             problems += job_problems
             if job is not None:
                 jobs.append((doc, job))
+        if others and len(others) == len(documents):
+            problems += [_kind_problem(doc, alone=True) for doc in others]
     return jobs, problems
 
 

@@ -7,6 +7,8 @@ from typing import Any
 import pytest
 import yaml
 
+from kubetune.validation import ManifestDumper
+
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((REPO / "manifests" / "examples").glob("*.yaml"))
 
@@ -44,7 +46,10 @@ def write_yaml(tmp_path: Path):
 
     def write(*docs: dict[str, Any] | str, name: str = "job.yaml") -> Path:
         path = tmp_path / name
-        parts = [d if isinstance(d, str) else yaml.safe_dump(d, sort_keys=False) for d in docs]
+        parts = [
+            d if isinstance(d, str) else yaml.dump(d, Dumper=ManifestDumper, sort_keys=False)
+            for d in docs
+        ]
         path.write_text("---\n".join(parts))
         return path
 

@@ -34,8 +34,8 @@ DATASET = {"uri": "data/eval.jsonl"}
 VALID = [
     ("sft with lora and packing", {"spec.peft": {"type": "lora", "r": 8}, "spec.training.packing": True}),
     ("dpo defaults", {"spec.method": "dpo", "spec.data.sources": [{"uri": "p.jsonl", "format": "preference"}]}),
-    ("dpo explicit reference", {"spec.method": "dpo", "spec.dpo": {"beta": 0.3, "lossType": "ipo", "referenceModel": {"source": "hf://org/ref", "revision": "v1"}}}),
-    ("reward with centring", {"spec.method": "reward", "spec.reward": {"centerRewardsCoefficient": 0.01}}),
+    ("dpo explicit reference", {"spec.method": "dpo", "spec.data.sources": [{"uri": "p.jsonl", "format": "preference"}], "spec.dpo": {"beta": 0.3, "lossType": "ipo", "referenceModel": {"source": "hf://org/ref", "revision": "v1"}}}),
+    ("reward with centring", {"spec.method": "reward", "spec.data.sources": [{"uri": "p.jsonl", "format": "preference"}], "spec.reward": {"centerRewardsCoefficient": 0.01}}),
     ("ppo adaptive kl", {"spec.method": "ppo", "spec.ppo": {"rewards": [RM], "adaptiveKl": {"target": 6}}}),
     ("ppo rule rewards", {"spec.method": "ppo", "spec.ppo": {"rewards": [{"type": "length", "targetLength": 50}, {"type": "regex", "pattern": "^ok"}, {"type": "answerMatch", "match": "numeric"}, {"type": "externalColumn"}], "blendAlpha": 0.3}}),
     ("grpo", {"spec.method": "grpo", "spec.grpo": {"rewards": [{"type": "answerMatch"}], "numGenerations": 4}}),
@@ -48,6 +48,8 @@ VALID = [
     ("checkpoint by time", {"spec.checkpoint": {"storage": "s3://bucket/ckpt", "every": "1h30m", "keepLast": 5}}),
     ("tracking with secret", {"spec.tracking": {"backend": "wandb", "project": "p", "apiKeySecret": {"name": "wandb", "key": "key"}}}),
     ("env secrets", {"spec.envSecrets": {"AWS_ACCESS_KEY_ID": {"name": "s3", "key": "id"}}}),
+    ("whole number written as a float", {"spec.training": {"maxSteps": 10.0, "epochs": 2}}),
+    ("hub ids", {"spec.model": {"source": "hf://gpt2"}, "spec.data.sources": [{"uri": "hf://org/data.set_v-2"}]}),
 ]  # fmt: skip
 
 # (description, changes, expected field path, fragment of the message)
@@ -93,6 +95,20 @@ INVALID = [
     ("win rate without models", {"spec.method": "eval", "spec.eval": {"metrics": [{"name": "a", "type": "winRate", "dataset": DATASET}]}}, "spec.eval.metrics[0]", "needs baselineModel and rewardModel"),
     ("judge without judge", {"spec.method": "eval", "spec.eval": {"metrics": [{"name": "a", "type": "judge", "dataset": DATASET}]}}, "spec.eval.metrics[0]", "needs 'judge'"),
     ("pairwise judge without baseline", {"spec.method": "eval", "spec.eval": {"metrics": [{"name": "a", "type": "judge", "dataset": DATASET, "judge": {"endpoint": "http://j/v1", "model": "m", "mode": "pairwise"}}]}}, "spec.eval.metrics[0]", "pairwise judge needs 'baselineModel'"),
+    ("dpo on messages", {"spec.method": "dpo"}, "spec.data.sources[0].format", "format messages cannot feed method dpo, which trains on preference rows; use one of preference, hh-rlhf"),
+    ("reward on prompts", {"spec.method": "reward", "spec.data.evalSources": [{"uri": "builtin://arithmetic-prompts"}], "spec.data.sources": [{"uri": "p.jsonl", "format": "preference"}]}, "spec.data.evalSources[0].format", "format prompt-only (the format of builtin://arithmetic-prompts) cannot feed method reward"),
+    ("s3 without bucket", {"spec.model": {"source": "s3:///models/x"}}, "spec.model.source", "'s3:///models/x' names no bucket"),
+    ("pvc without claim", {"spec.checkpoint": {"storage": "pvc:///ckpt"}}, "spec.checkpoint.storage", "names no claim"),
+    ("hub id with a command", {"spec.model": {"source": "hf://org/name; rm -rf /"}}, "spec.model.source", "is not a Hub repository id"),
+    ("hub id with two slashes", {"spec.dpo": {"referenceModel": {"source": "hf://a/b/c"}}, "spec.method": "dpo", "spec.data.sources": [{"uri": "p.jsonl", "format": "preference"}]}, "spec.dpo.referenceModel.source", "is not a Hub repository id"),
+    ("job reference", {"spec.model": {"source": "finetunejob://Not_A_Name"}}, "spec.model.source", "is not a FineTuneJob name"),
+    ("judge without host", {"spec.method": "eval", "spec.data": None, "spec.eval": {"metrics": [{"name": "a", "type": "judge", "dataset": DATASET, "judge": {"endpoint": "http:///v1", "model": "m"}}]}}, "spec.eval.metrics[0].judge.endpoint", "is not an http(s) URL with a host"),
+    ("number as a string", {"spec.training": {"learningRate": "1e-4"}}, "spec.training.learningRate", "Input should be a valid number"),
+    ("integer as a string", {"spec.training": {"maxSteps": "10"}}, "spec.training.maxSteps", "Input should be a valid integer"),
+    ("boolean as a string", {"spec.training": {"packing": "true"}}, "spec.training.packing", "Input should be a valid boolean"),
+    ("fractional integer", {"spec.training": {"maxSteps": 2.5}}, "spec.training.maxSteps", "Input should be a valid integer"),
+    ("integer beyond 64 bits", {"spec.training": {"seed": 2**64}}, "spec.training.seed", "integers have 64 bits"),
+    ("infinite epochs", {"spec.training": {"epochs": float("inf")}}, "spec.training.epochs", "finite number"),
     ("gate on unknown metric", {"spec.export": {"gate": {"metric": "acc", "min": 1}}}, "spec.export.gate.metric", "not a metric in spec.eval.metrics"),
     ("gate without bound", {"spec.export": {"gate": {"metric": "acc"}}}, "spec.export.gate", "needs 'min' or 'max'"),
     ("export format", {"spec.export": {"formats": ["pt"]}}, "spec.export.formats[0]", "'safetensors', 'gguf' or 'onnx'"),
@@ -100,7 +116,7 @@ INVALID = [
     ("gguf type", {"spec.export": {"gguf": {"types": ["q2_k"]}}}, "spec.export.gguf.types[0]", "'q8_0'"),
     ("trlArgs overriding a grpo field", {"spec.method": "grpo", "spec.grpo": {"rewards": [RM]}, "spec.training.trlArgs": {"temperature": 0.3}}, "spec.training.trlArgs.temperature", "use spec.grpo.temperature instead"),
     ("export of an eval job", {"spec.method": "eval", "spec.data": None, "spec.eval": {"metrics": [{"name": "ppl", "type": "perplexity", "dataset": DATASET}]}, "spec.export": {"formats": ["safetensors"]}}, "spec.export", "method eval trains no model"),
-    ("gguf of a reward model", {"spec.method": "reward", "spec.export": {"formats": ["safetensors", "gguf"]}}, "spec.export.formats", "safetensors only, not gguf"),
+    ("gguf of a reward model", {"spec.method": "reward", "spec.data.sources": [{"uri": "p.jsonl", "format": "preference"}], "spec.export": {"formats": ["safetensors", "gguf"]}}, "spec.export.formats", "safetensors only, not gguf"),
     ("deepspeed offload params", {"spec.deepspeed": {"zeroStage": 2, "offloadParams": True}}, "spec.deepspeed", "offloadParams needs zeroStage 3"),
     ("deepspeed stage", {"spec.deepspeed": {"zeroStage": 4}}, "spec.deepspeed.zeroStage", "0, 1, 2 or 3"),
     ("checkpoint duration", {"spec.checkpoint": {"every": "soon"}}, "spec.checkpoint.every", "not a duration"),
@@ -184,7 +200,7 @@ def test_duplicate_keys_are_refused(write_yaml) -> None:
     text = (
         "apiVersion: kubetune.io/v1alpha1\nkind: FineTuneJob\nmetadata: {name: a}\n"
         "spec:\n  method: sft\n  model: {source: builtin://tiny-llama}\n"
-        "  data: {sources: [{uri: a.jsonl}]}\n  method: dpo\n"
+        "  data: {sources: [{uri: a.jsonl, format: preference}]}\n  method: dpo\n"
     )
     (problem,) = load_jobs([write_yaml(text)])[1]
     assert (problem.line, problem.path, problem.message) == (8, "spec.method", "duplicate key")

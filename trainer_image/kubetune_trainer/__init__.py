@@ -12,7 +12,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("recipes",),  # one module per method
     ("evaluation", "models", "data"),  # measures, metric suite, gate, judge, sandbox, rewards
     ("training", "ppo"),  # callbacks, checkpoints, hardware, DeepSpeed; PPO's parts
-    ("plan", "exit_codes", "uris", "trl_fields"),  # the contract with the operator
+    ("plan", "exit_codes", "errors", "uris", "trl_fields"),  # the contract with the operator
     ("reporting",),  # progress records, the job-status reporter, Prometheus metrics
 )
 """Top-level modules and packages of kubetune_trainer, highest layer first."""

@@ -1,4 +1,7 @@
-"""`kubetune-train --plan plan.json`: the trainer's only entry point, in a pod or locally."""
+"""`kubetune-train --plan plan.json`: the trainer's only entry point, in a pod or locally.
+
+Its exit code is the contract with the operator (see exit_codes); an expected failure prints
+one ``error:`` line (see errors) and leaves it as the pod's termination message."""
 
 from __future__ import annotations
 
@@ -10,14 +13,31 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from kubetune_trainer.exit_codes import EXIT_FAILED, EXIT_INVALID_PLAN
+from kubetune_trainer.errors import UserError, debug_mode, report
+from kubetune_trainer.exit_codes import EXIT_INVALID_PLAN
 from kubetune_trainer.plan import Plan
 
 log = logging.getLogger("kubetune.trainer")
 
 
+class InvalidPlan(UserError):
+    """The plan cannot be read, or this trainer cannot run it (exit 78: final)."""
+
+    exit_code = EXIT_INVALID_PLAN
+
+
 def read_plan(path: Path) -> Plan:
-    return Plan.from_json(path.read_text())
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise InvalidPlan(f"invalid plan {path}: cannot read it: {err}") from err
+    try:
+        return Plan.from_json(text)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in err.errors()
+        )
+        raise InvalidPlan(f"invalid plan {path}: {problems}") from err
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,15 +58,23 @@ def main(argv: list[str] | None = None) -> int:
         default="train",
         help="train: the plan's method; export: the artifacts of a finished run (spec.export)",
     )
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=os.environ.get("KUBETUNE_LOG_LEVEL", "INFO"), format="%(asctime)s %(message)s"
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="print the traceback of an expected failure (also KUBETUNE_LOG_LEVEL=DEBUG)",
     )
+    args = parser.parse_args(argv)
+    level = os.environ.get("KUBETUNE_LOG_LEVEL", "INFO").strip().upper()
+    known = logging.getLevelNamesMapping()
+    logging.basicConfig(level=level if level in known else "INFO", format="%(asctime)s %(message)s")
     try:
-        plan = read_plan(args.plan)
-    except (OSError, ValidationError, ValueError) as err:
-        print(f"kubetune-train: invalid plan {args.plan}: {err}", file=sys.stderr)
-        return EXIT_INVALID_PLAN
+        return run(args)
+    except Exception as err:  # the one place a failure becomes an error line and an exit code
+        return report(err, debug=debug_mode(args.debug))
+
+
+def run(args: argparse.Namespace) -> int:
+    plan = read_plan(args.plan)
     if args.stage == "export":
         return run_export_stage(plan, check=args.check)
     if args.check:
@@ -59,31 +87,19 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     from kubetune_trainer.runtime.launch import run_plan
 
-    try:
-        return run_plan(plan, mode=args.mode, local_run=args.local)
-    except Exception:
-        log.exception("event=failed job=%s/%s", plan.job.namespace, plan.job.name)
-        return EXIT_FAILED
+    return run_plan(plan, mode=args.mode, local_run=args.local)
 
 
 def run_export_stage(plan: Plan, *, check: bool) -> int:
     if plan.recipe.export is None:
-        print(
-            f"kubetune-train: job {plan.job.name} has no spec.export; nothing to export",
-            file=sys.stderr,
-        )
-        return EXIT_INVALID_PLAN
+        raise InvalidPlan(f"job {plan.job.name} has no spec.export; nothing to export")
     if check:
         print(f"export plan for {plan.job.namespace}/{plan.job.name} is valid")
         return 0
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     from kubetune_trainer.export.stage import main as export_main
 
-    try:
-        return export_main(plan)
-    except Exception:
-        log.exception("event=export_failed job=%s/%s", plan.job.namespace, plan.job.name)
-        return EXIT_FAILED
+    return export_main(plan)
 
 
 if __name__ == "__main__":

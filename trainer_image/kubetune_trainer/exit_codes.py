@@ -24,9 +24,14 @@ EXIT_PREEMPTED = 75
 the grace period, and the trainer stopped (sysexits EX_TEMPFAIL). A disruption: the next
 attempt resumes from that checkpoint and it does not count against resume.maxRestarts."""
 
+EXIT_USAGE = 2
+"""The command line itself is wrong (argparse's own code): an unknown option, a missing
+argument."""
+
 EXIT_BAD_DATA = 65
-"""The data has malformed rows and spec.data.badRows is fail (sysexits EX_DATAERR). Retrying
-cannot help; the message names the file and row."""
+"""The training data cannot be used (sysexits EX_DATAERR): a malformed row while
+spec.data.badRows is fail, a file that is missing, empty or has no usable rows, a format that
+cannot feed the method. Final: retrying cannot help; the message names the file and row."""
 
 EXIT_STALE_ATTEMPT = 76
 """A newer attempt of the same job has started; this one stopped without writing anything."""
@@ -39,6 +44,26 @@ says why in the condition."""
 DISRUPTION_EXIT_CODES = frozenset({EXIT_PREEMPTED})
 """Exit codes the operator treats as disruptions rather than application failures."""
 
+FINAL_EXIT_CODES = frozenset({EXIT_BAD_DATA, EXIT_INVALID_PLAN})
+"""Exit codes after which no new attempt can help: the operator fails the job at once."""
+
+MEANINGS = {
+    EXIT_OK: "ok",
+    EXIT_FAILED: "failed",
+    EXIT_USAGE: "usage",
+    EXIT_BAD_DATA: "bad data",
+    EXIT_PREEMPTED: "preempted",
+    EXIT_STALE_ATTEMPT: "stale attempt",
+    EXIT_INVALID_PLAN: "invalid plan",
+    EXIT_GATE_NOT_MET: "export gate not met",
+}
+"""A few words for each exit code, as error lines print them: ``(exit 65: bad data)``."""
+
+
+def exit_meaning(code: int) -> str:
+    return MEANINGS.get(code, "failed")
+
+
 __all__ = [
     "DISRUPTION_EXIT_CODES",
     "EXIT_BAD_DATA",
@@ -48,4 +73,8 @@ __all__ = [
     "EXIT_OK",
     "EXIT_PREEMPTED",
     "EXIT_STALE_ATTEMPT",
+    "EXIT_USAGE",
+    "FINAL_EXIT_CODES",
+    "MEANINGS",
+    "exit_meaning",
 ]

@@ -21,6 +21,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+from kubetune_trainer.errors import UserError
 from kubetune_trainer.plan import uri_scheme
 
 log = logging.getLogger(__name__)
@@ -29,8 +30,9 @@ DEFAULT_PVC_ROOT = "/mnt/pvc"
 _ETAGS = ".kubetune-s3-etags.json"
 
 
-class SourceError(Exception):
-    """A model or data location that cannot be resolved or fetched."""
+class SourceError(UserError):
+    """A model or data location that cannot be resolved or fetched (exit 1: a later attempt may
+    find it, e.g. after a network failure)."""
 
 
 def cache_root() -> Path:

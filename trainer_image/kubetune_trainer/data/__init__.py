@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from kubetune_trainer.data.errors import BadRow, DataError
+from kubetune_trainer.data.errors import SKIP_HINT, BadRow, DataError
 from kubetune_trainer.data.formats import Kind, check_supported, normalize, shape
 from kubetune_trainer.data.mixture import hold_out, mix
 from kubetune_trainer.data.readers import RawRow, read_dataset, read_file
@@ -96,7 +96,7 @@ def read_source(
         except BadRow as exc:
             message = f"{raw.where}: {exc}"
             if bad_rows == "fail":
-                raise DataError(message) from None
+                raise DataError(message, hint=SKIP_HINT) from None
             result.skipped += 1
             if len(result.bad_rows) < MAX_REPORTED:
                 result.bad_rows.append(message)
@@ -108,8 +108,13 @@ def read_source(
             len(result.rows),
             result.bad_rows[0],
         )
+    if not result.rows and result.skipped:
+        raise DataError(
+            f"{source.uri}: no usable rows: all {result.skipped} were bad, the first "
+            f"{result.bad_rows[0]}"
+        )
     if not result.rows:
-        raise DataError(f"{source.uri}: no usable rows")
+        raise DataError(f"{source.uri}: no rows (the data is empty)")
     log.info(
         "event=data_source_read source=%s format=%s rows=%d", source.uri, fmt, len(result.rows)
     )

@@ -42,18 +42,12 @@ from kubetune_trainer.data.conversations import (
     split_shared_prefix,
 )
 from kubetune_trainer.data.errors import BadRow, DataError
-from kubetune_trainer.plan import ColumnMapping
+from kubetune_trainer.plan import FORMAT_FEEDS, ColumnMapping
 
 Kind = Literal["sft", "preference", "prompt"]
 
-SUPPORTED: dict[str, tuple[str, ...]] = {
-    "messages": ("sft", "prompt"),
-    "prompt-completion": ("sft", "prompt"),
-    "text": ("sft",),
-    "preference": ("preference", "sft", "prompt"),
-    "prompt-only": ("prompt",),
-    "hh-rlhf": ("preference", "sft", "prompt"),
-}
+SUPPORTED = FORMAT_FEEDS
+"""What each format can feed (the plan contract's table: the schema refuses a mismatch)."""
 
 
 def check_supported(fmt: str, kind: Kind, uri: str) -> None:

@@ -2,8 +2,8 @@
 
 Row indices are 0-based per file: for JSON lines the index counts records (blank lines are not
 records), and the 1-based line number is given too, so a message reads
-``data/train.jsonl: row 17 (line 19): …``. A line that is not valid JSON is a bad row like any
-other.
+``data/train.jsonl: row 17 (line 19): …``. A line that is not valid JSON, or not UTF-8, is a bad row
+like any other.
 """
 
 from __future__ import annotations
@@ -47,29 +47,43 @@ def data_suffix(path: Path) -> str | None:
     return next((s for s in sorted(DATA_SUFFIXES, key=len, reverse=True) if name.endswith(s)), None)
 
 
-def _open_text(path: Path) -> IO[str]:
+def _open_bytes(path: Path) -> IO[bytes]:
     if path.name.lower().endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
+        return gzip.open(path, "rb")
+    return open(path, "rb")
+
+
+def _undecodable(err: UnicodeDecodeError) -> str:
+    bad = err.object[err.start : err.start + 1].hex()
+    return f"not valid UTF-8: byte 0x{bad} at column {err.start + 1} ({err.reason})"
 
 
 def read_file(path: Path, origin: str) -> Iterator[RawRow]:
     """Rows of one jsonl / json / parquet file (gzip-compressed JSON too)."""
     suffix = data_suffix(path)
-    if suffix in (".jsonl", ".jsonl.gz"):
-        yield from _read_jsonl(path, origin)
-    elif suffix in (".json", ".json.gz"):
-        yield from _read_json(path, origin)
-    elif suffix == ".parquet":
-        yield from _read_parquet(path, origin)
-    else:
-        raise DataError(f"{origin}: not a jsonl, json or parquet file")
+    try:
+        if suffix in (".jsonl", ".jsonl.gz"):
+            yield from _read_jsonl(path, origin)
+        elif suffix in (".json", ".json.gz"):
+            yield from _read_json(path, origin)
+        elif suffix == ".parquet":
+            yield from _read_parquet(path, origin)
+        else:
+            raise DataError(f"{origin}: not a jsonl, json or parquet file")
+    except (OSError, EOFError) as exc:  # unreadable, or a broken gzip stream
+        raise DataError(f"{origin}: cannot read: {exc}") from exc
 
 
 def _read_jsonl(path: Path, origin: str) -> Iterator[RawRow]:
     index = 0
-    with _open_text(path) as handle:
-        for number, text in enumerate(handle, start=1):
+    with _open_bytes(path) as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                yield RawRow(origin, index, number, None, _undecodable(exc))
+                index += 1
+                continue
             if not text.strip():
                 continue
             try:
@@ -85,9 +99,19 @@ def _read_jsonl(path: Path, origin: str) -> Iterator[RawRow]:
 
 
 def _read_json(path: Path, origin: str) -> Iterator[RawRow]:
+    with _open_bytes(path) as handle:
+        data = handle.read()
     try:
-        with _open_text(path) as handle:
-            document = json.load(handle)
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        bad = data[exc.start : exc.start + 1].hex()
+        raise DataError(
+            f"{origin}: line {line}: not valid UTF-8: byte 0x{bad} at byte offset {exc.start} "
+            f"({exc.reason})"
+        ) from None
+    try:
+        document = json.loads(text)
     except ValueError:
         # Many ".json" files are JSON lines.
         yield from _read_jsonl(path, origin)

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING
 
 from kubetune_trainer.data.errors import DataError
 from kubetune_trainer.data.readers import data_suffix
-from kubetune_trainer.data.synthetic import DATA_DIR, FORMATS
-from kubetune_trainer.plan import DataSource
+from kubetune_trainer.data.synthetic import DATA_DIR
+from kubetune_trainer.plan import DataSource, read_format
 from kubetune_trainer.uris import (
     SourceError,
     fetch_s3,
@@ -53,14 +53,8 @@ class Located:
 
 
 def native_format(source: DataSource) -> str:
-    """The format to read the source in: as given, except that a builtin dataset left at the
-    default (messages) is read in its own format. A resolved plan spells every default out, so
-    "left at the default" cannot be told from "set to messages"; no builtin other than
-    arithmetic-sft has a messages column, so nothing readable is lost."""
-    fmt = str(source.format.value)
-    if scheme(source.uri) == "builtin" and fmt == "messages":
-        return FORMATS[uri_rest(source.uri).strip("/")]
-    return fmt
+    """The format to read the source in (see :func:`kubetune_trainer.plan.read_format`)."""
+    return read_format(source)
 
 
 def locate(source: DataSource) -> Located:

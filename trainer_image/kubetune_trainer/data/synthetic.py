@@ -25,13 +25,11 @@ import random
 from pathlib import Path
 from typing import Any
 
+from kubetune_trainer.plan import BUILTIN_DATASET_FORMATS
+
 SEED = 1234
 DATA_DIR = Path(__file__).parent / "synthetic_data"
-FORMATS: dict[str, str] = {
-    "arithmetic-sft": "messages",
-    "arithmetic-preference": "preference",
-    "arithmetic-prompts": "prompt-only",
-}
+FORMATS = BUILTIN_DATASET_FORMATS
 """Each builtin dataset's native DataSource format."""
 SIZES: dict[str, dict[str, int]] = {
     "arithmetic-sft": {"train": 2000, "test": 200},

@@ -30,15 +30,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kubetune_trainer.errors import write_termination_message
 from kubetune_trainer.evaluation.gate import evaluate_gate
 from kubetune_trainer.exit_codes import (
-    EXIT_FAILED,
     EXIT_GATE_NOT_MET,
-    EXIT_INVALID_PLAN,
     EXIT_OK,
     EXIT_PREEMPTED,
 )
-from kubetune_trainer.export.errors import ExportError, UnsupportedArchitecture, VerificationFailed
+from kubetune_trainer.export.errors import ExportError, VerificationFailed
 from kubetune_trainer.export.manifest import MANIFEST, Artifact, Manifest
 from kubetune_trainer.export.verification import Verification
 from kubetune_trainer.plan import Plan
@@ -200,18 +199,6 @@ def report_to_job(outcome: ExportOutcome) -> None:
         ) from None
 
 
-def write_termination_message(message: str) -> None:
-    """The pod's termination message (read by the operator for the job's condition)."""
-    configured = os.environ.get("KUBETUNE_TERMINATION_LOG")
-    path = Path(configured or "/dev/termination-log")
-    if not configured and not path.exists():
-        return  # not in a pod: the kubelet creates the file
-    try:
-        path.write_text(message[:4000])
-    except OSError:
-        log.warning("event=termination_message_unwritable path=%s", path)
-
-
 class Interrupted(Exception):
     """SIGTERM (eviction, node drain): the export stops; the next export attempt starts over."""
 
@@ -221,9 +208,10 @@ def _raise_interrupted(signum: int, frame: object) -> None:
 
 
 def main(plan: Plan) -> int:
-    """The stage's process: exit 0 exported, 79 gate not met, 78 cannot export this model,
-    75 interrupted by SIGTERM (a disruption), 1 failed (the operator retries the export
-    alone). Every non-zero exit leaves its reason as the pod's termination message."""
+    """The stage's process: exit 0 exported, 79 gate not met, 75 interrupted by SIGTERM (a
+    disruption). An ExportError (78 cannot export this model, 1 failed: the operator retries
+    the export alone) reaches kubetune-train's main, which prints it and leaves it as the pod's
+    termination message, as every non-zero exit does."""
     started = time.monotonic()
 
     def step(name: str) -> None:
@@ -245,10 +233,6 @@ def main(plan: Plan) -> int:
         report_to_job(outcome)
     except Interrupted:
         return stop(EXIT_PREEMPTED, "export_interrupted", "SIGTERM: export stopped")
-    except UnsupportedArchitecture as err:
-        return stop(EXIT_INVALID_PLAN, "export_refused", str(err))
-    except ExportError as err:
-        return stop(EXIT_FAILED, "export_failed", str(err))
     finally:
         signal.signal(signal.SIGTERM, previous)
     if not outcome.gate_met:

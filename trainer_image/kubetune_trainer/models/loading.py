@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from kubetune_trainer.models.adapters import adapter_base, is_adapter_dir
-from kubetune_trainer.models.sources import resolve_model_dir
+from kubetune_trainer.models.sources import model_spec, resolve_model_dir
 from kubetune_trainer.models.templates import (
     CONTROL_TOKENS,
     TEMPLATES,
@@ -34,7 +34,7 @@ Task = Literal["causal-lm", "sequence-classification"]
 
 
 def _spec(spec: ModelSpec | str) -> ModelSpec:
-    return ModelSpec(source=spec) if isinstance(spec, str) else spec
+    return model_spec(spec)
 
 
 def model_type(path: Path) -> str | None:

@@ -19,6 +19,9 @@ import logging
 import os
 from pathlib import Path
 
+from pydantic import ValidationError
+
+from kubetune_trainer.exit_codes import EXIT_USAGE
 from kubetune_trainer.models.adapters import is_adapter_dir
 from kubetune_trainer.models.builtin import ensure_builtin
 from kubetune_trainer.plan import ModelSpec
@@ -45,10 +48,20 @@ class ModelSourceError(SourceError):
     """A model source that cannot be resolved."""
 
 
+def model_spec(source: ModelSpec | str) -> ModelSpec:
+    """A ModelSpec for a source URI; a URI the schema refuses is a ModelSourceError."""
+    if isinstance(source, ModelSpec):
+        return source
+    try:
+        return ModelSpec(source=source)
+    except ValidationError as err:
+        reason = "; ".join(e["msg"].removeprefix("Value error, ") for e in err.errors())
+        raise ModelSourceError(f"'{source}': {reason}", exit_code=EXIT_USAGE) from None
+
+
 def resolve_model_dir(spec: ModelSpec | str) -> Path:
     """The local directory of the model ``spec`` names, fetching or building it if needed."""
-    if isinstance(spec, str):
-        spec = ModelSpec(source=spec)
+    spec = model_spec(spec)
     uri = spec.source
     kind = scheme(uri)
     if kind == "builtin":
@@ -99,9 +112,21 @@ def _hf_snapshot(repo_id: str, revision: str | None) -> Path:
             ignore_patterns=HF_IGNORE,
         )
     except LocalEntryNotFoundError as exc:
-        hint = " (HF_HUB_OFFLINE is set and it is not in the local Hub cache)" if offline else ""
-        raise ModelSourceError(f"'hf://{repo_id}': not found{hint}: {exc}") from exc
+        if offline:
+            raise ModelSourceError(
+                f"'hf://{repo_id}': not in the local Hub cache and HF_HUB_OFFLINE is set",
+                hint="download it once with HF_HUB_OFFLINE unset, or point HF_HUB_CACHE at a "
+                "cache that holds it",
+            ) from exc
+        raise ModelSourceError(
+            f"'hf://{repo_id}': cannot reach the Hub and it is not in the local cache",
+            hint="check the network (HF_ENDPOINT, proxies), or use a local path, s3:// or pvc://",
+        ) from exc
     except (HfHubHTTPError, OSError) as exc:
-        raise ModelSourceError(f"'hf://{repo_id}': download failed: {exc}") from exc
+        raise ModelSourceError(
+            f"'hf://{repo_id}': download failed: {exc}",
+            hint=f"check the repository name and revision; a gated model needs a token "
+            f"(spec.model.tokenSecret, or ${TOKEN_ENV} locally)",
+        ) from exc
     log.info("event=model_resolved uri=hf://%s revision=%s path=%s", repo_id, revision, path)
     return Path(path)

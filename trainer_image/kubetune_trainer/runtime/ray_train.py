@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from kubetune_trainer.errors import UserError
 from kubetune_trainer.exit_codes import EXIT_OK, EXIT_PREEMPTED
 from kubetune_trainer.plan import Plan
 from kubetune_trainer.recipes import recipe_for
@@ -65,12 +66,29 @@ def run_on_ray(plan: Plan, *, local_run: bool) -> int:
     previous = signal.signal(signal.SIGTERM, lambda *_: _request_stop(stop_flag))
     try:
         result = trainer.fit()
+    except ray.train.TrainingFailedError as err:
+        cause = worker_user_error(err)
+        if cause is None:
+            raise
+        raise cause from err
     finally:
         signal.signal(signal.SIGTERM, previous)
         ray.kill(stop_flag)
     outcome = result.return_value or {}
     log.info("event=ray_finished outcome=%s", json.dumps(outcome))
     return EXIT_PREEMPTED if outcome.get("preempted") else EXIT_OK
+
+
+def worker_user_error(err: Exception) -> UserError | None:
+    """The expected failure (bad data, a missing model, ...) that stopped a worker, lowest rank
+    first, so the driver exits with its code and message rather than Ray's wrapper."""
+    failures: dict[int, BaseException] = getattr(err, "worker_failures", None) or {}
+    for rank in sorted(failures):
+        # Ray returns each worker's exception wrapped with its traceback text.
+        cause = getattr(failures[rank], "_base_exc", failures[rank])
+        if isinstance(cause, UserError):
+            return cause
+    return None
 
 
 def stop_flag_name(plan: Plan) -> str:

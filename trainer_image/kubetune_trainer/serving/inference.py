@@ -8,17 +8,31 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from kubetune_trainer.errors import UserError
 from kubetune_trainer.evaluation.measures import Completion, Messages, generate_completions
+from kubetune_trainer.exit_codes import EXIT_USAGE
 from kubetune_trainer.plan import ModelSpec
 
 
 def choose_device(device: str = "auto") -> str:
-    """auto: cuda when a GPU is visible, else cpu."""
-    if device != "auto":
-        return device
+    """auto: cuda when a GPU is visible, else cpu; a device this machine lacks is a UserError."""
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise UserError(
+            f"unknown device '{device}'", hint="use auto, cpu, cuda or cuda:N", exit_code=EXIT_USAGE
+        ) from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UserError(
+            f"device '{device}': no CUDA device is visible on this machine",
+            hint="use --device cpu (or auto)",
+            exit_code=EXIT_USAGE,
+        )
+    return device
 
 
 class ChatModel:
@@ -35,8 +49,9 @@ class ChatModel:
         cls, source: str | ModelSpec, *, device: str = "auto", name: str | None = None
     ) -> ChatModel:
         from kubetune_trainer.models import load_model_and_tokenizer
+        from kubetune_trainer.models.sources import model_spec
 
-        spec = ModelSpec(source=source) if isinstance(source, str) else source
+        spec = model_spec(source)
         model, tokenizer = load_model_and_tokenizer(spec)
         model.to(choose_device(device))
         model.eval()
