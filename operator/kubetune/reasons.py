@@ -79,6 +79,11 @@ class Reason(_Documented):
     )
     RESTARTS_EXHAUSTED = "RestartsExhausted", "Failed, event: resume.maxRestarts attempts failed"
     INVALID_PLAN = "InvalidPlan", "Failed, event: the trainer refused the plan (exit code 78)"
+    BAD_DATA = (
+        "BadData",
+        "Failed, Exported, event: the data cannot be used (exit code 65; the message names the "
+        "file and row); no retry",
+    )
     DEADLINE_EXCEEDED = (
         "DeadlineExceeded",
         "Failed, Exported, event: the job ran longer than spec.activeDeadlineSeconds",

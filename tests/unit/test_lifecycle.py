@@ -291,6 +291,45 @@ def test_invalid_plan_exit_is_not_retried():
     assert cond(d, "Failed")["reason"] == "InvalidPlan"
 
 
+BAD_DATA = {
+    "type": "Failed",
+    "reason": "PodFailurePolicy",
+    "message": "Container trainer for pod team-a/demo-a1-0-x failed with exit code 65 matching "
+    "FailJob rule at index 2",
+}
+BAD_ROW = (
+    "error: data/train.jsonl: row 4 (line 5): malformed JSON: Expecting value: line 1 column 1 "
+    "(char 0) (exit 65: bad data)"
+)
+
+
+def test_bad_data_fails_at_once_with_the_file_and_row():
+    world = world_with(launcher_job(1, BAD_DATA))
+    world = Observed(
+        launcher=world.launcher,
+        children=world.children,
+        launcher_pods=(stopped_pod(BAD_ROW, container="trainer"),),
+    )
+    d = reconcile(make_job(running()), world, NOW, SETTINGS)
+    assert d.status_patch["phase"] == "Failed"
+    failed = cond(d, "Failed")
+    assert failed["reason"] == "BadData"
+    assert "exit code 65" in failed["message"]
+    assert f"the trainer said: {BAD_ROW}" in failed["message"]
+    assert "a retry cannot help" in failed["message"]
+    assert "attempt" not in d.status_patch and not d.creates, "no attempt 2"
+    assert d.status_patch.get("restarts") is None
+    assert [(e.type, e.reason) for e in d.events] == [("Warning", "BadData")]
+
+
+def test_bad_data_in_the_export_stage_is_final_too():
+    job = make_job(exporting(), export=EXPORT)
+    d = reconcile(job, export_world(export_job(1, export_failure(65))), NOW, SETTINGS)
+    assert d.status_patch["phase"] == "Failed"
+    assert cond(d, "Failed")["reason"] == "BadData"
+    assert "exportAttempt" not in d.status_patch
+
+
 def test_launcher_deadline_fails():
     d = reconcile(make_job(running()), world_with(launcher_job(1, JOB_DEADLINE)), NOW, SETTINGS)
     assert cond(d, "Failed")["reason"] == "DeadlineExceeded"

@@ -467,6 +467,8 @@ def trainer_container(
     container["resources"] = container_resources(job.spec.resources)
     container["volumeMounts"] = volume_mounts(plan)
     container["securityContext"] = container_security_context()
+    # The trainer writes its one-line error there; a crash leaves the tail of its log.
+    container["terminationMessagePolicy"] = "FallbackToLogsOnError"
     return container
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from kubetune.reasons import KubernetesReason
-from kubetune_trainer.exit_codes import DISRUPTION_EXIT_CODES, EXIT_INVALID_PLAN
+from kubetune_trainer.exit_codes import DISRUPTION_EXIT_CODES, FINAL_EXIT_CODES
 
 from .job_launcher import POD_FAILURE_RULES
 
@@ -49,8 +49,9 @@ class LauncherFailure:
 
     @property
     def retryable(self) -> bool:
-        """False when a new attempt cannot help (the trainer refused the plan)."""
-        return self.exit_code != EXIT_INVALID_PLAN
+        """False when a new attempt cannot help: the trainer refused the plan (78) or found the
+        data unusable (65)."""
+        return self.exit_code not in FINAL_EXIT_CODES
 
 
 def _exit_code(message: str) -> int | None:

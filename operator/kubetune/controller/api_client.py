@@ -254,16 +254,21 @@ def observe(api: ApiClient, job: dict[str, Any], rayjob_crd: bool) -> Observed:
                     api_version, kind, item["metadata"]["name"], child_attempt, finished, component
                 )
             )
+    # A failed trainer or export stage says why in its termination message (optional: without
+    # the power to list pods the condition carries the exit code alone).
     export_pods: list[dict[str, Any]] = []
     if exporter is not None and lifecycle.launcher_state(exporter)[0] == "failed":
-        # The export stage says why it stopped in its termination message (optional: without
-        # the power to list pods the condition carries the exit code alone).
-        with contextlib.suppress(ApiException):
-            pods = api.resource("v1", "Pod").get(
-                namespace=namespace,
-                label_selector=f"{selector},{names.LABEL_EXPORT_ATTEMPT}={export_attempt}",
-            )
-            export_pods = pods.to_dict().get("items") or []
+        export_pods = _pods(
+            api, namespace, f"{selector},{names.LABEL_EXPORT_ATTEMPT}={export_attempt}"
+        )
+    launcher_pods: list[dict[str, Any]] = []
+    if (
+        launcher is not None
+        and launcher.get("kind") == "Job"
+        and lifecycle.launcher_state(launcher)[0] == "failed"
+    ):
+        trainer = f"{selector},{names.LABEL_ATTEMPT}={attempt},{names.LABEL_COMPONENT}=trainer"
+        launcher_pods = _pods(api, namespace, trainer)
     dependencies: dict[str, dict[str, Any] | None] = {}
     try:
         spec = FineTuneJobSpec.model_validate(job.get("spec") or {})
@@ -278,7 +283,15 @@ def observe(api: ApiClient, job: dict[str, Any], rayjob_crd: bool) -> Observed:
         dependencies=dependencies,
         exporter=exporter,
         export_pods=tuple(export_pods),
+        launcher_pods=tuple(launcher_pods),
     )
+
+
+def _pods(api: ApiClient, namespace: str, selector: str) -> list[dict[str, Any]]:
+    with contextlib.suppress(ApiException):
+        listed = api.resource("v1", "Pod").get(namespace=namespace, label_selector=selector)
+        return listed.to_dict().get("items") or []
+    return []
 
 
 def execute(api: ApiClient, job: dict[str, Any], decision: Decision) -> list[str]:

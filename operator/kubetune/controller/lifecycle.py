@@ -10,6 +10,10 @@ No I/O here; :mod:`kubetune.controller.api_client` observes and executes. Phases
     Pending -> WaitingForDependencies -> Running -> Exporting -> Succeeded | Failed
     Suspended from any active phase and back
 
+A trainer exit of EXIT_BAD_DATA (65) or EXIT_INVALID_PLAN (78) fails the job at once (reasons
+BadData, InvalidPlan), with the trainer's termination message (the file and row) in the
+condition: a new attempt would fail the same way.
+
 Restarts are level-based: the pass that sees attempt N's launcher fail moves ``status.attempt``
 to N+1 and counts the failure in the same status patch (``restarts`` for application failures,
 ``disruptions`` otherwise), with ``nextAttemptTime`` after the backoff. A later pass creates the
@@ -19,11 +23,11 @@ whatever crashes in between: the patch either happened or it did not.
 Exporting (only when spec.export asks for formats): once training succeeds, the export stage
 runs as its own Job (``<job>-export-a<N>``, N = ``status.exportAttempt``). Its exit code decides:
 0 exported (Succeeded, Exported=True); EXIT_GATE_NOT_MET the eval gate was not met (Succeeded,
-Exported=False ExportGateNotMet); EXIT_INVALID_PLAN no retry can help (Failed); anything else is
-retried the way training is (``exportRestarts`` against resume.maxRestarts, disruptions not
-counted, the same backoff), in a new export Job: a failed export never retrains. Running and
-Exporting are one attempt machine (:class:`_Attempts`), configured twice (``TRAINING``,
-``EXPORT``).
+Exported=False ExportGateNotMet); EXIT_INVALID_PLAN or EXIT_BAD_DATA no retry can help
+(Failed); anything else is retried the way training is (``exportRestarts`` against
+resume.maxRestarts, disruptions not counted, the same backoff), in a new export Job: a failed
+export never retrains. Running and Exporting are one attempt machine (:class:`_Attempts`),
+configured twice (``TRAINING``, ``EXPORT``).
 
 Condition types and reasons come from :mod:`kubetune.reasons`; an event that starts a new
 attempt records the reason it counts under in kubetune_job_restarts_total (``Event.restart``).
@@ -48,11 +52,12 @@ from kubetune.builders import (
     names,
     rayjob_failure,
 )
+from kubetune.builders.common import CONTAINER
 from kubetune.builders.export_job import EXPORT_CONTAINER
 from kubetune.planner import UnresolvedDependency, make_plan
 from kubetune.reasons import RESTART_REASONS, ConditionType, Reason
 from kubetune.validation import Document, problems_from_error
-from kubetune_trainer.exit_codes import EXIT_GATE_NOT_MET
+from kubetune_trainer.exit_codes import EXIT_BAD_DATA, EXIT_GATE_NOT_MET
 
 Manifest = dict[str, Any]
 
@@ -112,6 +117,9 @@ class Observed:
     """The export Job of the export attempt in status.exportAttempt, when it exists."""
     export_pods: tuple[Manifest, ...] = ()
     """The exporter's pods once it has failed (their termination messages say why)."""
+    launcher_pods: tuple[Manifest, ...] = ()
+    """The trainer pods of the launcher once it has failed (the trainer's termination message
+    says why: bad data names the file and row)."""
     dependencies: dict[str, Manifest | None] = field(default_factory=dict)
     """finetunejob:// dependencies by name: the FineTuneJob object, or None when absent."""
 
@@ -648,12 +656,12 @@ def _launch_export(p: _Pass, export_attempt: int, reason: Reason, message: str) 
     _deadline_passed(p)  # only to requeue at the deadline
 
 
-def _termination_message(pods: tuple[Manifest, ...]) -> str:
-    """What the export container said when it stopped (its termination message, else the
-    tail of its log on an error: terminationMessagePolicy FallbackToLogsOnError)."""
+def _termination_message(pods: tuple[Manifest, ...], container: str) -> str:
+    """What the container said when it stopped (its termination message, else the tail of its
+    log on an error: terminationMessagePolicy FallbackToLogsOnError)."""
     for pod in pods:
         for status in (pod.get("status") or {}).get("containerStatuses") or []:
-            if status.get("name") != EXPORT_CONTAINER:
+            if status.get("name") != container:
                 continue
             terminated = (status.get("state") or {}).get("terminated") or {}
             message = " ".join(str(terminated.get("message") or "").split())
@@ -865,9 +873,13 @@ class _Attempts:
             _fail(p, Reason.DEADLINE_EXCEEDED, text)
             return
         if not failure.retryable:
-            text += self.refused_note
+            if failure.exit_code == EXIT_BAD_DATA:
+                reason = Reason.BAD_DATA
+                text += "; the data cannot be used, a retry cannot help"
+            else:
+                reason, text = self.refused, text + self.refused_note
             self.mark_final(p, self.gave_up, text)
-            _fail(p, self.refused, text)
+            _fail(p, reason, text)
             return
         restarts = int(p.status.get(self.restarts_field) or 0)
         disruptions = int(p.status.get("disruptions") or 0)
@@ -931,6 +943,10 @@ class _Training(_Attempts):
     def succeeded(self, p: _Pass) -> None:
         _trained(p)
 
+    def failure_detail(self, p: _Pass) -> str:
+        detail = _termination_message(p.world.launcher_pods, CONTAINER)
+        return f"; the trainer said: {detail}" if detail else ""
+
     def mark_retry(self, p: _Pass, reason: Reason, message: str) -> None:
         p.set_condition(RESUMING, True, reason, message)
         p.set_condition(RUNNING, False, reason, message)
@@ -980,11 +996,11 @@ class _Export(_Attempts):
     def settled_failure(self, p: _Pass, failure: LauncherFailure) -> bool:
         if failure.exit_code != EXIT_GATE_NOT_MET:
             return False
-        _gate_not_met(p, _termination_message(p.world.export_pods))
+        _gate_not_met(p, _termination_message(p.world.export_pods, EXPORT_CONTAINER))
         return True
 
     def failure_detail(self, p: _Pass) -> str:
-        detail = _termination_message(p.world.export_pods)
+        detail = _termination_message(p.world.export_pods, EXPORT_CONTAINER)
         return f"; the export stage said: {detail}" if detail else ""
 
     def mark_retry(self, p: _Pass, reason: Reason, message: str) -> None:
