@@ -230,9 +230,9 @@ def load_documents(path: Path) -> tuple[list[Document], list[Problem]]:
             loader.dispose()
     except yaml.YAMLError as err:
         return [], [_yaml_problem(name, err)]
-    except (ValueError, TypeError, AttributeError) as err:  # an explicit tag's constructor
-        # refused its value (!!int x, !!timestamp x)
-        return [], [Problem(name, None, "", f"invalid YAML value: {err}")]
+    except Exception as err:
+        # values (!!int x, !!timestamp x) raise whatever their parsing raises
+        return [], [Problem(name, None, "", f"invalid YAML value: {type(err).__name__}: {err}")]
     if not documents and not problems:
         problems.append(Problem(name, None, "", "no YAML documents: the file is empty"))
     return documents, problems
@@ -299,6 +299,8 @@ def problems_from_error(doc: Document, error: ValidationError) -> list[Problem]:
     problems = []
     for item in error.errors():
         loc = _clean_loc(item["loc"])
+        if item["type"] == "extra_forbidden":  # the unknown key as written, brackets and all
+            loc = (*_clean_loc(item["loc"][:-1]), item["loc"][-1])
         message = item["msg"]
         cause = (item.get("ctx") or {}).get("error")
         if isinstance(cause, FieldError):
@@ -364,17 +366,16 @@ def _missing_paths(doc: Document, job: FineTuneJob) -> list[Problem]:
     problems = []
     for loc, source in data_locations(job):
         path = resolve_local_data(source.uri, Path(doc.file).parent)
-        if path is None or path.exists():
+        if path is None:
             continue
+        try:
+            if path.exists():
+                continue
+            message = f"{source.uri}: no such file or directory ({path})"
+        except (OSError, ValueError) as err:  # a name too long, a NUL byte
+            message = f"{source.uri}: not a usable path: {getattr(err, 'strerror', None) or err}"
         full = ("spec", *loc, "uri")
-        problems.append(
-            Problem(
-                doc.file,
-                doc.line_of(full),
-                format_loc(full),
-                f"{source.uri}: no such file or directory ({path})",
-            )
-        )
+        problems.append(Problem(doc.file, doc.line_of(full), format_loc(full), message))
     return problems
 
 

@@ -63,6 +63,7 @@ REQUIRED_BINARIES = (
 OUTCOME = "kwok.kubetune.io/outcome"
 DELAY = "kwok.kubetune.io/delay"
 EXIT_CODE = "kwok.kubetune.io/exit-code"
+TERMINATION_MESSAGE = "kwok.kubetune.io/termination-message"
 DISRUPTION_REASON = "kwok.kubetune.io/disruption-reason"
 
 #: Label put on every fake node this module creates, and the group label tests can select on.
