@@ -116,8 +116,9 @@ def check_can_listen(host: str, port: int) -> None:
         with socket.create_server((host, port)):
             pass
     except OSError as err:
+        reason = os.strerror(err.errno) if err.errno else str(err)
         raise UserError(
-            f"cannot listen on {host}:{port}: {err.strerror or err}",
+            f"cannot listen on {host}:{port}: {reason}",
             hint="choose another --port (or stop what listens there)",
             exit_code=EXIT_USAGE,
         ) from None

@@ -10,13 +10,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from kubetune_trainer.exit_codes import EXIT_OK, EXIT_PREEMPTED, EXIT_STALE_ATTEMPT
+from kubetune_trainer.exit_codes import EXIT_OK, EXIT_PREEMPTED
 from kubetune_trainer.plan import Plan
 from kubetune_trainer.recipes import recipe_for
 from kubetune_trainer.recipes.common import RecipeResult
 from kubetune_trainer.runtime.context import run_context
 from kubetune_trainer.runtime.layout import run_dir_of
-from kubetune_trainer.training.checkpoints import CheckpointStore, StaleAttempt
+from kubetune_trainer.training.checkpoints import CheckpointStore
 
 log = logging.getLogger("kubetune.trainer")
 
@@ -38,11 +38,7 @@ def run_single(plan: Plan, *, local_run: bool) -> int:
         local_run=local_run,
     )
     shutil.rmtree(ctx.staging_dir, ignore_errors=True)
-    try:
-        result = recipe_for(plan.recipe.method)(ctx)
-    except StaleAttempt as err:
-        log.error("event=stale_attempt message=%s", err)
-        return EXIT_STALE_ATTEMPT
+    result = recipe_for(plan.recipe.method)(ctx)  # a StaleAttempt exits 76 (kubetune-train)
     write_result(run_dir, plan, result)
     shutil.rmtree(ctx.staging_dir, ignore_errors=True)
     return EXIT_PREEMPTED if result.preempted else EXIT_OK

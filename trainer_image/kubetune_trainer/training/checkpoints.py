@@ -26,12 +26,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from kubetune_trainer.errors import UserError
+from kubetune_trainer.exit_codes import EXIT_STALE_ATTEMPT
+
 MANIFEST = "kubetune.json"
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
 
 
-class StaleAttempt(RuntimeError):
-    """A newer attempt of the same run exists; this one must stop writing."""
+class StaleAttempt(UserError):
+    """A newer attempt of the same run exists; this one must stop writing (exit 76)."""
+
+    exit_code = EXIT_STALE_ATTEMPT
 
 
 @dataclass(frozen=True)
