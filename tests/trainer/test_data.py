@@ -270,6 +270,45 @@ def test_skip_policy_counts_bad_rows_including_malformed_json(tmp_path: Path) ->
     assert loaded.bad_rows[2] == f"{path}: row 7 (line 8): missing field 'messages'"
 
 
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("empty.jsonl", b"", "{p}: no rows (the data is empty)"),
+        (
+            "latin1.jsonl",
+            b'{"text": "ok"}\n{"text": "caf\xe9"}\n',
+            "{p}: row 1 (line 2): not valid UTF-8: byte 0xe9 at column 14 (invalid continuation "
+            "byte)",
+        ),
+        (
+            "latin1.json",
+            b'[{"text": "ok"},\n {"text": "caf\xe9"}]',
+            "{p}: line 2: not valid UTF-8: byte 0xe9 at byte offset 31 (invalid continuation byte)",
+        ),
+        ("broken.jsonl.gz", b"not gzip", "{p}: cannot read: Not a gzipped file (b'no')"),
+    ],
+    ids=["empty", "not-utf8-line", "not-utf8-json", "not-gzip"],
+)
+def test_unusable_files_are_bad_data(tmp_path: Path, name: str, content: bytes, message: str):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(DataError) as caught:
+        load_data(spec(sources=[{"uri": str(path), "format": "text"}]), kind="sft")
+    assert str(caught.value) == message.format(p=path)
+    assert caught.value.exit_code == 65
+
+
+def test_skip_policy_drops_rows_that_are_not_utf8(tmp_path: Path) -> None:
+    good = json.dumps(numbered(1, "ok")[0]).encode()
+    path = tmp_path / "mixed.jsonl"
+    path.write_bytes(b"\n".join([good, b'{"messages": "\xff"}', good]) + b"\n")
+    loaded = load_data(spec(sources=[{"uri": str(path)}], badRows="skip"), kind="sft")
+    assert (len(loaded.train), loaded.skipped_rows) == (2, 1)
+    assert loaded.bad_rows == [
+        f"{path}: row 1 (line 2): not valid UTF-8: byte 0xff at column 15 (invalid start byte)"
+    ]
+
+
 def test_bad_preference_rows(tmp_path: Path) -> None:
     same = chat("q", "a")
     cases = [
