@@ -225,7 +225,7 @@ class FineTuneJobStatus(Section):
     """Observed state, written by the operator (phase, conditions) and the trainer (progress,
     lastCheckpoint)."""
 
-    phase: Phase | None = None
+    phase: Phase | None = Field(default=None, strict=False)
     """Pending, WaitingForDependencies, Running, Exporting, Suspended, Succeeded or Failed."""
     conditions: list[Condition] = Field(default_factory=list)
     """Detailed conditions."""

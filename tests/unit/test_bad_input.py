@@ -271,3 +271,18 @@ def test_termination_message_is_the_error_line(tmp_path: Path, job) -> None:
     )  # fmt: skip
     assert result.returncode == EXIT_INVALID_PLAN
     assert log.read_text() == first_error(result)
+
+
+def test_a_job_read_back_from_the_cluster_is_valid(tmp_path: Path) -> None:
+    """`kubectl get ftj -o yaml` output: status and the server's metadata fields included."""
+    doc = yaml.safe_load((REPO / "manifests" / "examples" / "sft.yaml").read_text())
+    doc["metadata"] |= {"uid": "0f0e", "resourceVersion": "12", "generation": 1}
+    doc["status"] = {
+        "phase": "Running",
+        "attempt": 1,
+        "conditions": [{"type": "Running", "status": "True", "reason": "Running"}],
+    }
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    result = kubetune("validate", str(path))
+    assert result.returncode == 0, result.stderr
