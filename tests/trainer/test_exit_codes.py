@@ -69,14 +69,17 @@ def write_rows(path: Path, lines: list[bytes]) -> Path:
     return path
 
 
-def test_a_malformed_row_exits_65_naming_file_and_row(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["single", "ray"])
+def test_a_malformed_row_exits_65_naming_file_and_row(tmp_path: Path, mode: str) -> None:
     data = write_rows(
         tmp_path / "data" / "train.jsonl",
         [json.dumps(GOOD).encode(), b'{"messages": [oops', json.dumps(GOOD).encode()],
     )
     data_spec = {"sources": [{"uri": "data/train.jsonl"}]}  # relative to the manifest
     (tmp_path / "job.yaml").write_text(job_yaml("bad", data=data_spec))
-    result = kubetune("run", "job.yaml", "--local", "--storage", "runs", cwd=tmp_path)
+    result = kubetune(
+        "run", "job.yaml", "--local", "--storage", "runs", "--mode", mode, cwd=tmp_path
+    )
     assert result.returncode == EXIT_BAD_DATA, result.stderr[-3000:]
     assert first_error(result) == (
         f"error: {data}: row 1 (line 2): malformed JSON: Expecting value: line 1 column 15 "
