@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from kubetune.validation import ManifestDumper, ManifestLoader
+from kubetune.manifest_yaml import ManifestDumper, ManifestLoader
 
 EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "manifests" / "examples"
 

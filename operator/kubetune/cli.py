@@ -16,9 +16,9 @@ from pathlib import Path
 from kubetune import __version__
 from kubetune.api import FineTuneJob, model_dependencies
 from kubetune.inference_cli import add_inference_commands
+from kubetune.manifest_yaml import Document
 from kubetune.planner import LOCAL_STORAGE, dependency_output, make_plan
 from kubetune.validation import (
-    Document,
     job_key,
     load_jobs,
     local_data_problems,

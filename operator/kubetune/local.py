@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kubetune.api import FineTuneJob, model_dependencies
+from kubetune.manifest_yaml import Document
 from kubetune.planner import UnresolvedDependency, dependency_output, make_plan
-from kubetune.validation import Document, data_locations, resolve_local_data
+from kubetune.validation import data_locations, resolve_local_data
 from kubetune_trainer.exit_codes import EXIT_GATE_NOT_MET, EXIT_OK
 from kubetune_trainer.plan import Plan, Scaling, uri_scheme
 from kubetune_trainer.training.checkpoints import CheckpointStore

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import yaml
 
-from kubetune.validation import ManifestDumper
+from kubetune.manifest_yaml import ManifestDumper
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((REPO / "manifests" / "examples").glob("*.yaml"))

@@ -17,11 +17,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kubetune.cli import main
-from kubetune.validation import MAX_FILE_BYTES
+from kubetune.manifest_yaml import MAX_FILE_BYTES
 from tests.manifest_mutations import dump, example_documents, mutate
 
 FUZZ = settings(
-    max_examples=150,
+    max_examples=300,
     deadline=2000,
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow],

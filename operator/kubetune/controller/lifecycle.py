@@ -54,9 +54,10 @@ from kubetune.builders import (
 )
 from kubetune.builders.common import CONTAINER
 from kubetune.builders.export_job import EXPORT_CONTAINER
+from kubetune.manifest_yaml import Document
 from kubetune.planner import UnresolvedDependency, make_plan
 from kubetune.reasons import RESTART_REASONS, ConditionType, Reason
-from kubetune.validation import Document, problems_from_error
+from kubetune.validation import problems_from_error
 from kubetune_trainer.exit_codes import EXIT_BAD_DATA, EXIT_GATE_NOT_MET
 
 Manifest = dict[str, Any]
