@@ -308,7 +308,10 @@ def test_bad_data_fails_at_once_with_the_file_and_row():
     world = Observed(
         launcher=world.launcher,
         children=world.children,
-        launcher_pods=(stopped_pod(BAD_ROW, container="trainer"),),
+        launcher_pods=(
+            stopped_pod("Terminated by the Job controller", container="trainer", code=143),
+            stopped_pod(BAD_ROW, container="trainer", code=65),
+        ),
     )
     d = reconcile(make_job(running()), world, NOW, SETTINGS)
     assert d.status_patch["phase"] == "Failed"
@@ -658,8 +661,8 @@ def exporting(n: int = 1, **extra: Any) -> dict[str, Any]:
     return running(**{"phase": "Exporting", "exportAttempt": n, **extra})
 
 
-def stopped_pod(message: str, container: str = "export") -> dict[str, Any]:
-    state = {"terminated": {"exitCode": 79, "message": message}}
+def stopped_pod(message: str, container: str = "export", code: int = 79) -> dict[str, Any]:
+    state = {"terminated": {"exitCode": code, "message": message}}
     return {"status": {"containerStatuses": [{"name": container, "state": state}]}}
 
 

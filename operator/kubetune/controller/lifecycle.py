@@ -657,9 +657,13 @@ def _launch_export(p: _Pass, export_attempt: int, reason: Reason, message: str) 
     _deadline_passed(p)  # only to requeue at the deadline
 
 
-def _termination_message(pods: tuple[Manifest, ...], container: str) -> str:
+def _termination_message(
+    pods: tuple[Manifest, ...], container: str, exit_code: int | None = None
+) -> str:
     """What the container said when it stopped (its termination message, else the tail of its
-    log on an error: terminationMessagePolicy FallbackToLogsOnError)."""
+    log on an error: terminationMessagePolicy FallbackToLogsOnError). Among several pods, the
+    one that exited with exit_code (the one that failed the Job) speaks first."""
+    said: list[tuple[bool, str]] = []
     for pod in pods:
         for status in (pod.get("status") or {}).get("containerStatuses") or []:
             if status.get("name") != container:
@@ -667,8 +671,9 @@ def _termination_message(pods: tuple[Manifest, ...], container: str) -> str:
             terminated = (status.get("state") or {}).get("terminated") or {}
             message = " ".join(str(terminated.get("message") or "").split())
             if message:
-                return message[-TERMINATION_MESSAGE_LIMIT:]
-    return ""
+                said.append((terminated.get("exitCode") == exit_code, message))
+    said.sort(key=lambda entry: not entry[0])
+    return said[0][1][-TERMINATION_MESSAGE_LIMIT:] if said else ""
 
 
 def _artifact_summary(artifacts: list[dict[str, Any]]) -> str:
@@ -815,7 +820,7 @@ class _Attempts:
         """A failure exit that is not a failure (the export gate); True when handled."""
         return False
 
-    def failure_detail(self, p: _Pass) -> str:
+    def failure_detail(self, p: _Pass, failure: LauncherFailure) -> str:
         return ""
 
     def mark_retry(self, p: _Pass, reason: Reason, message: str) -> None:
@@ -869,7 +874,8 @@ class _Attempts:
             return
         resume = p.model.spec.resume
         attempt = self.attempt(p)
-        text = f"{self.noun} {attempt} failed: {_failure_text(failure)}{self.failure_detail(p)}"
+        detail = self.failure_detail(p, failure)
+        text = f"{self.noun} {attempt} failed: {_failure_text(failure)}{detail}"
         if failure.kind == "deadline" and self.deadline_is_final:
             _fail(p, Reason.DEADLINE_EXCEEDED, text)
             return
@@ -944,8 +950,8 @@ class _Training(_Attempts):
     def succeeded(self, p: _Pass) -> None:
         _trained(p)
 
-    def failure_detail(self, p: _Pass) -> str:
-        detail = _termination_message(p.world.launcher_pods, CONTAINER)
+    def failure_detail(self, p: _Pass, failure: LauncherFailure) -> str:
+        detail = _termination_message(p.world.launcher_pods, CONTAINER, failure.exit_code)
         return f"; the trainer said: {detail}" if detail else ""
 
     def mark_retry(self, p: _Pass, reason: Reason, message: str) -> None:
@@ -1000,8 +1006,8 @@ class _Export(_Attempts):
         _gate_not_met(p, _termination_message(p.world.export_pods, EXPORT_CONTAINER))
         return True
 
-    def failure_detail(self, p: _Pass) -> str:
-        detail = _termination_message(p.world.export_pods, EXPORT_CONTAINER)
+    def failure_detail(self, p: _Pass, failure: LauncherFailure) -> str:
+        detail = _termination_message(p.world.export_pods, EXPORT_CONTAINER, failure.exit_code)
         return f"; the export stage said: {detail}" if detail else ""
 
     def mark_retry(self, p: _Pass, reason: Reason, message: str) -> None:
