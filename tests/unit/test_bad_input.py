@@ -3,6 +3,7 @@ traceback; --debug (or KUBETUNE_LOG_LEVEL=DEBUG) adds the traceback."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -286,3 +287,24 @@ def test_a_job_read_back_from_the_cluster_is_valid(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(doc))
     result = kubetune("validate", str(path))
     assert result.returncode == 0, result.stderr
+
+
+def test_yaml_is_read_as_kubectl_reads_it(tmp_path: Path) -> None:
+    """go-yaml's scalars: 1e-4 and 1e3 are numbers (1e3 a whole one), y is true, a date is a
+    string; null is an absent field (the API server prunes it)."""
+    text = job_text().replace(
+        "method: sft",
+        "method: sft\n  training:\n    learningRate: 1e-4\n    maxSteps: 1e3\n    packing: y\n"
+        "    warmupSteps: null\n  resources:\n    nodeSelector:\n      since: 2024-01-01",
+    )
+    path = tmp_path / "job.yaml"
+    path.write_text(text)
+    result = kubetune("validate", "--plan", str(path))
+    assert result.returncode == 0, result.stderr
+    training = json.loads(result.stdout)["recipe"]["training"]
+    assert (training["learningRate"], training["maxSteps"], training["packing"]) == (
+        1e-4,
+        1000,
+        True,
+    )
+    assert training["warmupSteps"] == 0
