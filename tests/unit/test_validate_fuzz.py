@@ -24,6 +24,7 @@ FUZZ = settings(
     max_examples=300,
     deadline=2000,
     derandomize=True,
+    database=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
 
