@@ -68,7 +68,8 @@ holds these rules). Derived from kubetune.controller (api_client, handlers, peer
 - configmaps, services, serviceaccounts, roles, rolebindings: the other children of an
   attempt; listed by label, read when adopting after a crash, created, deleted.
 - events: kopf's and the operator's events on FineTuneJobs.
-- pods, list only: a failed export stage's pods, for the reason in their termination message.
+- pods, list only: the pods of a failed launcher or export stage, for the reason in their
+  termination message (bad data names the file and row).
 No Secrets: pods reference them by name (secretKeyRef); the operator never reads one.
 */}}
 {{- define "kubetune.namespacedRules" -}}
