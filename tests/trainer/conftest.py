@@ -18,7 +18,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 # Modules whose runs start local Ray clusters share one xdist group (one worker): two Ray
 # clusters at once would fight over both cores and time out each other's waits.
-RAY_MODULES = frozenset({"test_recipes.py", "test_distributed.py"})
+RAY_MODULES = frozenset({"test_recipes.py", "test_distributed.py", "test_exit_codes.py"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
