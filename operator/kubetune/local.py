@@ -21,7 +21,7 @@ from kubetune.api import FineTuneJob, model_dependencies
 from kubetune.planner import dependency_output, make_plan
 from kubetune_trainer.exit_codes import EXIT_FAILED, EXIT_GATE_NOT_MET, EXIT_OK
 from kubetune_trainer.plan import Plan, Scaling, uri_scheme
-from kubetune_trainer.training.checkpoints import CheckpointStore
+from kubetune_trainer.training.checkpoint_fs import CheckpointStore
 
 
 @dataclass

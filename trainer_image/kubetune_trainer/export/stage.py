@@ -43,7 +43,7 @@ from kubetune_trainer.export.manifest import MANIFEST, Artifact, Manifest
 from kubetune_trainer.export.verification import Verification
 from kubetune_trainer.plan import Plan
 from kubetune_trainer.reporting.kube_status import KubernetesReporter, ReportError
-from kubetune_trainer.training.checkpoints import CheckpointStore
+from kubetune_trainer.training.checkpoint_store import open_store
 from kubetune_trainer.uris import fetch_s3, local_storage, upload_dir
 
 log = logging.getLogger("kubetune.export")
@@ -65,10 +65,10 @@ def trained_model_dir(plan: Plan) -> Path:
 
 
 def latest_checkpoint(plan: Plan) -> dict[str, Any] | None:
+    """The run's newest complete checkpoint, for provenance (local, PVC or S3 storage)."""
     root = local_storage(plan.storage.root)
-    if root is None:
-        return None
-    latest = CheckpointStore(root / plan.storage.run_name).latest()
+    base = str(root) if root is not None else plan.storage.root.rstrip("/")
+    latest = open_store(f"{base}/{plan.storage.run_name}").latest()
     return None if latest is None else {"step": latest.step, "attempt": latest.attempt}
 
 
