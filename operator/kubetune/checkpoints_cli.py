@@ -60,29 +60,38 @@ def row(entry: Listed, state: str, resume: bool, hashes: str | None) -> str:
 def show(store: Any, verify: bool) -> int:
     entries = store.listing()
     lineage = store.latest_attempt() or None
-    latest = store.latest()
     print(f"run: {store.location}")
     print(f"attempts recorded: {', '.join(map(str, store.recorded_attempts())) or 'none'}")
     if not entries:
         print("no checkpoints")
         return 0
+    problems: dict[str, list[str]] = {}
+    if verify:
+        whole = [e for e in entries if e.complete and e.checkpoint is not None]
+        for number, entry in enumerate(whole, 1):
+            print(f"verifying {entry.name} ({number}/{len(whole)})", file=sys.stderr, flush=True)
+            problems[entry.name] = store.verify(entry.checkpoint)
+    resume = next(
+        (
+            e.name
+            for e in reversed(entries)
+            if e.complete and e.attempt == lineage and not problems.get(e.name)
+        ),
+        None,
+    )
     header = (
         f"{'CHECKPOINT':<40} {'STEP':>8} {'ATTEMPT':>7}  {'STATE':<13} {'FILES':>5} {'SIZE':>9}"
     )
     print(header + ("  HASHES" if verify else ""))
     damaged = 0
     for entry in entries:
-        problems: list[str] = []
+        found = problems.get(entry.name, [])
         hashes = None
-        if verify and entry.complete and entry.checkpoint is not None:
-            problems = store.verify(entry.checkpoint)
-            hashes = "ok" if not problems else f"{len(problems)} bad"
-        elif verify:
-            hashes = "-"
-        state = state_of(entry, lineage, corrupt=bool(problems))
-        resume = latest is not None and entry.name == latest.name and not problems
-        print(row(entry, state, resume, hashes), flush=True)
-        for problem in problems or (entry.problems if state == "partial" else []):
+        if verify:
+            hashes = "-" if entry.name not in problems else ("ok" if not found else "bad")
+        state = state_of(entry, lineage, corrupt=bool(found))
+        print(row(entry, state, entry.name == resume, hashes))
+        for problem in found or (entry.problems if state == "partial" else []):
             print(f"    {problem}")
         damaged += state in ("partial", "corrupt")
     return EXIT_DAMAGED if damaged else 0

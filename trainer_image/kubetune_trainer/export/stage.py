@@ -111,6 +111,12 @@ def publish(work: Path, export_uri: str) -> None:
     """Move the verified artifacts (and the manifest, last) into the export location."""
     target = local_storage(export_uri)
     if target is None:
+        # An object store has no rename: the manifest, uploaded last, is what makes an export
+        # complete, so a previous export's manifest goes first (docs/checkpoints.md).
+        from kubetune_trainer.uris import s3_client, split_s3
+
+        bucket, prefix = split_s3(export_uri)
+        s3_client().delete_object(Bucket=bucket, Key="/".join(filter(None, [prefix, MANIFEST])))
         manifest_dir = Path(tempfile.mkdtemp(prefix="kubetune-manifest-"))
         (work / MANIFEST).replace(manifest_dir / MANIFEST)
         upload_dir(work, export_uri)
