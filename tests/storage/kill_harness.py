@@ -181,6 +181,8 @@ class Tally:
     trials: int = 0
     kills: dict[str, int] = field(default_factory=dict)
     completed_without_kill: int = 0
+    resumed_and_saved: int = 0
+    """Trials whose attempt registered (resuming from the latest) and saved at least once."""
     lost: int = 0
     rolled_back: int = 0
     corrupt: int = 0
@@ -299,6 +301,8 @@ def run_trials(
                 tally.uncleaned += 1
                 tally.details.append(f"trial {trial}: left behind {registered['leftovers']}")
         returned = [r["returned"] for r in records if "returned" in r]
+        if registered is not None and returned:
+            tally.resumed_and_saved += 1
         last_returned = max([last_returned, *returned])
     code, records, stderr = run_writer({"location": run, "check_only": True}, env)
     checks = [r["check"] for r in records if "check" in r]

@@ -30,7 +30,9 @@ StoreFactory = Callable[[str, Hook], Any]
 
 
 class Pauser:
-    """Blocks the calling thread at its ``pause_at``-th point until released; counts points."""
+    """Blocks the calling thread at its ``pause_at``-th point until released; counts points.
+    A run of the same point (the chunks of one file, the files of one deletion) counts once:
+    pausing inside it finds the same state as pausing at its start."""
 
     def __init__(self, pause_at: int | None = None) -> None:
         self.pause_at = pause_at
@@ -39,6 +41,8 @@ class Pauser:
         self.release = threading.Event()
 
     def __call__(self, point: str) -> None:
+        if self.points and self.points[-1] == point:
+            return
         self.points.append(point)
         if len(self.points) == self.pause_at:
             self.paused.set()

@@ -84,26 +84,10 @@ def publish_output(plan: Plan, result: RecipeResult) -> None:
 def ray_storage(plan: Plan) -> tuple[str, str]:
     """(storage_path, name) for Ray's RunConfig: the run directory split so Ray's layout
     matches the single-process one (<root>/<namespace>/<job>). Ray keeps only its own run
-    state there; checkpoints go through the run's checkpoint store."""
+    state there; checkpoints go through the run's checkpoint store. On S3, Ray's pyarrow
+    filesystem reaches the server boto3 reaches: pyarrow reads ``AWS_ENDPOINT_URL_S3`` /
+    ``AWS_ENDPOINT_URL`` itself."""
     root = local_storage(plan.storage.root)
     base = str(root) if root is not None else plan.storage.root.rstrip("/")
     namespace, name = plan.storage.run_name.split("/", 1)
     return f"{base}/{namespace}", name
-
-
-def ray_storage_filesystem(plan: Plan) -> Any:
-    """A pyarrow S3 filesystem for Ray's storage_path on S3 storage, reaching the same server
-    as boto3 (``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``); None otherwise (Ray's default)."""
-    if local_storage(plan.storage.root) is not None:
-        return None
-    from kubetune_trainer.uris import s3_endpoint
-
-    endpoint = s3_endpoint()
-    if endpoint is None:
-        return None
-    import pyarrow.fs
-
-    scheme, _, host = endpoint.partition("://")
-    return pyarrow.fs.S3FileSystem(
-        endpoint_override=host.rstrip("/"), scheme=scheme or "https", allow_bucket_creation=False
-    )

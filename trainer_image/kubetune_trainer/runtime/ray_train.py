@@ -24,7 +24,6 @@ from kubetune_trainer.runtime.layout import (
     checkpoint_store,
     publish_output,
     ray_storage,
-    ray_storage_filesystem,
 )
 from kubetune_trainer.runtime.single import log_resume_point
 from kubetune_trainer.training.checkpoints import StaleAttempt
@@ -61,7 +60,6 @@ def run_on_ray(plan: Plan, *, local_run: bool) -> int:
         run_config=RunConfig(
             name=name,
             storage_path=storage_path,
-            storage_filesystem=ray_storage_filesystem(plan),
             failure_config=FailureConfig(max_failures=scaling.max_failures),
         ),
     )
