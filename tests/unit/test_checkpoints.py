@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from pathlib import Path
 
 import pytest
@@ -13,11 +14,15 @@ import pytest
 from kubetune_trainer.training.checkpoint_fs import CheckpointStore
 from kubetune_trainer.training.checkpoints import (
     MANIFEST,
+    Checkpoint,
+    Listed,
     StaleAttempt,
+    checkpoint_name,
     parse_leftover,
     parse_name,
     sha256_file,
     state_of,
+    to_prune,
 )
 
 pytestmark = pytest.mark.unit
@@ -211,3 +216,29 @@ def test_files_are_fsynced_before_the_rename(tmp_path: Path, monkeypatch) -> Non
     for name in ("model.safetensors", "optimizer.pt", "sub", MANIFEST):
         assert f"fsync {name}" in events[:renamed], name
     assert events.index("fsync checkpoints", renamed) < events.index("durable")
+
+
+def test_pruning_never_touches_a_newer_attempt_nor_its_own_newest() -> None:
+    """to_prune over random listings: nothing of a newer attempt, and the writer's newest
+    keep_last complete checkpoints always stay."""
+    rng = random.Random(0)
+    for _ in range(300):
+        entries = []
+        for _ in range(rng.randint(0, 12)):
+            step, attempt = rng.randint(1, 50) * 10, rng.randint(1, 5)
+            name = checkpoint_name(step, attempt)
+            kind = rng.choice(["complete", "partial", "incoming", "deleting"])
+            whole = Checkpoint(name, step, attempt, 0.0, name, {})
+            if kind == "complete":
+                entries.append(Listed(name, step, attempt, whole))
+            elif kind == "partial":
+                entries.append(Listed(name, step, attempt, whole, ["a: missing"]))
+            else:
+                entries.append(Listed(f".{kind}-{name}-00", step, attempt, None, leftover=kind))
+        writer, keep = rng.randint(1, 5), rng.randint(1, 3)
+        doomed = to_prune(entries, writer, keep)
+        assert all(e.attempt <= writer for e in doomed)
+        own = sorted(
+            (e for e in entries if e.complete and e.attempt == writer), key=lambda e: e.step
+        )
+        assert not set(e.name for e in own[-keep:]) & {e.name for e in doomed}
