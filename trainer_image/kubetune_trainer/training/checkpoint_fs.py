@@ -119,8 +119,7 @@ class CheckpointStore:
         """Start ``attempt``: make the newest verified checkpoint of the lineage its own, record
         the attempt, prune. Returns the checkpoint to resume from (None: start fresh)."""
         self.check_attempt(attempt)
-        self.checkpoints_dir.mkdir(parents=True, exist_ok=True)
-        self.attempts_dir.mkdir(parents=True, exist_ok=True)
+        self._make_dirs()
         if (self.attempts_dir / str(attempt)).exists():
             # The same attempt started again (Ray restarting its workers): its lineage stands.
             for leftover in own_leftovers(self.listing(), attempt):
@@ -132,7 +131,19 @@ class CheckpointStore:
         self.prune(attempt)
         return adopted
 
+    def _make_dirs(self) -> None:
+        """attempts/ and checkpoints/, their entries durable (a node crash keeps the run)."""
+        created = [d for d in (self.attempts_dir, self.checkpoints_dir) if not d.is_dir()]
+        for directory in created:
+            directory.mkdir(parents=True, exist_ok=True)
+        if created:
+            fsync_path(self.run_dir)
+            fsync_path(self.run_dir.parent)
+
     def _write_record(self, attempt: int, base: str | None) -> None:
+        for stray in self.attempts_dir.glob(".record-*"):
+            if int(stray.name.split("-")[1]) < attempt:  # a dead or stale writer's
+                stray.unlink(missing_ok=True)
         tmp = self.attempts_dir / f".record-{attempt}-{os.getpid()}"
         self._write_file(tmp, record_json(attempt, base))
         self.hook("record-written")
@@ -183,7 +194,7 @@ class CheckpointStore:
         """Make the trainer's checkpoint directory ``source`` the checkpoint of (step, attempt);
         returns once it is durable under its name."""
         self.check_attempt(attempt)
-        self.checkpoints_dir.mkdir(parents=True, exist_ok=True)
+        self._make_dirs()
         name = checkpoint_name(step, attempt)
         incoming = self.checkpoints_dir / leftover_name("incoming", name)
         if move:
