@@ -22,10 +22,17 @@ def shape(
 ) -> dict[str, int]:
     """File name -> size, like a small model's save (weights, optimizer twice their size, RNG
     and scheduler state, tokenizer, configs); sometimes a DeepSpeed-style subdirectory.
-    ``large`` adds a file above boto3's multipart threshold (8 MiB); ``small`` keeps the
-    weights and optimizer state under 100 KiB."""
+    ``large`` adds a file above boto3's multipart threshold (8 MiB); ``small`` is three files
+    of a few KiB (for tests that make hundreds of checkpoints)."""
     rng = random.Random(f"{seed}:{attempt}:{step}:shape")
-    weights = rng.randint(4 << 10, 32 << 10) if small else rng.randint(64 << 10, 1536 << 10)
+    if small:
+        weights = rng.randint(1 << 10, 8 << 10)
+        return {
+            "model.safetensors": weights,
+            "optimizer.pt": 2 * weights,
+            "trainer_state.json": rng.randint(200, 900),
+        }
+    weights = rng.randint(64 << 10, 1536 << 10)
     files = {
         "model.safetensors": weights,
         "optimizer.pt": 2 * weights + rng.randint(0, 4096),
