@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -214,7 +215,7 @@ class S3CheckpointStore:
             self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch})
             self.hook("delete-file")
 
-    def _abort_uploads(self, doomed: Any) -> None:
+    def _abort_uploads(self, doomed: Callable[[int], bool]) -> None:
         """Multipart uploads left by dead writers: invisible, but they hold storage."""
         prefix = self._key("checkpoints") + "/"
         paginator = self.client.get_paginator("list_multipart_uploads")
