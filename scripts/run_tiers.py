@@ -38,7 +38,8 @@ class Tier:
     """A pytest tier: the marker it selects."""
     pytest_options: tuple[str, ...] = ()
     needs_build: str | None = None
-    """The build stage the tier waits for first: 'tools' (helm, kubeconform) or 'all'."""
+    """The build stage the tier waits for first: 's3' (the S3 server), 'tools' (helm,
+    kubeconform) or 'all'."""
 
 
 TIERS: tuple[Tier, ...] = (
@@ -54,7 +55,13 @@ TIERS: tuple[Tier, ...] = (
     Tier("unit", 2, marker="unit and not helm"),
     # Two xdist workers, whole modules (and all Ray runs) to one worker: tiny models train on
     # one thread each, so two workers use both cores once the background build is done.
-    Tier("trainer", 18, marker="trainer", pytest_options=("-n", "2", "--dist", "loadgroup")),
+    Tier(
+        "trainer",
+        18,
+        marker="trainer",
+        pytest_options=("-n", "2", "--dist", "loadgroup"),
+        needs_build="s3",
+    ),
     Tier("chart", 1, marker="helm", needs_build="tools"),
     Tier("e2e", 12, marker="e2e", needs_build="all"),
 )
@@ -81,7 +88,7 @@ def build_status() -> str:
 def wait_for_build(stage: str) -> None:
     """Blocks until the stage is built; build.sh names the failed step and prints its log."""
     if subprocess.run(["bash", str(BUILD), "--wait", stage]).returncode != 0:
-        raise BuildFailed(f"the control-plane build ({stage}) failed; see above")
+        raise BuildFailed(f"the background build (stage {stage}) failed; see above")
 
 
 def run_watched(command: list[str], env: dict[str, str], watch_build: bool) -> int:
@@ -131,9 +138,7 @@ def run_tier(tier: Tier, pytest_args: list[str], scratch: Path, watch_build: boo
     env = dict(os.environ)
     if tier.needs_build:
         started = time.monotonic()
-        print(
-            f"== {tier.name}: waiting for the control-plane build ({tier.needs_build})", flush=True
-        )
+        print(f"== {tier.name}: waiting for the build (stage {tier.needs_build})", flush=True)
         wait_for_build(tier.needs_build)
         outcome.waited = time.monotonic() - started
     print(f"== {tier.name}", flush=True)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from kubetune import __version__
 from kubetune.api import FineTuneJob, model_dependencies
+from kubetune.checkpoints_cli import add_checkpoint_commands
 from kubetune.inference_cli import add_inference_commands
 from kubetune.manifest_yaml import Document
 from kubetune.planner import LOCAL_STORAGE, dependency_output, make_plan
@@ -209,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     crd = commands.add_parser("crd", help="print the FineTuneJob CustomResourceDefinition")
     crd.set_defaults(func=cmd_crd)
     add_inference_commands(commands)
+    add_checkpoint_commands(commands)
     for command in commands.choices.values():
         add_debug_option(command, default=argparse.SUPPRESS)
     return parser

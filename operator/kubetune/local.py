@@ -23,7 +23,7 @@ from kubetune.planner import UnresolvedDependency, dependency_output, make_plan
 from kubetune.validation import data_locations, resolve_local_data
 from kubetune_trainer.exit_codes import EXIT_GATE_NOT_MET, EXIT_OK
 from kubetune_trainer.plan import Plan, Scaling, uri_scheme
-from kubetune_trainer.training.checkpoints import CheckpointStore
+from kubetune_trainer.training.checkpoint_fs import CheckpointStore
 
 
 @dataclass

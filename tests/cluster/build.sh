@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Build the e2e control plane (Kubernetes multi-call binary, etcd, kwok, kwokctl, helm, kubeconform)
-# into a cache directory keyed by the pinned versions. A no-op when that directory is complete.
+# into a cache directory keyed by the pinned versions, and the S3 server the trainer tier uses
+# (versitygw) into its own. A no-op when both are complete. Stages, in order: s3, tools, cluster.
 #
 #   tests/cluster/build.sh               build (blocks; waits for a concurrent build via a lock)
 #   tests/cluster/build.sh --background  start the build detached, log to <cache>/build.log, return
-#   tests/cluster/build.sh --wait [tools] wait for a background build (or only its first stage,
-#                                        helm + kubeconform); fail at once, naming the step, when it
-#                                        failed, or after KUBETUNE_BUILD_LIMIT seconds (default 2700)
+#   tests/cluster/build.sh --wait [s3|tools] wait for a background build (or only its stage s3,
+#                                        the S3 server, or tools, helm + kubeconform); fail at once,
+#                                        naming the step, when it failed, or after
+#                                        KUBETUNE_BUILD_LIMIT seconds (default 2700)
 #   tests/cluster/build.sh status        print building | failed <step> | done | absent (exit 0)
 #   tests/cluster/build.sh bin-dir       print the bin directory (whether or not it is built)
+#   tests/cluster/build.sh s3-bin        print the S3 server binary's path (whether or not it is built)
 #   tests/cluster/build.sh gen-mod       regenerate k8s/go.mod (+go.sum) and etcd/go.mod from versions.env
 #
 # Environment: KUBETUNE_CACHE (default $HOME/.cache/kubetune), KUBETUNE_BUILD_JOBS (go build -p,
@@ -25,8 +28,9 @@ if [[ -z "$GO" && -x /usr/local/go/bin/go ]]; then GO=/usr/local/go/bin/go; fi
 cache_key() {
   # Human-readable versions plus a short hash of everything that determines the binaries.
   local h
-  # Prometheus and KubeRay lines are left out: fetched, not built, into their own directories.
-  h="$(cat <(grep -viE 'prometheus|kuberay' "$HERE/versions.env") \
+  # Prometheus and KubeRay lines are left out: fetched, not built, into their own directories;
+  # so is the S3 server's: built into its own directory (S3_DIR).
+  h="$(cat <(grep -viE 'prometheus|kuberay|versitygw' "$HERE/versions.env") \
         "$HERE/k8s/go.mod" "$HERE/k8s/go.sum" "$HERE/k8s/main.go" \
         "$HERE/etcd/go.mod" "$HERE/etcd/go.sum" "$HERE/etcd/main.go" |
         sha256sum | cut -c1-10)"
@@ -42,11 +46,21 @@ FAILED="$DEST/build.failed"           # written by a failed build: the step it f
 STEP_FILE="$DEST/build.step"
 LOCK="$CACHE_ROOT/.build.lock"
 TOOLS=(kube-multi kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok kwokctl helm kubeconform)
+S3_DIR="${KUBETUNE_CACHE:-$HOME/.cache/kubetune}/s3/versitygw-${VERSITYGW_VERSION}"
+S3_STAMP="$S3_DIR/.complete"
 
-up_to_date() {
+cluster_up_to_date() {
   [[ -f "$STAMP" ]] || return 1
   local t
   for t in "${TOOLS[@]}"; do [[ -x "$BIN/$t" ]] || return 1; done
+}
+
+s3_up_to_date() {
+  [[ -f "$S3_STAMP" && -x "$S3_DIR/versitygw" ]]
+}
+
+up_to_date() {
+  cluster_up_to_date && s3_up_to_date
 }
 
 need_go() {
@@ -121,9 +135,26 @@ build() {
   local strip="-s -w"
   local t0=$SECONDS
   mkdir -p "$BIN"
-  rm -f "$STAMP" "$FAILED"
+  rm -f "$FAILED"
   # A failing step leaves its name behind for --wait and the test runner to report.
   trap 'echo "$(cat "$STEP_FILE" 2>/dev/null || echo setup)" >"$FAILED"' ERR
+
+  # Stage 0, what the trainer tier needs (the S3 server; ~1-3 min cold): first, so that tier
+  # waits least. Its own directory, so a version bump does not rebuild the control plane.
+  if ! s3_up_to_date; then
+    echo "build.sh: versitygw ${VERSITYGW_VERSION} (go install -p $jobs)"
+    mkdir -p "$S3_DIR"
+    timed versitygw env GOBIN="$S3_DIR" "$GO" install "${flags[@]}" -ldflags "$strip" \
+        "github.com/versity/versitygw/cmd/versitygw@${VERSITYGW_VERSION}"
+    date -u +%FT%TZ >"$S3_STAMP"
+  fi
+  if cluster_up_to_date; then
+    trap - ERR
+    rm -f "$STEP_FILE"
+    echo "build.sh: done in $((SECONDS - t0))s -> $S3_DIR"
+    return 0
+  fi
+  rm -f "$STAMP"
 
   # Stage 1, what the unit tier needs (seconds to a few minutes): helm and kubeconform.
   local helm_major="${HELM_VERSION%%.*}"
@@ -218,6 +249,7 @@ wait_for() {
   started="$(stat -c %Y "$DEST/build.pid" 2>/dev/null || date +%s)"
   while true; do
     if [[ "$stage" == tools ]] && tools_up_to_date; then echo "build.sh: tools ready: $BIN"; return 0; fi
+    if [[ "$stage" == s3 ]] && s3_up_to_date; then echo "build.sh: S3 server ready: $S3_DIR"; return 0; fi
     state="$(status)"
     case "$state" in
       done) echo "build.sh: up to date: $BIN"; return 0 ;;
@@ -260,8 +292,9 @@ main() {
     --wait) wait_for "${2:-all}" ;;
     status) status ;;
     bin-dir) echo "$BIN" ;;
+    s3-bin) echo "$S3_DIR/versitygw" ;;
     gen-mod) gen_mod ;;
-    *) sed -n '2,16p' "$0" >&2; exit 2 ;;
+    *) sed -n '2,18p' "$0" >&2; exit 2 ;;
   esac
 }
 

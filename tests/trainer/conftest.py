@@ -1,4 +1,4 @@
-"""Shared fixtures of the trainer tier: its own cache, a local S3 server."""
+"""Shared fixtures of the trainer tier: its own cache, a real S3 server on loopback."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.storage.s3_server import S3Server, ServerUnavailable, server_binary
+from tests.storage.s3_server import start as start_s3_server
 
 # The Hub is never contacted from tests (set before huggingface_hub is imported).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -18,7 +21,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 # Modules whose runs start local Ray clusters share one xdist group (one worker): two Ray
 # clusters at once would fight over both cores and time out each other's waits.
-RAY_MODULES = frozenset({"test_recipes.py", "test_distributed.py", "test_exit_codes.py"})
+RAY_MODULES = frozenset(
+    {"test_recipes.py", "test_distributed.py", "test_exit_codes.py", "test_ray_s3_resume.py"}
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -49,28 +54,38 @@ def kubetune_cache(kubetune_cache_dir: Path) -> Iterator[Path]:
         os.environ["KUBETUNE_CACHE"] = old
 
 
-@pytest.fixture(scope="session")
-def s3_server() -> Iterator[str]:
-    """A real S3-compatible HTTP server (moto's standalone server) on a free loopback port."""
-    from moto.server import ThreadedMotoServer
+@pytest.fixture(scope="session", autouse=True)
+def real_kubetune_cache() -> str | None:
+    """KUBETUNE_CACHE as the session found it (the module fixture above points it elsewhere),
+    where the build keeps the S3 server."""
+    return os.environ.get("KUBETUNE_CACHE")
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
+
+@pytest.fixture(scope="session")
+def s3_server(
+    real_kubetune_cache: str | None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[S3Server]:
+    """A real S3-compatible server (versitygw, tests/storage/s3_server.py) on a free loopback
+    port, for the whole session."""
+    try:
+        binary = server_binary(real_kubetune_cache)
+        server = start_s3_server(binary, tmp_path_factory.mktemp("s3-server"))
+    except ServerUnavailable as err:
+        if os.environ.get("KUBETUNE_REQUIRE_E2E") == "1":
+            pytest.fail(f"{err} [KUBETUNE_REQUIRE_E2E=1]", pytrace=False)
+        pytest.skip(str(err))
+    yield server
     server.stop()
 
 
 @pytest.fixture
-def s3_env(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Point boto3 at the local server, with throwaway credentials."""
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Point boto3, pyarrow and Ray at the local server, with its credentials."""
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
         monkeypatch.delenv(name, raising=False)
-    return s3_server
+    return s3_server.endpoint
 
 
 UploadDir = Callable[[str, str, Path], list[str]]

@@ -189,7 +189,7 @@ def test_sigterm_then_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
     assert first.wait(timeout=300) == EXIT_PREEMPTED
     stopped_at = json.loads((run_dir(cut) / "progress.json").read_text())["step"]
     assert 2 <= stopped_at < 6
-    checkpoint = run_dir(cut) / "checkpoints" / f"step-{stopped_at:08d}"
+    checkpoint = run_dir(cut) / "checkpoints" / f"step-{stopped_at:08d}-a1"
     saved = json.loads((checkpoint / "ppo_state.json").read_text())
     assert saved["step"] == stopped_at
     assert saved["kl_controller"]["value"] != RESUME_PPO["klCoef"]  # the controller had moved

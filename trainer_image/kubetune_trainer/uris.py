@@ -101,12 +101,16 @@ def split_s3(uri: str) -> tuple[str, str]:
     return bucket, prefix.strip("/")
 
 
+def s3_endpoint() -> str | None:
+    """``AWS_ENDPOINT_URL_S3``, else ``AWS_ENDPOINT_URL``: an S3-compatible server's URL."""
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
 def s3_client():
     """A boto3 S3 client that honours ``AWS_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL_S3``."""
     import boto3
 
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    return boto3.client("s3", endpoint_url=endpoint or None)
+    return boto3.client("s3", endpoint_url=s3_endpoint())
 
 
 @contextlib.contextmanager
@@ -138,8 +142,8 @@ def s3_cache_dir(uri: str) -> Path:
 def upload_dir(local: Path, uri: str) -> list[str]:
     """Upload every file under ``local`` to ``s3://BUCKET/PREFIX/<relative path>``; the keys.
 
-    Used for the final model of a run whose storage is S3 (checkpoints go through Ray's
-    storage). Files are uploaded in sorted order with the marker-free layout fetch_s3 reads."""
+    Used for the final model of a run whose storage is S3 and for export artifacts. Files are
+    uploaded in sorted order with the marker-free layout fetch_s3 reads."""
     bucket, prefix = split_s3(uri)
     client = s3_client()
     keys = []

@@ -42,7 +42,7 @@ from kubetune_trainer.export.manifest import MANIFEST, Artifact, Manifest
 from kubetune_trainer.export.verification import Verification
 from kubetune_trainer.plan import Plan
 from kubetune_trainer.reporting.kube_status import KubernetesReporter, ReportError
-from kubetune_trainer.training.checkpoints import CheckpointStore
+from kubetune_trainer.training.checkpoint_store import open_store
 from kubetune_trainer.uris import fetch_s3, local_storage, upload_dir
 
 log = logging.getLogger("kubetune.export")
@@ -64,10 +64,10 @@ def trained_model_dir(plan: Plan) -> Path:
 
 
 def latest_checkpoint(plan: Plan) -> dict[str, Any] | None:
+    """The run's newest complete checkpoint, for provenance (local, PVC or S3 storage)."""
     root = local_storage(plan.storage.root)
-    if root is None:
-        return None
-    latest = CheckpointStore(root / plan.storage.run_name).latest()
+    base = str(root) if root is not None else plan.storage.root.rstrip("/")
+    latest = open_store(f"{base}/{plan.storage.run_name}").latest()
     return None if latest is None else {"step": latest.step, "attempt": latest.attempt}
 
 
@@ -110,6 +110,12 @@ def publish(work: Path, export_uri: str) -> None:
     """Move the verified artifacts (and the manifest, last) into the export location."""
     target = local_storage(export_uri)
     if target is None:
+        # An object store has no rename: the manifest, uploaded last, is what makes an export
+        # complete, so a previous export's manifest goes first (docs/checkpoints.md).
+        from kubetune_trainer.uris import s3_client, split_s3
+
+        bucket, prefix = split_s3(export_uri)
+        s3_client().delete_object(Bucket=bucket, Key="/".join(filter(None, [prefix, MANIFEST])))
         manifest_dir = Path(tempfile.mkdtemp(prefix="kubetune-manifest-"))
         (work / MANIFEST).replace(manifest_dir / MANIFEST)
         upload_dir(work, export_uri)

@@ -2,23 +2,26 @@
 single-process and the Ray path)::
 
     <storage.root>/<namespace>/<job>/           the run directory (stable across attempts)
-        attempts/ checkpoints/                  kubetune_trainer.training.checkpoints
+        attempts/ checkpoints/                  the checkpoint store (docs/checkpoints.md)
         staging/attempt-<N>/                    HF Trainer's checkpoints before they are published
         history.jsonl                           every logged step
         result-attempt-<N>.json                 the outcome of a single-process attempt
     <storage.output_dir>                        the final model
 
-On S3 storage the staging and output directories are node-local temporary directories; the
-output is uploaded after success (:func:`publish_output`) and Ray Train stores the checkpoints.
+On S3 storage the run directory is the prefix ``<storage.root>/<namespace>/<job>/`` (attempts/
+and checkpoints/ only); staging and output are node-local temporary directories, and the output
+is uploaded after success (:func:`publish_output`).
 """
 
 from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from kubetune_trainer.plan import Plan
 from kubetune_trainer.recipes.common import RecipeResult
+from kubetune_trainer.training.checkpoint_store import open_store
 from kubetune_trainer.uris import local_storage
 
 
@@ -26,6 +29,20 @@ def run_dir_of(plan: Plan) -> Path | None:
     """The run directory on local or PVC storage; None on S3 storage."""
     root = local_storage(plan.storage.root)
     return None if root is None else root / plan.storage.run_name
+
+
+def run_location(plan: Plan) -> str:
+    """The run directory, or its ``s3://`` prefix on S3 storage."""
+    run_dir = run_dir_of(plan)
+    if run_dir is not None:
+        return str(run_dir)
+    return f"{plan.storage.root.rstrip('/')}/{plan.storage.run_name}"
+
+
+def checkpoint_store(plan: Plan) -> Any:
+    """The run's checkpoint store, on its filesystem or its object store: the one source of
+    truth for where an attempt resumes, in single-process and Ray modes alike."""
+    return open_store(run_location(plan), plan.recipe.checkpoint.keep_last)
 
 
 def staging_dir(plan: Plan) -> Path:
@@ -66,7 +83,10 @@ def publish_output(plan: Plan, result: RecipeResult) -> None:
 
 def ray_storage(plan: Plan) -> tuple[str, str]:
     """(storage_path, name) for Ray's RunConfig: the run directory split so Ray's layout
-    matches the single-process one (<root>/<namespace>/<job>)."""
+    matches the single-process one (<root>/<namespace>/<job>). Ray keeps only its own run
+    state there; checkpoints go through the run's checkpoint store. On S3, Ray's pyarrow
+    filesystem reaches the server boto3 reaches: pyarrow reads ``AWS_ENDPOINT_URL_S3`` /
+    ``AWS_ENDPOINT_URL`` itself."""
     root = local_storage(plan.storage.root)
     base = str(root) if root is not None else plan.storage.root.rstrip("/")
     namespace, name = plan.storage.run_name.split("/", 1)

@@ -1,9 +1,10 @@
-"""Ray Train (V2) path: one TorchTrainer worker per device, checkpoints through Ray's storage.
+"""Ray Train (V2) path: one TorchTrainer worker per device.
 
-Resume is V2's: the run is started again with the same RunConfig(name, storage_path) and each
-worker finds the latest registered checkpoint with ray.train.get_checkpoint(). Ray's stock
-report callback is not used: every rank would upload its own copy (STACK.md), so after each
-save the ranks meet at a barrier and rank 0 alone reports the checkpoint.
+Checkpoints go through the run's checkpoint store, exactly as in the single-process path: rank
+0 registers the attempt and chooses the resume point, every rank reads it from the store (a
+node-local copy on S3), and after each save the ranks meet at a barrier and rank 0 alone
+publishes (docs/checkpoints.md). Ray Train's own checkpoint registry is not used: workers report
+metrics only, so Ray never holds a checkpoint that could contradict the store.
 """
 
 from __future__ import annotations
@@ -11,27 +12,29 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import signal
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 from kubetune_trainer.errors import UserError
-from kubetune_trainer.exit_codes import EXIT_OK, EXIT_PREEMPTED
+from kubetune_trainer.exit_codes import EXIT_OK, EXIT_PREEMPTED, EXIT_STALE_ATTEMPT
 from kubetune_trainer.plan import Plan
 from kubetune_trainer.recipes import recipe_for
 from kubetune_trainer.runtime.context import run_context
-from kubetune_trainer.runtime.layout import publish_output, ray_storage, run_dir_of
-from kubetune_trainer.training.checkpoints import MANIFEST, CheckpointStore
+from kubetune_trainer.runtime.layout import (
+    checkpoint_store,
+    publish_output,
+    ray_storage,
+)
+from kubetune_trainer.runtime.single import log_resume_point
+from kubetune_trainer.training.checkpoints import StaleAttempt
 
 log = logging.getLogger("kubetune.trainer")
 
 
 def run_on_ray(plan: Plan, *, local_run: bool) -> int:
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
@@ -59,7 +62,6 @@ def run_on_ray(plan: Plan, *, local_run: bool) -> int:
             name=name,
             storage_path=storage_path,
             failure_config=FailureConfig(max_failures=scaling.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=plan.recipe.checkpoint.keep_last),
         ),
     )
     stop_flag = _define_stop_flag().options(name=stop_flag_name(plan)).remote()
@@ -76,6 +78,8 @@ def run_on_ray(plan: Plan, *, local_run: bool) -> int:
         ray.kill(stop_flag)
     outcome = result.return_value or {}
     log.info("event=ray_finished outcome=%s", json.dumps(outcome))
+    if outcome.get("stale"):
+        return EXIT_STALE_ATTEMPT
     return EXIT_PREEMPTED if outcome.get("preempted") else EXIT_OK
 
 
@@ -131,46 +135,39 @@ def _worker(config: dict[str, Any]) -> dict[str, Any]:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    storage_path, name = ray_storage(plan)
+    distributed = dist.is_available() and dist.is_initialized()
+    store = checkpoint_store(plan)
 
-    fence = None
-    run_dir = run_dir_of(plan)
-    if run_dir is not None:
-        fence = CheckpointStore(run_dir)
-        if rank == 0:
-            fence.register_attempt(plan.attempt)
+    # Rank 0 alone registers the attempt and chooses the resume point; the others take its word.
+    decision: list[Any] = [None]
+    if rank == 0:
+        try:
+            base = store.register_attempt(plan.attempt)
+            log_resume_point(plan, base)
+            decision = [{"base": base.name if base else None}]
+        except StaleAttempt as err:
+            log.error("event=stale_attempt message=%s", err)
+            decision = [{"stale": str(err)}]
+    if distributed:
+        dist.broadcast_object_list(decision, src=0)
+    if "stale" in decision[0]:
+        return {"stale": True, "finalStep": 0, "preempted": False, "metrics": {}}
+    base_name = decision[0]["base"]
+    resume_from = store.local_copy(store.checkpoint(base_name)) if base_name else None
 
     stop_flag = ray.get_actor(stop_flag_name(plan))
 
     def stop_requested() -> bool:
         return bool(ray.get(stop_flag.is_requested.remote(), timeout=30))
 
-    resume_from = None
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        # A node-local copy: HF Trainer resumes from a directory.
-        resume_from = Path(tempfile.mkdtemp(prefix="kubetune-resume-"))
-        checkpoint.to_directory(str(resume_from))
-
     def publish(path: Path, step: int, logs: dict[str, float]) -> str | None:
-        if dist.is_available() and dist.is_initialized():
-            dist.barrier()
-        metrics = {"step": step, **logs}
-        if rank != 0:
-            ray.train.report(metrics, checkpoint=None)
-            return None
-        if fence is not None:
-            fence.check_attempt(plan.attempt)
-        manifest = {"step": step, "attempt": plan.attempt, "time": time.time()}
-        (path / MANIFEST).write_text(json.dumps(manifest))
-        dir_name = f"checkpoint-{step:08d}"
-        ray.train.report(
-            metrics,
-            checkpoint=ray.train.Checkpoint.from_directory(str(path)),
-            checkpoint_dir_name=dir_name,
-        )
-        shutil.rmtree(path, ignore_errors=True)
-        return f"{storage_path}/{name}/{dir_name}"
+        if distributed:
+            dist.barrier()  # every rank's files of this checkpoint are written
+        location = None
+        if rank == 0:
+            location = store.publish(path, step, plan.attempt).location
+        ray.train.report({"step": step, **logs})
+        return location
 
     ctx = run_context(
         plan,
@@ -184,8 +181,6 @@ def _worker(config: dict[str, Any]) -> dict[str, Any]:
     result = recipe_for(plan.recipe.method)(ctx)
     if rank == 0:
         publish_output(plan, result)
-    if resume_from is not None:
-        shutil.rmtree(resume_from, ignore_errors=True)
     return {
         "finalStep": result.final_step,
         "preempted": result.preempted,

@@ -1,5 +1,5 @@
-"""The single-process path: one worker on local or PVC storage (the fastest start). Checkpoints
-go through kubetune's own attempt-fenced store (kubetune_trainer.training.checkpoints)."""
+"""The single-process path: one worker on local or PVC storage (the fastest start). The run's
+checkpoint store (docs/checkpoints.md) says where the attempt resumes and takes every save."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from kubetune_trainer.exit_codes import EXIT_OK, EXIT_PREEMPTED
+from kubetune_trainer.exit_codes import EXIT_OK, EXIT_PREEMPTED, EXIT_STALE_ATTEMPT
 from kubetune_trainer.plan import Plan
 from kubetune_trainer.recipes import recipe_for
 from kubetune_trainer.recipes.common import RecipeResult
 from kubetune_trainer.runtime.context import run_context
-from kubetune_trainer.runtime.layout import run_dir_of
-from kubetune_trainer.training.checkpoints import CheckpointStore
+from kubetune_trainer.runtime.layout import checkpoint_store, run_dir_of
+from kubetune_trainer.training.checkpoints import Checkpoint, StaleAttempt
 
 log = logging.getLogger("kubetune.trainer")
 
@@ -24,17 +24,21 @@ log = logging.getLogger("kubetune.trainer")
 def run_single(plan: Plan, *, local_run: bool) -> int:
     run_dir = run_dir_of(plan)
     assert run_dir is not None, "single-process runs need local or pvc storage"
-    store = CheckpointStore(run_dir, keep_last=plan.recipe.checkpoint.keep_last)
-    store.register_attempt(plan.attempt)
-    latest = store.latest()
+    store = checkpoint_store(plan)
+    try:
+        base = store.register_attempt(plan.attempt)
+    except StaleAttempt as err:
+        log.error("event=stale_attempt message=%s", err)
+        return EXIT_STALE_ATTEMPT
+    log_resume_point(plan, base)
 
     def publish(path: Path, step: int, logs: dict[str, float]) -> str:
-        return str(store.publish(path, step, plan.attempt).path)
+        return store.publish(path, step, plan.attempt).location
 
     ctx = run_context(
         plan,
         publish=publish,
-        resume_from=latest.path if latest else None,
+        resume_from=store.local_copy(base) if base else None,
         local_run=local_run,
     )
     shutil.rmtree(ctx.staging_dir, ignore_errors=True)
@@ -42,6 +46,19 @@ def run_single(plan: Plan, *, local_run: bool) -> int:
     write_result(run_dir, plan, result)
     shutil.rmtree(ctx.staging_dir, ignore_errors=True)
     return EXIT_PREEMPTED if result.preempted else EXIT_OK
+
+
+def log_resume_point(plan: Plan, base: Checkpoint | None) -> None:
+    if base is None:
+        log.info("event=resume_point attempt=%d checkpoint=none", plan.attempt)
+        return
+    log.info(
+        "event=resume_point attempt=%d checkpoint=%s step=%d from=%s",
+        plan.attempt,
+        base.name,
+        base.step,
+        base.adopted_from or base.name,
+    )
 
 
 def write_result(run_dir: Path, plan: Plan, result: RecipeResult) -> None:

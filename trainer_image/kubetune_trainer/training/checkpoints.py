@@ -1,36 +1,43 @@
-"""Atomic, attempt-fenced checkpoints on a filesystem (local disk or a mounted PVC).
+"""The checkpoint protocol (docs/checkpoints.md): names, manifests, lineage and pruning
+decisions, shared by the filesystem store (checkpoint_fs) and the object store (checkpoint_s3);
+checkpoint_store opens either.
 
-Layout under ``<root>/<run>/``::
+Everything here is pure except the hashing of a file; the stores do the I/O.
 
-    attempts/<N>                 one empty file per attempt that ever started
-    checkpoints/step-00000120/   a complete checkpoint (HF Trainer files + kubetune.json)
-    checkpoints/.incoming-...    a checkpoint being written; never read
-
-A checkpoint becomes visible by one ``rename`` after its files and its manifest are written, so
-a reader never sees half of one. The manifest lists every file with its size and completeness is
-re-checked when listing, so a checkpoint damaged later (a truncated file) is skipped rather than
-resumed from. An attempt that finds a newer attempt registered refuses to publish: a stale pod
-left behind by a partition can never replace the newer attempt's checkpoints.
-
-Under Ray Train the checkpoints go through Ray's own storage instead (see
-kubetune_trainer.runtime.ray_train); this store serves the single-process path.
+A checkpoint is ``checkpoints/step-<step:08d>-a<attempt>``: names carry the step and the
+attempt that wrote it, so no two attempts ever write the same name. The manifest
+``kubetune.json`` is its last file: every other file with its size and SHA-256. The lineage is
+the checkpoints of the newest attempt that wrote a record in ``attempts/``; a new attempt first
+makes its base checkpoint its own (a copy under its own name), then writes its record, so a
+stale attempt can neither hide, replace nor outrank what a newer one wrote.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
 import re
-import shutil
+import secrets
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
 from kubetune_trainer.errors import UserError
 from kubetune_trainer.exit_codes import EXIT_STALE_ATTEMPT
 
 MANIFEST = "kubetune.json"
-_STEP_DIR = re.compile(r"^step-(\d{8})$")
+MANIFEST_FORMAT = "kubetune.io/checkpoint/v2"
+
+_NAME = re.compile(r"^step-(\d{8})-a(\d+)$")
+_LEFTOVER = re.compile(r"^\.(incoming|deleting)-step-(\d{8})-a(\d+)-[0-9a-f]+$")
+
+Hook = Callable[[str], None]
+"""Called by a store at each point of its protocol with the point's name (tests kill or pause
+the writer there); the default does nothing."""
+
+State = Literal["complete", "stale attempt", "partial", "corrupt", "incoming"]
 
 
 class StaleAttempt(UserError):
@@ -39,133 +46,223 @@ class StaleAttempt(UserError):
     exit_code = EXIT_STALE_ATTEMPT
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read back as its manifest says (missing or damaged files)."""
+
+
+def no_hook(point: str) -> None:
+    return None
+
+
+# ------------------------------------------------------------------------------------ names
+
+
+def checkpoint_name(step: int, attempt: int) -> str:
+    return f"step-{step:08d}-a{attempt}"
+
+
+def parse_name(name: str) -> tuple[int, int] | None:
+    """(step, attempt) of a checkpoint name; None for anything else."""
+    match = _NAME.match(name)
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def leftover_name(kind: Literal["incoming", "deleting"], checkpoint: str) -> str:
+    """A hidden, unique name for a checkpoint being written or deleted (filesystem only)."""
+    return f".{kind}-{checkpoint}-{secrets.token_hex(4)}"
+
+
+def parse_leftover(name: str) -> tuple[str, int, int] | None:
+    """(kind, step, attempt) of an ``.incoming-``/``.deleting-`` name; None otherwise."""
+    match = _LEFTOVER.match(name)
+    if not match:
+        return None
+    return match.group(1), int(match.group(2)), int(match.group(3))
+
+
+# ------------------------------------------------------------------------------- manifests
+
+
 @dataclass(frozen=True)
-class CheckpointInfo:
-    path: Path
+class FileEntry:
+    bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint with a manifest. ``location``: its directory, or its ``s3://`` prefix."""
+
+    name: str
     step: int
     attempt: int
     time: float
+    location: str
+    files: dict[str, FileEntry]
+    adopted_from: str | None = None
+
+    @property
+    def path(self) -> Path:
+        """The directory (filesystem stores only)."""
+        return Path(self.location)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.bytes for f in self.files.values())
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+def manifest_json(
+    step: int, attempt: int, files: dict[str, FileEntry], adopted_from: str | None = None
+) -> bytes:
+    document = {
+        "format": MANIFEST_FORMAT,
+        "step": step,
+        "attempt": attempt,
+        "time": time.time(),
+        "adoptedFrom": adopted_from,
+        "files": {
+            name: {"bytes": entry.bytes, "sha256": entry.sha256}
+            for name, entry in sorted(files.items())
+        },
+    }
+    return json.dumps(document, indent=1).encode()
+
+
+def parse_manifest(name: str, location: str, data: bytes) -> Checkpoint:
+    """The checkpoint a manifest describes; ValueError when it is not one for ``name``."""
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-class CheckpointStore:
-    def __init__(self, run_dir: Path | str, keep_last: int = 2) -> None:
-        self.run_dir = Path(run_dir)
-        self.keep_last = keep_last
-        self.checkpoints_dir = self.run_dir / "checkpoints"
-        self.attempts_dir = self.run_dir / "attempts"
-
-    # ---------------------------------------------------------------- attempts
-
-    def register_attempt(self, attempt: int) -> None:
-        """Record that this attempt started; fails when a newer one already did."""
-        self.attempts_dir.mkdir(parents=True, exist_ok=True)
-        (self.attempts_dir / str(attempt)).touch()
-        self.check_attempt(attempt)
-
-    def latest_attempt(self) -> int:
-        if not self.attempts_dir.is_dir():
-            return 0
-        return max(
-            (int(p.name) for p in self.attempts_dir.iterdir() if p.name.isdigit()), default=0
-        )
-
-    def check_attempt(self, attempt: int) -> None:
-        newest = self.latest_attempt()
-        if newest > attempt:
-            raise StaleAttempt(
-                f"attempt {attempt} is stale: attempt {newest} of this run has started; "
-                "not writing checkpoints"
-            )
-
-    # ---------------------------------------------------------------- writing
-
-    def publish(
-        self, source: Path, step: int, attempt: int, *, move: bool = True
-    ) -> CheckpointInfo:
-        """Make the checkpoint in `source` the complete checkpoint for `step`."""
-        self.check_attempt(attempt)
-        self.checkpoints_dir.mkdir(parents=True, exist_ok=True)
-        incoming = self.checkpoints_dir / f".incoming-step-{step:08d}-a{attempt}-{os.getpid()}"
-        if incoming.exists():
-            shutil.rmtree(incoming)
-        if move:
-            shutil.move(str(source), incoming)
-        else:
-            shutil.copytree(source, incoming)
+        document = json.loads(data)
         files = {
-            str(p.relative_to(incoming)): p.stat().st_size
-            for p in sorted(incoming.rglob("*"))
-            if p.is_file()
+            str(rel): FileEntry(int(entry["bytes"]), str(entry["sha256"]))
+            for rel, entry in document["files"].items()
         }
-        created = time.time()
-        manifest = {"step": step, "attempt": attempt, "time": created, "files": files}
-        with open(incoming / MANIFEST, "w") as out:
-            json.dump(manifest, out, indent=1)
-            out.flush()
-            os.fsync(out.fileno())
-        _fsync_dir(incoming)
-        final = self.checkpoints_dir / f"step-{step:08d}"
-        self.check_attempt(attempt)
-        if final.exists():
-            # Same step written again (a resumed attempt re-saving): replace it in two renames.
-            retired = self.checkpoints_dir / f".retired-{final.name}-{os.getpid()}"
-            final.rename(retired)
-            incoming.rename(final)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            incoming.rename(final)
-        _fsync_dir(self.checkpoints_dir)
-        self.prune()
-        return CheckpointInfo(final, step, attempt, created)
-
-    def prune(self) -> None:
-        """Delete complete checkpoints beyond keep_last, and leftovers of interrupted writes by
-        attempts that are no longer current."""
-        for old in self.complete()[: -self.keep_last]:
-            shutil.rmtree(old.path, ignore_errors=True)
-        current = self.latest_attempt()
-        for leftover in self.checkpoints_dir.glob(".incoming-*"):
-            match = re.search(r"-a(\d+)-", leftover.name)
-            if match and int(match.group(1)) < current:
-                shutil.rmtree(leftover, ignore_errors=True)
-
-    # ---------------------------------------------------------------- reading
-
-    def complete(self) -> list[CheckpointInfo]:
-        """Complete checkpoints, oldest first (by step)."""
-        if not self.checkpoints_dir.is_dir():
-            return []
-        found = []
-        for path in self.checkpoints_dir.iterdir():
-            if not _STEP_DIR.match(path.name):
-                continue
-            info = read_checkpoint(path)
-            if info is not None:
-                found.append(info)
-        return sorted(found, key=lambda c: c.step)
-
-    def latest(self) -> CheckpointInfo | None:
-        done = self.complete()
-        return done[-1] if done else None
-
-
-def read_checkpoint(path: Path) -> CheckpointInfo | None:
-    """The checkpoint at path if its manifest exists and every listed file has its size."""
-    try:
-        manifest = json.loads((path / MANIFEST).read_text())
-        for name, size in manifest["files"].items():
-            if (path / name).stat().st_size != size:
-                return None
-        return CheckpointInfo(
-            path, int(manifest["step"]), int(manifest["attempt"]), manifest["time"]
+        checkpoint = Checkpoint(
+            name=name,
+            step=int(document["step"]),
+            attempt=int(document["attempt"]),
+            time=float(document["time"]),
+            location=location,
+            files=files,
+            adopted_from=document.get("adoptedFrom"),
         )
-    except (OSError, ValueError, KeyError):
-        return None
+    except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{name}: not a checkpoint manifest ({err})") from None
+    if parse_name(name) != (checkpoint.step, checkpoint.attempt):
+        raise ValueError(f"{name}: manifest says step {checkpoint.step} a{checkpoint.attempt}")
+    if any(rel == MANIFEST or ".." in Path(rel).parts for rel in files):
+        raise ValueError(f"{name}: manifest lists a forbidden path")
+    return checkpoint
+
+
+def size_problems(checkpoint: Checkpoint, sizes: dict[str, int]) -> list[str]:
+    """What is missing or of another size, given the sizes of the files that exist."""
+    problems = []
+    for rel, entry in sorted(checkpoint.files.items()):
+        if rel not in sizes:
+            problems.append(f"{rel}: missing")
+        elif sizes[rel] != entry.bytes:
+            problems.append(f"{rel}: {sizes[rel]} bytes, manifest says {entry.bytes}")
+    return problems
+
+
+def sha256_file(path: Path, *, on_block: Callable[[], None] | None = None) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+            if on_block is not None:
+                on_block()
+    return digest.hexdigest()
+
+
+def hash_problems(checkpoint: Checkpoint, root: Path) -> list[str]:
+    """Files under ``root`` whose bytes are not the manifest's (size, then SHA-256)."""
+    problems = []
+    for rel, entry in sorted(checkpoint.files.items()):
+        path = root / rel
+        try:
+            size = path.stat().st_size
+        except OSError:
+            problems.append(f"{rel}: missing")
+            continue
+        if size != entry.bytes:
+            problems.append(f"{rel}: {size} bytes, manifest says {entry.bytes}")
+        elif sha256_file(path) != entry.sha256:
+            problems.append(f"{rel}: SHA-256 differs from the manifest")
+    return problems
+
+
+# ---------------------------------------------------------------------- attempt records
+
+
+def record_json(attempt: int, base: str | None) -> bytes:
+    return json.dumps({"attempt": attempt, "base": base, "time": time.time()}).encode()
+
+
+def lineage_attempt(recorded: Iterable[int]) -> int | None:
+    """The attempt whose checkpoints are the lineage: the newest with a record."""
+    return max(recorded, default=None)
+
+
+# ------------------------------------------------------------------------------- decisions
+
+
+@dataclass(frozen=True)
+class Listed:
+    """One name under ``checkpoints/`` as a store sees it without hashing."""
+
+    name: str
+    step: int
+    attempt: int
+    checkpoint: Checkpoint | None
+    """Parsed manifest, None when it is missing or unreadable."""
+    problems: list[str] = field(default_factory=list)
+    """Missing files or wrong sizes (empty for a complete checkpoint)."""
+    leftover: str | None = None
+    """'incoming' or 'deleting' for a filesystem store's hidden directories."""
+
+    @property
+    def complete(self) -> bool:
+        return self.leftover is None and self.checkpoint is not None and not self.problems
+
+
+def state_of(entry: Listed, lineage: int | None, corrupt: bool = False) -> State:
+    if entry.leftover is not None or entry.checkpoint is None:
+        return "incoming"
+    if entry.problems:
+        return "partial"
+    if corrupt:
+        return "corrupt"
+    return "complete" if entry.attempt == lineage else "stale attempt"
+
+
+def resume_candidates(entries: Iterable[Listed], lineage: int | None) -> list[Checkpoint]:
+    """Complete checkpoints of the lineage, newest first: the reader tries them in order."""
+    found = [e.checkpoint for e in entries if e.complete and e.attempt == lineage]
+    return sorted((c for c in found if c is not None), key=lambda c: c.step, reverse=True)
+
+
+def to_prune(entries: Iterable[Listed], attempt: int, keep_last: int) -> list[Listed]:
+    """What the writer of ``attempt`` deletes after a save returned (docs/checkpoints.md,
+    Pruning): its own complete checkpoints beyond the newest ``keep_last``, then anything of an
+    older attempt, leftovers included. Nothing of a newer attempt, ever."""
+    entries = list(entries)
+    own = sorted(
+        (e for e in entries if e.complete and e.attempt == attempt),
+        key=lambda e: e.step,
+        reverse=True,
+    )
+    doomed = own[max(keep_last, 1) :]
+    doomed += [e for e in entries if e.attempt < attempt]
+    doomed += [e for e in entries if e.leftover == "deleting" and e.attempt == attempt]
+    return doomed
+
+
+def own_leftovers(entries: Iterable[Listed], attempt: int) -> list[Listed]:
+    """Unfinished writes of this attempt's number: when the attempt (re)starts, the process
+    that left them is gone."""
+    return [e for e in entries if e.attempt == attempt and not e.complete]
+
+
+def describe(checkpoint: Checkpoint) -> dict[str, Any]:
+    return {"name": checkpoint.name, "step": checkpoint.step, "attempt": checkpoint.attempt}
