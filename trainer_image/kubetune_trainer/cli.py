@@ -10,8 +10,9 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from kubetune_trainer.exit_codes import EXIT_FAILED, EXIT_INVALID_PLAN
+from kubetune_trainer.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INVALID_PLAN
 from kubetune_trainer.plan import Plan
+from kubetune_trainer.reporting.logs import configure_logging
 
 log = logging.getLogger("kubetune.trainer")
 
@@ -39,9 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         help="train: the plan's method; export: the artifacts of a finished run (spec.export)",
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=os.environ.get("KUBETUNE_LOG_LEVEL", "INFO"), format="%(asctime)s %(message)s"
-    )
+    configure_logging()
     try:
         plan = read_plan(args.plan)
     except (OSError, ValidationError, ValueError) as err:
@@ -61,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return run_plan(plan, mode=args.mode, local_run=args.local)
+    except KeyboardInterrupt:
+        # A second Ctrl-C (the first one asks for a checkpoint): stop at once.
+        print("kubetune-train: interrupted again; stopped without saving", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except Exception:
         log.exception("event=failed job=%s/%s", plan.job.namespace, plan.job.name)
         return EXIT_FAILED

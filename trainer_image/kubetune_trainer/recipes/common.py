@@ -213,8 +213,6 @@ def train_and_save(trainer: Any, ctx: RunContext, preemption: PreemptionCallback
     model with its tokenizer to the output directory. With LoRA that is the adapters and a
     record of their base (see models.adapters); the export stage merges them."""
     resume = str(ctx.resume_from) if ctx.resume_from else None
-    if resume:
-        log.info("event=resume checkpoint=%s", resume)
     result = trainer.train(resume_from_checkpoint=resume)
     metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, int | float)}
     if preemption.preempted:

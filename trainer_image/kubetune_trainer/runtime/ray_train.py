@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import tempfile
 import time
 from pathlib import Path
@@ -21,14 +20,18 @@ from typing import Any
 from kubetune_trainer.exit_codes import EXIT_OK, EXIT_PREEMPTED
 from kubetune_trainer.plan import Plan
 from kubetune_trainer.recipes import recipe_for
+from kubetune_trainer.reporting.logs import configure_logging
 from kubetune_trainer.runtime.context import run_context
-from kubetune_trainer.runtime.layout import publish_output, ray_storage, run_dir_of
+from kubetune_trainer.runtime.layout import publish_output, ray_storage, run_dir_of, write_result
+from kubetune_trainer.runtime.signals import StopSignals
 from kubetune_trainer.training.checkpoints import MANIFEST, CheckpointStore
 
 log = logging.getLogger("kubetune.trainer")
 
 
-def run_on_ray(plan: Plan, *, local_run: bool) -> int:
+def run_on_ray(plan: Plan, *, local_run: bool, stop: StopSignals | None = None) -> int:
+    """Train on Ray Train workers. A stop request (``stop``: SIGTERM or Ctrl-C reached this
+    driver) is passed to the workers through a stop-flag actor they poll at every step."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -61,15 +64,32 @@ def run_on_ray(plan: Plan, *, local_run: bool) -> int:
             checkpoint_config=CheckpointConfig(num_to_keep=plan.recipe.checkpoint.keep_last),
         ),
     )
+    started = time.time()
     stop_flag = _define_stop_flag().options(name=stop_flag_name(plan)).remote()
-    previous = signal.signal(signal.SIGTERM, lambda *_: _request_stop(stop_flag))
+    if stop is not None:
+        stop.on_request = lambda: _request_stop(stop_flag)
+        if stop.requested():  # the signal came while Ray was starting
+            _request_stop(stop_flag)
     try:
         result = trainer.fit()
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if stop is not None:
+            stop.on_request = None
         ray.kill(stop_flag)
     outcome = result.return_value or {}
     log.info("event=ray_finished outcome=%s", json.dumps(outcome))
+    run_dir = run_dir_of(plan)
+    if run_dir is not None:
+        write_result(
+            run_dir,
+            plan,
+            final_step=outcome.get("finalStep", 0),
+            preempted=bool(outcome.get("preempted")),
+            metrics=outcome.get("metrics", {}),
+            output=plan.storage.output_dir if not outcome.get("preempted") else None,
+            resumed_from=outcome.get("resumedFrom"),
+            started=started,
+        )
     return EXIT_PREEMPTED if outcome.get("preempted") else EXIT_OK
 
 
@@ -82,7 +102,7 @@ def _define_stop_flag() -> Any:
 
     @ray.remote(num_cpus=0)
     class _StopFlag:
-        """Set by the driver on SIGTERM; polled by every worker at each step."""
+        """Set by the driver on a stop request; polled by every worker at each step."""
 
         def __init__(self) -> None:
             self.requested = False
@@ -97,7 +117,7 @@ def _define_stop_flag() -> Any:
 
 
 def _request_stop(flag: Any) -> None:
-    log.warning("event=sigterm action=ask-workers-to-save-and-stop")
+    log.info("event=stop_requested action=ask-workers-to-save-and-stop")
     flag.request.remote()
 
 
@@ -105,7 +125,7 @@ def _worker(config: dict[str, Any]) -> dict[str, Any]:
     import ray.train
     import torch.distributed as dist
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    configure_logging(fmt="%(message)s")
     plan = Plan.from_json(config["plan"])
     if not plan.scaling.use_gpu:
         # DeepSpeed picks its accelerator when first imported; a CPU plan must get the CPU one
@@ -128,11 +148,21 @@ def _worker(config: dict[str, Any]) -> dict[str, Any]:
         return bool(ray.get(stop_flag.is_requested.remote(), timeout=30))
 
     resume_from = None
+    resumed_step = None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         # A node-local copy: HF Trainer resumes from a directory.
         resume_from = Path(tempfile.mkdtemp(prefix="kubetune-resume-"))
         checkpoint.to_directory(str(resume_from))
+        resumed_step = json.loads((resume_from / MANIFEST).read_text())["step"]
+        if rank == 0:
+            log.info(
+                "event=resume job=%s step=%d attempt=%d checkpoint=%s",
+                plan.storage.run_name,
+                resumed_step,
+                plan.attempt,
+                checkpoint.path,
+            )
 
     def publish(path: Path, step: int, logs: dict[str, float]) -> str | None:
         if dist.is_available() and dist.is_initialized():
@@ -172,4 +202,5 @@ def _worker(config: dict[str, Any]) -> dict[str, Any]:
         "finalStep": result.final_step,
         "preempted": result.preempted,
         "metrics": result.metrics,
+        "resumedFrom": resumed_step,
     }

@@ -1,13 +1,11 @@
 """HF Trainer callbacks shared by every TRL-based recipe: progress, metrics, checkpoint
-publishing, time-based saves and SIGTERM handling."""
+publishing, time-based saves and stopping on request."""
 
 from __future__ import annotations
 
 import json
 import logging
 import math
-import signal
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -42,40 +40,27 @@ def any_rank(local: bool) -> bool:
 
 
 class PreemptionCallback(TrainerCallback):
-    """SIGTERM (pod eviction, preemption, node drain) → save at the next step boundary, then
-    stop. The runtime turns `preempted` into the documented exit code.
+    """A stop request (SIGTERM: pod eviction, preemption, node drain; Ctrl-C in a local run) →
+    save at the next step boundary, then stop. The runtime turns `preempted` into the
+    documented exit code.
 
-    Under Ray the signal reaches the driver, not the workers: `stop_requested` polls the
-    driver's stop flag. With several ranks the decision is all-reduced every step so that all
-    ranks save and stop at the same step (a rank stopping alone would hang the others).
+    The runtime owns the signals (kubetune_trainer.runtime.signals) and hands in
+    `stop_requested`: its own flag in a single process, the driver's stop flag under Ray (the
+    signal reaches the driver, not the workers). With several ranks the decision is all-reduced
+    every step so that all ranks save and stop at the same step (a rank stopping alone would
+    hang the others).
     """
 
     def __init__(self, stop_requested: Callable[[], bool] | None = None) -> None:
         self.preempted = False
         self.stop_requested = stop_requested
-        self._signalled = False
-        self._previous: Any = None
-
-    def _on_sigterm(self, signum: int, frame: Any) -> None:
-        log.warning("event=sigterm action=save-and-stop")
-        self._signalled = True
-
-    def on_train_begin(self, args, state, control, **kwargs) -> None:
-        # Ray Train runs the training function off the main thread, where signal handlers
-        # cannot be installed; there the driver's stop flag (stop_requested) carries SIGTERM.
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
 
     def on_step_end(self, args, state, control: TrainerControl, **kwargs) -> None:
-        local = self._signalled or bool(self.stop_requested and self.stop_requested())
+        local = bool(self.stop_requested and self.stop_requested())
         if any_rank(local):
             self.preempted = True
             control.should_save = True
             control.should_training_stop = True
-
-    def on_train_end(self, args, state, control, **kwargs) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
 
 
 class IntervalSaveCallback(TrainerCallback):
