@@ -11,6 +11,7 @@ from kubetune import __version__
 from kubetune.api import FineTuneJob, model_dependencies
 from kubetune.inference_cli import add_inference_commands
 from kubetune.planner import LOCAL_STORAGE, dependency_output, make_plan
+from kubetune.runs_cli import add_run_commands
 from kubetune.validation import job_key, load_jobs, pipeline_problems
 
 DEMO_PIPELINE = Path(__file__).with_name("demo") / "pipeline.yaml"
@@ -174,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     crd = commands.add_parser("crd", help="print the FineTuneJob CustomResourceDefinition")
     crd.set_defaults(func=cmd_crd)
     add_inference_commands(commands)
+    add_run_commands(commands)
     return parser
 
 

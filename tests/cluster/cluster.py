@@ -233,6 +233,20 @@ class Cluster:
             "apply", "--server-side", "--field-manager=kubetune-e2e", "-f", "-", *extra, input=text
         )
 
+    # -- pod logs ----------------------------------------------------------------------------
+
+    def simulate_logs(self, namespace: str, pod: str, log_file: Path, follow: bool = True) -> None:
+        """``kubectl logs`` of the pod (any container) reads ``log_file`` through kwok's log
+        simulation (its Logs resource); with ``follow``, lines appended later are streamed."""
+        self.apply(
+            {
+                "apiVersion": "kwok.x-k8s.io/v1alpha1",
+                "kind": "Logs",
+                "metadata": {"name": pod, "namespace": namespace},
+                "spec": {"logs": [{"logsFile": str(log_file), "follow": follow}]},
+            }
+        )
+
     # -- nodes -------------------------------------------------------------------------------
 
     def add_gpu_nodes(
@@ -468,6 +482,8 @@ def _kwokctl_config(binaries: Path, name: str) -> str:
             "kwokControllerBinary": str(binaries / "kwok"),
             "disableQPSLimits": True,
             "quietPull": True,
+            # Pod logs come from files named per pod by Logs resources (Cluster.simulate_logs).
+            "enableCRDs": ["Logs"],
         },
         "componentsPatches": [
             # Test data is disposable: never wait on the disk.
