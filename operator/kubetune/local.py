@@ -219,8 +219,12 @@ def run_export_stage(plan_path: Path, run_dir: Path) -> int:
     command = [sys.executable, "-m", "kubetune_trainer.cli", "--plan", str(plan_path)]
     command += ["--stage", "export", "--local"]
     code = run_forwarding_signals(command, trainer_env(run_dir), run_dir / "logs" / "export.log")
-    if code not in (EXIT_OK, EXIT_GATE_NOT_MET):
-        print(f"{plan_path.parent.name}: export exited with {code}", file=sys.stderr)
+    name = plan_path.parent.name
+    if code in (EXIT_PREEMPTED, EXIT_INTERRUPTED):
+        print(f"{name}: export interrupted; run the same command to export", file=sys.stderr)
+    elif code not in (EXIT_OK, EXIT_GATE_NOT_MET):
+        log = run_dir / "logs" / "export.log"
+        print(f"{name}: export exited with {code}; its log: {log}", file=sys.stderr)
     return code
 
 
@@ -418,6 +422,8 @@ def next_step(runs: list[LocalRun]) -> str:
     where = "" if ref.namespace == "default" else f" --namespace {ref.namespace}"
     if last.exit_code == EXIT_PREEMPTED:
         return "run the same command to resume"
+    if last.export_code in (EXIT_PREEMPTED, EXIT_INTERRUPTED):
+        return "run the same command to export"
     if last.exit_code != 0:
         return f"kubetune logs {ref.name}{where}   (the failed attempt's whole log)"
     if last.plan.recipe.method in ("reward", "eval"):

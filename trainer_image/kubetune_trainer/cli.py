@@ -46,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValidationError, ValueError) as err:
         print(f"kubetune-train: invalid plan {args.plan}: {err}", file=sys.stderr)
         return EXIT_INVALID_PLAN
+    if not plan.scaling.use_gpu:
+        # DeepSpeed picks its accelerator when first imported (by transformers, too); told,
+        # it does not guess and warn about it.
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     if args.stage == "export":
         return run_export_stage(plan, check=args.check)
     if args.check:

@@ -20,7 +20,7 @@ from typing import Any
 from kubetune_trainer.exit_codes import EXIT_OK, EXIT_PREEMPTED
 from kubetune_trainer.plan import Plan
 from kubetune_trainer.recipes import recipe_for
-from kubetune_trainer.reporting.logs import configure_logging
+from kubetune_trainer.reporting.logs import configure_logging, log_level
 from kubetune_trainer.runtime.context import run_context
 from kubetune_trainer.runtime.layout import publish_output, ray_storage, run_dir_of, write_result
 from kubetune_trainer.runtime.signals import StopSignals
@@ -33,17 +33,27 @@ def run_on_ray(plan: Plan, *, local_run: bool, stop: StopSignals | None = None) 
     """Train on Ray Train workers. A stop request (``stop``: SIGTERM or Ctrl-C reached this
     driver) is passed to the workers through a stop-flag actor they poll at every step."""
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    # Ray's own lines (its start-up banner, Ray Train's "Reporting training result" per
+    # checkpoint) only from WARNING up, unless kubetune itself logs at DEBUG.
+    ray_level = "DEBUG" if log_level() == "DEBUG" else "WARNING"
     if not ray.is_initialized():
+        options: dict[str, Any] = {
+            "include_dashboard": False,
+            "log_to_driver": True,
+            "logging_level": logging.getLevelName(ray_level),
+        }
         address = os.environ.get("RAY_ADDRESS")
         if address:
-            ray.init(address=address, include_dashboard=False, log_to_driver=True)
+            ray.init(address=address, **options)
         else:
             # A local Ray of our own (kubetune run --local, tests): keep it on loopback.
-            ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=True)
+            ray.init(_node_ip_address="127.0.0.1", **options)
+    if stop is not None:
+        stop.install()  # ray.init installs its own SIGTERM handler, which would end the driver
     storage_path, name = ray_storage(plan)
     scaling = plan.scaling
     trainer = TorchTrainer(
@@ -62,6 +72,7 @@ def run_on_ray(plan: Plan, *, local_run: bool, stop: StopSignals | None = None) 
             storage_path=storage_path,
             failure_config=FailureConfig(max_failures=scaling.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=plan.recipe.checkpoint.keep_last),
+            logging_config=LoggingConfig(log_level=ray_level),
         ),
     )
     started = time.time()
@@ -125,7 +136,7 @@ def _worker(config: dict[str, Any]) -> dict[str, Any]:
     import ray.train
     import torch.distributed as dist
 
-    configure_logging(fmt="%(message)s")
+    configure_logging(with_time=False)
     plan = Plan.from_json(config["plan"])
     if not plan.scaling.use_gpu:
         # DeepSpeed picks its accelerator when first imported; a CPU plan must get the CPU one

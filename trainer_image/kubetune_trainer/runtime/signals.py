@@ -39,10 +39,16 @@ class StopSignals:
         if self.on_request is not None:
             self.on_request()
 
+    def install(self) -> None:
+        """(Re)install the handlers: after a library installed its own (ray.init does)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous = signal.signal(signum, self._handle)
+            self._previous.setdefault(signum, previous)
+
     def __enter__(self) -> StopSignals:
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                self._previous[signum] = signal.signal(signum, self._handle)
+        self.install()
         return self
 
     def __exit__(

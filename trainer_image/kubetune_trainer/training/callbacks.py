@@ -178,6 +178,76 @@ class ProgressCallback(TrainerCallback):
             self.progress.report(self.record, force=True)
 
 
+class TrainingDisplay(TrainerCallback):
+    """What a person watching a run sees, on rank 0: in an interactive local run one progress
+    bar carrying the latest loss; otherwise (a pod's log) one ``event=train_log`` line per
+    logged step. Evaluation results are a log line in both. It replaces HF Trainer's own
+    progress and printer callbacks (:func:`replace_hf_display`), which print every log as a
+    Python dict."""
+
+    SHOWN = ("loss", "learning_rate", "grad_norm", "reward", "kl")
+
+    def __init__(self, *, bar: bool, is_main: bool, job: str) -> None:
+        self.show_bar = bar and is_main
+        self.is_main = is_main
+        self.job = job
+        self._bar: Any = None
+
+    def on_train_begin(self, args, state: TrainerState, control, **kwargs) -> None:
+        if self.show_bar:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(
+                total=state.max_steps, initial=state.global_step, unit="step", dynamic_ncols=True
+            )
+
+    def on_step_end(self, args, state: TrainerState, control, **kwargs) -> None:
+        if self._bar is not None:
+            self._bar.update(state.global_step - self._bar.n)
+
+    def on_log(self, args, state: TrainerState, control, logs: dict[str, Any] | None = None, **kw):
+        if not self.is_main or not logs:
+            return
+        numbers = {k: v for k, v in logs.items() if isinstance(v, int | float)}
+        evaluation = {k: v for k, v in numbers.items() if k.startswith("eval_")}
+        if evaluation:
+            log.info(
+                "event=eval job=%s step=%d %s", self.job, state.global_step, _pairs(evaluation)
+            )
+        shown = {k: numbers[k] for k in self.SHOWN if k in numbers}
+        if not shown:
+            return
+        if self._bar is not None:
+            if "loss" in shown:
+                self._bar.set_postfix(loss=f"{shown['loss']:.4f}", refresh=False)
+            return
+        log.info(
+            "event=train_log job=%s step=%d/%d %s",
+            self.job,
+            state.global_step,
+            state.max_steps,
+            _pairs(shown),
+        )
+
+    def on_train_end(self, args, state, control, **kwargs) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def _pairs(values: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.4g}" for k, v in values.items())
+
+
+def replace_hf_display(trainer: Any) -> None:
+    """Take HF Trainer's progress bar and log printer off a trainer (TrainingDisplay shows what
+    they showed, without a dict per step)."""
+    from transformers import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+
+
 class DataTraceCallback(TrainerCallback):
     """Debugging aid (``KUBETUNE_DATA_TRACE=DIR``): every rank records the rows it trained on,
     per optimizer step, in ``DIR/rank-N.jsonl`` (N is the HF Trainer's process index). One line
