@@ -167,7 +167,16 @@ def gpu_node_manifest(
             "labels": node_labels,
         },
         "spec": {"taints": taints} if taints else {},
-        "status": {"capacity": capacity, "allocatable": dict(capacity)},
+        "status": {
+            "capacity": capacity,
+            "allocatable": dict(capacity),
+            # The API server reaches a node's "kubelet" (kwok, on loopback) at this address for
+            # pod logs; kwokctl's binary runtime gives kwok no node IP of its own.
+            "addresses": [
+                {"type": "InternalIP", "address": "127.0.0.1"},
+                {"type": "Hostname", "address": name},
+            ],
+        },
     }
 
 

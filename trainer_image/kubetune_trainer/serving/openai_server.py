@@ -307,32 +307,32 @@ class ChatService:
         finish = "length"
         first = True
         decode = self.engine.tokenizer.decode
-        async for step in self.engine.generate(
-            prompt, max_new_tokens=budget, temperature=request.temperature
-        ):
-            if first and step.tokens:
-                first = False
-                self.metrics.first_token.labels(self.settings.model_name).observe(
-                    time.monotonic() - started
-                )
-            tokens = step.tokens
-            text, stopped = cut_at_stop(decode(tokens, skip_special_tokens=True), request.stops)
-            if stopped:
-                finish = "stop"
-                if len(text) > len(sent):
-                    yield text[len(sent) :], None
-                sent = text
-                break
-            if step.finished:
-                finish = "stop" if tokens and tokens[-1] in self.engine.eos else "length"
-                if len(text) > len(sent):
-                    yield text[len(sent) :], None
-                sent = text
-                break
-            ready = safe_prefix(text, request.stops)
-            if len(ready) > len(sent):
-                yield ready[len(sent) :], None
-                sent = ready
+        steps = self.engine.generate(prompt, max_new_tokens=budget, temperature=request.temperature)
+        async with contextlib.aclosing(steps):  # a stop string or a timeout cancels it
+            async for step in steps:
+                if first and step.tokens:
+                    first = False
+                    self.metrics.first_token.labels(self.settings.model_name).observe(
+                        time.monotonic() - started
+                    )
+                tokens = step.tokens
+                text, stopped = cut_at_stop(decode(tokens, skip_special_tokens=True), request.stops)
+                if stopped:
+                    finish = "stop"
+                    if len(text) > len(sent):
+                        yield text[len(sent) :], None
+                    sent = text
+                    break
+                if step.finished:
+                    finish = "stop" if tokens and tokens[-1] in self.engine.eos else "length"
+                    if len(text) > len(sent):
+                        yield text[len(sent) :], None
+                    sent = text
+                    break
+                ready = safe_prefix(text, request.stops)
+                if len(ready) > len(sent):
+                    yield ready[len(sent) :], None
+                    sent = ready
         self.metrics.tokens.labels(self.settings.model_name, "completion").inc(len(tokens))
         yield "", Generated(sent, finish, len(tokens))
 
