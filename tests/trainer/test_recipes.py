@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -186,19 +185,14 @@ def wait_for_step(run_dir: Path, step: int, process: subprocess.Popen, timeout: 
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory) -> Callable[[str], dict[int, float]]:
-    """Loss by step of RESUME_SPEC trained without interruption, once per mode."""
-    found: dict[str, dict[int, float]] = {}
-
-    def losses(mode: str) -> dict[int, float]:
-        if mode not in found:
-            tmp = tmp_path_factory.mktemp(f"reference-{mode}")
-            reference, path = plan_for(tmp, job("ref", "sft", RESUME_SPEC))
-            assert train(path, mode=mode).wait() == 0
-            found[mode] = history(Path(reference.storage.root) / reference.storage.run_name)
-        return found[mode]
-
-    return losses
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict[int, float]:
+    """Loss by step of the run both modes' interrupted runs must reproduce. One process and
+    Ray Train with one worker see the same rows in the same order with the same seed, so one
+    uninterrupted run serves both (a Ray run costs a cluster start-up)."""
+    tmp = tmp_path_factory.mktemp("uninterrupted")
+    reference, ref_path = plan_for(tmp, job("ref", "sft", RESUME_SPEC))
+    assert train(ref_path, mode="single").wait() == 0
+    return history(Path(reference.storage.root) / reference.storage.run_name)
 
 
 def job_yaml(name: str, spec: dict[str, Any]) -> str:
@@ -215,14 +209,14 @@ LOCAL_RUN_ENV = os.environ | {"KUBETUNE_METRICS_PORT": "0", "KUBETUNE_PROGRESS_I
 
 @pytest.mark.parametrize("mode", ["single", "ray"])
 def test_ctrl_c_saves_and_the_same_command_resumes_exactly(
-    tmp_path: Path, mode: str, uninterrupted: Callable[[str], dict[int, float]]
+    tmp_path: Path, mode: str, uninterrupted: dict[int, float]
 ) -> None:
     """Ctrl-C in the terminal of `kubetune run --local` (SIGINT to its whole process group,
     Ray's processes included) saves a checkpoint at the step it reached and exits 75; the same
     command resumes from there and the losses are those of a run never interrupted (the
     runner passes SIGTERM to the trainer, as a pod's eviction does). A third run does not
     train again."""
-    expected = uninterrupted(mode)
+    expected = uninterrupted
     (tmp_path / "job.yaml").write_text(job_yaml("cut", RESUME_SPEC))
     command = ["run", "job.yaml", "--local", "--mode", mode]
     run_dir = tmp_path / "runs" / "t" / "cut"
