@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from kubetune_trainer.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INVALID_PLAN
 from kubetune_trainer.plan import Plan
-from kubetune_trainer.reporting.logs import configure_logging
+from kubetune_trainer.reporting.logs import configure_logging, log_level
 
 log = logging.getLogger("kubetune.trainer")
 
@@ -84,6 +84,10 @@ def run_export_stage(plan: Plan, *, check: bool) -> int:
         print(f"export plan for {plan.job.namespace}/{plan.job.name} is valid")
         return 0
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    if log_level() != "DEBUG":
+        # The libraries' own progress bars (loading a GGUF file back to verify it, ...): a
+        # line per update in a pod's log. The stage reports each step itself.
+        os.environ.setdefault("TQDM_DISABLE", "1")
     from kubetune_trainer.export.stage import main as export_main
 
     try:

@@ -13,7 +13,11 @@ Silenced, by name (at the default level):
   step-by-step reports (``TORCH_LOGS=-onnx``: torch resets its own loggers when imported);
 - transformers' and datasets' progress bars for sub-second steps (loading weights, writing
   shards, tokenizing a dataset); kubetune's own training bar stays;
-- Ray's notice that token authentication is on (``ray``'s authentication logger).
+- Ray's notice that token authentication is on (``ray``'s authentication logger);
+- gguf's notice that a tokenizer's pair template has a separator it does not map
+  (``gguf.vocab``): kubetune's chat models never encode pairs;
+- transformers' deprecation of ``is_gradient_checkpointing``, which peft still reads when it
+  wraps a model (a warnings filter on that message alone).
 
 Others are not printed because kubetune no longer provokes them: DeepSpeed's accelerator notice
 (the plan says CPU or GPU: DS_ACCELERATOR is set), TRL's ``gradient_checkpointing``
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 
 OWN_LOGGERS = ("kubetune", "kubetune_trainer")
 """kubetune.trainer, kubetune.serve, kubetune.export, ... and kubetune_trainer.* modules."""
@@ -33,7 +38,11 @@ NOISY_LOGGERS = {
     "onnx_ir": logging.WARNING,
     "onnxscript": logging.WARNING,
     "ray._private.authentication": logging.ERROR,
+    "gguf.vocab": logging.ERROR,
 }
+
+NOISY_WARNINGS = ((FutureWarning, r"`is_gradient_checkpointing` is deprecated"),)
+"""(category, message regex) of warnings a library raises about another's use of it."""
 
 QUIET_ENVIRONMENT = {
     "TORCH_LOGS": "-onnx",
@@ -65,6 +74,18 @@ class SourceFormatter(logging.Formatter):
         return (self.own if is_own(record.name) else self.other).format(record)
 
 
+class OthersFromLevel(logging.Filter):
+    """Another library's records only from ``level`` up, whatever level its own loggers are at
+    (records propagate to the root handler past every ancestor's level)."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return is_own(record.name) or record.levelno >= self.level
+
+
 def configure_logging(level: str | None = None, *, with_time: bool = True) -> None:
     """Set up logging for a kubetune process (trainer, export stage, server, Ray worker). Call
     it first thing: some switches are read when the libraries are imported."""
@@ -72,6 +93,7 @@ def configure_logging(level: str | None = None, *, with_time: bool = True) -> No
     debug = level == "DEBUG"
     handler = logging.StreamHandler()
     handler.setFormatter(SourceFormatter(with_time))
+    handler.addFilter(OthersFromLevel(logging.DEBUG if debug else logging.WARNING))
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, handlers=[handler])
     logging.captureWarnings(True)  # warnings become one log line each (logger py.warnings)
     for name in OWN_LOGGERS:
@@ -80,5 +102,7 @@ def configure_logging(level: str | None = None, *, with_time: bool = True) -> No
         return
     for name, quiet_level in NOISY_LOGGERS.items():
         logging.getLogger(name).setLevel(quiet_level)
+    for category, message in NOISY_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
     for variable, value in QUIET_ENVIRONMENT.items():
         os.environ.setdefault(variable, value)

@@ -38,8 +38,12 @@ def run_on_ray(plan: Plan, *, local_run: bool, stop: StopSignals | None = None) 
 
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     # Ray's own lines (its start-up banner, Ray Train's "Reporting training result" per
-    # checkpoint) only from WARNING up, unless kubetune itself logs at DEBUG.
+    # checkpoint) only from WARNING up, unless kubetune itself logs at DEBUG. In an interactive
+    # local run Ray Train's controller warnings too: on a busy workstation its state queries
+    # time out now and then ("State API may be temporarily unavailable"), which says nothing
+    # about the training.
     ray_level = "DEBUG" if log_level() == "DEBUG" else "WARNING"
+    train_level = "ERROR" if local_run and ray_level == "WARNING" else ray_level
     if not ray.is_initialized():
         options: dict[str, Any] = {
             "include_dashboard": False,
@@ -72,7 +76,7 @@ def run_on_ray(plan: Plan, *, local_run: bool, stop: StopSignals | None = None) 
             storage_path=storage_path,
             failure_config=FailureConfig(max_failures=scaling.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=plan.recipe.checkpoint.keep_last),
-            logging_config=LoggingConfig(log_level=ray_level),
+            logging_config=LoggingConfig(log_level=train_level),
         ),
     )
     started = time.time()
