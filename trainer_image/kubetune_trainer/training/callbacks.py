@@ -192,14 +192,19 @@ class TrainingDisplay(TrainerCallback):
         self.is_main = is_main
         self.job = job
         self._bar: Any = None
+        self._redirect: Any = None
 
     def on_train_begin(self, args, state: TrainerState, control, **kwargs) -> None:
         if self.show_bar:
             from tqdm.auto import tqdm
+            from tqdm.contrib.logging import logging_redirect_tqdm
 
             self._bar = tqdm(
                 total=state.max_steps, initial=state.global_step, unit="step", dynamic_ncols=True
             )
+            # Log lines printed above the bar, not through it.
+            self._redirect = logging_redirect_tqdm(tqdm_class=tqdm)
+            self._redirect.__enter__()
 
     def on_step_end(self, args, state: TrainerState, control, **kwargs) -> None:
         if self._bar is not None:
@@ -233,6 +238,9 @@ class TrainingDisplay(TrainerCallback):
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+        if self._redirect is not None:
+            self._redirect.__exit__(None, None, None)
+            self._redirect = None
 
 
 def _pairs(values: dict[str, float]) -> str:
