@@ -19,6 +19,7 @@ from kubetune.checkpoints_cli import add_checkpoint_commands
 from kubetune.inference_cli import add_inference_commands
 from kubetune.manifest_yaml import Document
 from kubetune.planner import LOCAL_STORAGE, dependency_output, make_plan
+from kubetune.runs_cli import add_run_commands
 from kubetune.validation import (
     job_key,
     load_jobs,
@@ -211,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     crd.set_defaults(func=cmd_crd)
     add_inference_commands(commands)
     add_checkpoint_commands(commands)
+    add_run_commands(commands)
     for command in commands.choices.values():
         add_debug_option(command, default=argparse.SUPPRESS)
     return parser

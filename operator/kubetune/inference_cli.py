@@ -62,6 +62,22 @@ def resolve_model(model: str, *, storage: str = LOCAL_STORAGE, namespace: str = 
     return str(output.resolve())
 
 
+def served_model_name(model: str, source: str) -> str:
+    """The id a served model goes by: its job's name, or the model's own name, never a path
+    of this machine (finetunejob://NAME and a bare NAME: NAME; builtin://NAME: NAME; hf://ORG/NAME:
+    ORG/NAME; a job's run directory or its output: the job; another directory: its name)."""
+    if "://" in model:
+        scheme, rest = model.split("://", 1)
+        rest = rest.strip("/")
+        if scheme in ("finetunejob", "builtin", "hf"):
+            return rest
+        return rest.rsplit("/", 1)[-1] or scheme
+    path = Path(source)
+    if Path(model).name == model and not Path(model).exists():
+        return model  # a local job's name
+    return path.parent.name if path.name == "output" else path.name
+
+
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "model",
@@ -132,11 +148,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if not api_key:
             raise UserError(f"${args.api_key_env} is empty or unset", exit_code=EXIT_USAGE)
     check_can_listen(args.host, args.port)
+    from kubetune_trainer.reporting.logs import configure_logging
+    from kubetune_trainer.serving.engine import EngineSettings
     from kubetune_trainer.serving.inference import ChatModel
-    from kubetune_trainer.serving.openai_server import serve
+    from kubetune_trainer.serving.openai_server import ServerSettings, serve
 
-    chat = ChatModel.load(source, device=args.device, name=args.served_name or args.model)
-    serve(chat, host=args.host, port=args.port, api_key=api_key)
+    configure_logging()
+    name = args.served_model_name or served_model_name(args.model, source)
+    settings = ServerSettings(
+        model_name=name,
+        api_key=api_key,
+        timeout_seconds=args.timeout,
+        engine=EngineSettings(max_requests=args.max_requests),
+    )
+    serve(ChatModel.load(source, device=args.device, name=name), settings, host=args.host,
+          port=args.port)  # fmt: skip
     return 0
 
 
@@ -164,15 +190,29 @@ def add_inference_commands(commands: argparse._SubParsersAction) -> None:
     serve = commands.add_parser(
         "serve",
         help="serve a model over an OpenAI-compatible chat-completions API",
-        description="Serve MODEL at http://HOST:PORT/v1 (POST /v1/chat/completions, "
-        "GET /v1/models). " + (__doc__ or "").split("\n\n", 1)[1],
+        description="Serve MODEL at http://HOST:PORT/v1 (POST /v1/chat/completions, with "
+        "streaming; GET /v1/models; /health; /metrics). " + (__doc__ or "").split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_model_arguments(serve)
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument(
-        "--served-name", help="model id clients send and /v1/models lists (default: MODEL)"
+        "--served-model-name",
+        "--served-name",
+        help="model id clients send and /v1/models lists (default: the job's or model's name)",
+    )
+    serve.add_argument(
+        "--timeout",
+        type=float,
+        default=120.0,
+        help="seconds one generation may take before it is stopped (504)",
+    )
+    serve.add_argument(
+        "--max-requests",
+        type=int,
+        default=32,
+        help="requests in flight at once; more are refused with 503 until some finish",
     )
     serve.add_argument(
         "--api-key-env",

@@ -8,20 +8,39 @@ over.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from kubetune.api import FineTuneJob, model_dependencies
 from kubetune.manifest_yaml import Document
 from kubetune.planner import UnresolvedDependency, dependency_output, make_plan
+from kubetune.run_records import (
+    LocalState,
+    attempt_log,
+    attempt_record_path,
+    latest_checkpoint_step,
+    now_rfc3339,
+    read_json,
+    read_run,
+    write_json,
+)
 from kubetune.validation import data_locations, resolve_local_data
-from kubetune_trainer.exit_codes import EXIT_GATE_NOT_MET, EXIT_OK
+from kubetune_trainer.exit_codes import (
+    EXIT_GATE_NOT_MET,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_PREEMPTED,
+)
 from kubetune_trainer.plan import Plan, Scaling, uri_scheme
 from kubetune_trainer.training.checkpoint_fs import CheckpointStore
 
@@ -34,6 +53,10 @@ class LocalRun:
     exit_code: int
     export_code: int | None = None
     """Exit code of the export stage; None when the job asks for no export."""
+    resumed_from: int | None = None
+    """The step this run resumed from; None when it started from scratch."""
+    already_finished: bool = False
+    """Finished by an earlier invocation: not trained again."""
 
 
 def dependency_order(jobs: list[FineTuneJob]) -> list[FineTuneJob]:
@@ -102,23 +125,38 @@ def run_jobs(
         if fresh and run_dir.exists():
             shutil.rmtree(run_dir)
 
+        previous = read_run(run_dir)
+        if previous.state == LocalState.succeeded and previous.output is not None:
+            print(f"{ref.namespace}/{ref.name}: already finished — `--fresh` to train again")
+            plan = local_plan(job, jobs, finished, storage_root, previous.attempt, scaling)
+            runs.append(LocalRun(job, plan, run_dir, 0, already_finished=True))
+            finished[(ref.namespace, ref.name)] = dependency_output(storage_root, job)
+            if plan.recipe.export is not None and previous.export == "-":
+                plan_path = run_dir / f"plan-attempt-{previous.attempt}.json"
+                runs[-1].export_code = run_export_stage(plan_path, run_dir)
+            continue
+
         attempt = CheckpointStore(run_dir).latest_attempt() + 1
         plan = local_plan(job, jobs, finished, storage_root, attempt, scaling)
         run_dir.mkdir(parents=True, exist_ok=True)
         plan_path = run_dir / f"plan-attempt-{attempt}.json"
         plan_path.write_text(plan.to_json())
-        env = trainer_env(run_dir)
+        resume_step = latest_checkpoint_step(run_dir)
         print(
-            f"== {ref.namespace}/{ref.name}: {plan.recipe.method} on {plan.recipe.model.source} "
-            f"(attempt {attempt}, {workers} worker(s)) -> {run_dir}",
+            f"== {ref.namespace}/{ref.name}: {plan.recipe.method} on {plan.recipe.model.source}, "
+            f"{workers} worker(s) -> {run_dir}",
             flush=True,
         )
+        if resume_step is not None:
+            print(f"{ref.name}: resuming from step {resume_step} (attempt {attempt})", flush=True)
         command = [sys.executable, "-m", "kubetune_trainer.cli", "--plan", str(plan_path)]
         command += ["--local", "--mode", mode]
-        code = run_forwarding_signals(command, env)
-        runs.append(LocalRun(job, plan, run_dir, code))
+        code = run_attempt(
+            command, trainer_env(run_dir), run_dir, attempt, resumed_from=resume_step
+        )
+        runs.append(LocalRun(job, plan, run_dir, code, resumed_from=resume_step))
         if code != 0:
-            print(f"{ref.name}: kubetune-train exited with {code}", file=sys.stderr)
+            print(stop_message(ref.name, code, run_dir, attempt), file=sys.stderr, flush=True)
             break
         finished[(ref.namespace, ref.name)] = dependency_output(storage_root, job)
         if plan.recipe.export is not None:
@@ -126,6 +164,24 @@ def run_jobs(
             if runs[-1].export_code not in (EXIT_OK, EXIT_GATE_NOT_MET):
                 break
     return runs
+
+
+def stop_message(name: str, code: int, run_dir: Path, attempt: int) -> str:
+    """What a user reads when a job stopped before the end, and what to do next."""
+    if code == EXIT_PREEMPTED:
+        result = read_json(run_dir / f"result-attempt-{attempt}.json") or {}
+        step = result.get("finalStep", latest_checkpoint_step(run_dir))
+        return f"{name}: interrupted at step {step}; run the same command to resume"
+    checkpoint = latest_checkpoint_step(run_dir)
+    resume = (
+        f"the same command resumes from step {checkpoint}"
+        if checkpoint is not None
+        else "the same command starts it again"
+    )
+    if code == EXIT_INTERRUPTED or code < 0:
+        return f"{name}: stopped at once, without saving; {resume}"
+    log = attempt_log(run_dir, attempt)
+    return f"{name}: kubetune-train exited with {code}; its log: {log}; {resume}"
 
 
 def local_plan(
@@ -161,7 +217,7 @@ def local_plan(
 def trainer_env(run_dir: Path) -> dict[str, str]:
     return os.environ | {
         "KUBETUNE_PROGRESS_FILE": str(run_dir / "progress.json"),
-        "KUBETUNE_PROGRESS_INTERVAL": "2",
+        "KUBETUNE_PROGRESS_INTERVAL": os.environ.get("KUBETUNE_PROGRESS_INTERVAL", "2"),
         "KUBETUNE_METRICS_PORT": os.environ.get("KUBETUNE_METRICS_PORT", "0"),
         "HF_HUB_DISABLE_TELEMETRY": "1",
     }
@@ -172,9 +228,13 @@ def run_export_stage(plan_path: Path, run_dir: Path) -> int:
     print(f"== export of {plan_path.parent.name}", flush=True)
     command = [sys.executable, "-m", "kubetune_trainer.cli", "--plan", str(plan_path)]
     command += ["--stage", "export", "--local"]
-    code = run_forwarding_signals(command, trainer_env(run_dir))
-    if code not in (EXIT_OK, EXIT_GATE_NOT_MET):
-        print(f"{plan_path.parent.name}: export exited with {code}", file=sys.stderr)
+    code = run_forwarding_signals(command, trainer_env(run_dir), run_dir / "logs" / "export.log")
+    name = plan_path.parent.name
+    if code in (EXIT_PREEMPTED, EXIT_INTERRUPTED):
+        print(f"{name}: export interrupted; run the same command to export", file=sys.stderr)
+    elif code not in (EXIT_OK, EXIT_GATE_NOT_MET):
+        log = run_dir / "logs" / "export.log"
+        print(f"{name}: export exited with {code}; its log: {log}", file=sys.stderr)
     return code
 
 
@@ -225,39 +285,184 @@ def with_export_formats(job: FineTuneJob, formats: list[str]) -> FineTuneJob:
     return FineTuneJob.model_validate(data)
 
 
-def run_forwarding_signals(command: list[str], env: dict[str, str]) -> int:
-    """Run the trainer; a SIGTERM or SIGINT sent to this process is passed on, so the trainer
-    saves a checkpoint and stops exactly as it would in a pod."""
-    child = subprocess.Popen(command, env=env)
+def run_attempt(
+    command: list[str],
+    env: dict[str, str],
+    run_dir: Path,
+    attempt: int,
+    *,
+    resumed_from: int | None = None,
+) -> int:
+    """Run one attempt of the trainer, its output shown here and kept in
+    ``logs/attempt-<N>.log``, its course in ``logs/attempt-<N>.json``."""
+    record_path = attempt_record_path(run_dir, attempt)
+    record: dict[str, object] = {
+        "attempt": attempt,
+        "command": command,
+        "started": now_rfc3339(),
+        "resumedFrom": resumed_from,
+    }
+    code = run_forwarding_signals(
+        command,
+        env,
+        attempt_log(run_dir, attempt),
+        on_start=lambda pid: write_json(record_path, record | {"pid": pid}),
+    )
+    write_json(record_path, record | {"finished": now_rfc3339(), "exitCode": code})
+    return code
+
+
+def run_forwarding_signals(
+    command: list[str],
+    env: dict[str, str],
+    log_path: Path,
+    *,
+    on_start: Callable[[int], None] | None = None,
+) -> int:
+    """Run the trainer in its own process group, so a Ctrl-C reaches this process alone (not
+    the trainer, nor the Ray processes it starts, which would die of it). The first SIGINT,
+    SIGTERM or SIGHUP is passed on as SIGTERM: the trainer saves a checkpoint at the next step
+    and stops, exactly as in a pod. A second SIGINT kills the trainer's process group at once
+    (exit code EXIT_INTERRUPTED)."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    child = subprocess.Popen(
+        command,
+        env=env | {"PYTHONUNBUFFERED": "1"},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        process_group=0,
+    )
+    if on_start is not None:
+        on_start(child.pid)
+    stop_requested = False
+    killed = False
 
     def forward(signum: int, frame: object) -> None:
-        child.send_signal(signal.SIGTERM)
+        nonlocal stop_requested, killed
+        if not stop_requested:
+            stop_requested = True
+            print(
+                "\ninterrupted: saving a checkpoint at the next step "
+                "(Ctrl-C again to stop at once)",
+                file=sys.stderr,
+                flush=True,
+            )
+            child.send_signal(signal.SIGTERM)
+        elif signum == signal.SIGINT and not killed:
+            killed = True
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGKILL)
 
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    previous = {s: signal.signal(s, forward) for s in handled}
     try:
-        return child.wait()
+        with open(log_path, "ab") as log:
+            copy_output(child.stdout, sys.stdout.buffer, LogWriter(log))  # type: ignore[arg-type]
+        code = child.wait()
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+    return EXIT_INTERRUPTED if killed else code
+
+
+class LogWriter:
+    """Writes a terminal stream to a log file line by line, keeping only the last state of a
+    line redrawn with carriage returns (a progress bar leaves one line, not thousands)."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self.out = out
+        self._line = b""
+
+    def write(self, data: bytes) -> None:
+        for piece in re.split(rb"(\r\n|\n|\r)", data):
+            if piece in (b"\n", b"\r\n"):
+                self.out.write(self._line + b"\n")
+                self._line = b""
+            elif piece == b"\r":
+                self._line = b""
+            else:
+                self._line += piece
+        self.out.flush()
+
+    def close(self) -> None:
+        if self._line:
+            self.out.write(self._line + b"\n")
+            self._line = b""
+        self.out.flush()
+
+
+def copy_output(source: BinaryIO, terminal: BinaryIO, log: LogWriter) -> None:
+    """Copy the child's output as it comes to the terminal and to the log."""
+    fd = source.fileno()
+    while True:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        terminal.write(chunk)
+        terminal.flush()
+        log.write(chunk)
+    log.close()
 
 
 def summary_table(runs: list[LocalRun]) -> str:
-    rows = [("JOB", "METHOD", "STEP", "LOSS", "EXIT", "EXPORT", "OUTPUT")]
+    """The table printed at the end of `kubetune run --local`, then what to do next."""
+    header = "JOB METHOD STATE STEP LOSS DURATION SKIPPED-ROWS RESUMED-FROM EXPORT OUTPUT"
+    rows = [tuple(header.split())]
     for run in runs:
-        progress_file = run.run_dir / "progress.json"
-        progress = json.loads(progress_file.read_text()) if progress_file.exists() else {}
+        view = read_run(run.run_dir)
         rows.append(
             (
                 run.job.metadata.name,
                 run.plan.recipe.method,
-                f"{progress.get('step', '-')}/{progress.get('totalSteps', '-')}",
-                progress.get("loss", "-"),
-                str(run.exit_code),
-                export_state(run.export_code),
-                run.plan.storage.output_dir if run.exit_code == 0 else "-",
+                str(view.state),
+                f"{dash(view.step)}/{dash(view.total_steps)}",
+                dash(view.loss),
+                format_duration(view.seconds),
+                str(view.skipped_rows),
+                dash(view.resumed_from),
+                export_state(run.export_code) if run.export_code is not None else view.export,
+                run.plan.storage.output_dir if view.state == LocalState.succeeded else "-",
             )
         )
-    return "\n".join(format_table(rows))
+    return "\n".join([*format_table(rows), "", f"next: {next_step(runs)}"])
+
+
+def next_step(runs: list[LocalRun]) -> str:
+    """The command a user most likely wants after this run."""
+    last = runs[-1] if runs else None
+    if last is None:
+        return "kubetune run JOB.yaml --local"
+    ref = last.job.job_ref()
+    where = "" if ref.namespace == "default" else f" --namespace {ref.namespace}"
+    if last.exit_code == EXIT_PREEMPTED:
+        return "run the same command to resume"
+    if last.export_code in (EXIT_PREEMPTED, EXIT_INTERRUPTED):
+        return "run the same command to export"
+    if last.exit_code != 0:
+        return f"kubetune logs {ref.name}{where}   (the failed attempt's whole log)"
+    if last.plan.recipe.method in ("reward", "eval"):
+        return f"kubetune status {ref.name}{where}"
+    return (
+        f'kubetune generate {ref.name}{where} --prompt "..."   or   '
+        f"kubetune serve {ref.name}{where}"
+    )
+
+
+def dash(value: object) -> str:
+    return "-" if value is None else str(value)
+
+
+def format_duration(seconds: float) -> str:
+    """1m 05s, 2h 03m, 42s."""
+    total = round(seconds)
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    if minutes:
+        return f"{minutes}m {secs:02d}s"
+    return f"{secs}s"
 
 
 def format_table(rows: list[tuple[str, ...]]) -> list[str]:

@@ -168,7 +168,16 @@ def gpu_node_manifest(
             "labels": node_labels,
         },
         "spec": {"taints": taints} if taints else {},
-        "status": {"capacity": capacity, "allocatable": dict(capacity)},
+        "status": {
+            "capacity": capacity,
+            "allocatable": dict(capacity),
+            # The API server reaches a node's "kubelet" (kwok, on loopback) at this address for
+            # pod logs; kwokctl's binary runtime gives kwok no node IP of its own.
+            "addresses": [
+                {"type": "InternalIP", "address": "127.0.0.1"},
+                {"type": "Hostname", "address": name},
+            ],
+        },
     }
 
 
@@ -232,6 +241,20 @@ class Cluster:
         text = objs if isinstance(objs, str) else yaml.safe_dump_all(list(objs))
         return self.kubectl(
             "apply", "--server-side", "--field-manager=kubetune-e2e", "-f", "-", *extra, input=text
+        )
+
+    # -- pod logs ----------------------------------------------------------------------------
+
+    def simulate_logs(self, namespace: str, pod: str, log_file: Path, follow: bool = True) -> None:
+        """``kubectl logs`` of the pod (any container) reads ``log_file`` through kwok's log
+        simulation (its Logs resource); with ``follow``, lines appended later are streamed."""
+        self.apply(
+            {
+                "apiVersion": "kwok.x-k8s.io/v1alpha1",
+                "kind": "Logs",
+                "metadata": {"name": pod, "namespace": namespace},
+                "spec": {"logs": [{"logsFile": str(log_file), "follow": follow}]},
+            }
         )
 
     # -- nodes -------------------------------------------------------------------------------
@@ -469,6 +492,8 @@ def _kwokctl_config(binaries: Path, name: str) -> str:
             "kwokControllerBinary": str(binaries / "kwok"),
             "disableQPSLimits": True,
             "quietPull": True,
+            # Pod logs come from files named per pod by Logs resources (Cluster.simulate_logs).
+            "enableCRDs": ["Logs"],
         },
         "componentsPatches": [
             # Test data is disposable: never wait on the disk.

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from e2e_support import REPO_ROOT, kc, wait_for
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
@@ -33,7 +34,7 @@ from kubernetes.client.rest import ApiException
 
 from kubetune.api import FineTuneJob
 from kubetune.builders import ClusterFacts, build_children, names
-from kubetune.builders.common import POD_ANNOTATIONS
+from kubetune.builders.common import PLAN_KEY, POD_ANNOTATIONS
 from kubetune.planner import make_plan
 from kubetune_trainer.reporting.kube_status import ApiTarget, KubernetesReporter, ReportError
 from kubetune_trainer.reporting.progress import ProgressRecord
@@ -563,3 +564,101 @@ def test_operator_crashing_between_creations_adopts_and_finishes(api, operator, 
         (m["kind"], m["metadata"]["name"]) for m in predicted(job, 1)
     }
     assert "adopted Job/crashy-a1" in operator.logs(tail=400)
+
+
+# --------------------------------------------------------------------------- the kubetune CLI
+
+
+def kubetune_cli(cluster, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    context = cluster.kubectl("config", "current-context").strip()
+    command = [sys.executable, "-m", "kubetune.cli", *args, "--context", context]
+    env = os.environ | {"KUBECONFIG": str(cluster.kubeconfig)}
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_kubetune_submit_status_logs_list_delete(api, operator, namespace, cluster, tmp_path):
+    """The CLI's cluster verbs against the real API server: submit validates before it creates,
+    status reads the job's status and events, logs streams pod 0's log (kwok simulates it from
+    a file holding the trainer's real output for the pod's plan), delete removes the job."""
+    bad = ftj("cli")
+    bad["spec"]["training"] = {"learningRat": 0.1}
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
+    refused = kubetune_cli(cluster, "submit", str(tmp_path / "bad.yaml"), "-n", namespace)
+    assert refused.returncode == 1
+    assert "spec.training.learningRat: unknown field" in refused.stderr
+    assert "nothing submitted" in refused.stderr and get(api, namespace, "cli") is None
+
+    (tmp_path / "cli.yaml").write_text(yaml.safe_dump(ftj("cli", pods=outcome("run"))))
+    created = kubetune_cli(cluster, "submit", str(tmp_path / "cli.yaml"), "-n", namespace)
+    assert created.returncode == 0, created.stderr
+    assert f"finetunejob {namespace}/cli created" in created.stdout
+    wait_phase(api, namespace, "cli", "Running", timeout=30)
+
+    pod0 = wait_for(
+        lambda: next(
+            (p for p in k8s.CoreV1Api(api).list_namespaced_pod(
+                namespace, label_selector=f"{names.LABEL_JOB}=cli"
+            ).items if p.metadata.labels.get(names.JOB_COMPLETION_INDEX_LABEL) == "0"),
+            None,
+        ),
+        timeout=30,
+        what="pod 0",
+    )  # fmt: skip
+    config = k8s.CoreV1Api(api).read_namespaced_config_map(
+        names.plan_configmap_name("cli", 1), namespace
+    )
+    (tmp_path / "plan.json").write_text(config.data[PLAN_KEY])
+    trainer = [sys.executable, "-m", "kubetune_trainer.cli", "--plan", str(tmp_path / "plan.json")]
+    check = subprocess.run([*trainer, "--check"], capture_output=True, text=True, timeout=60)
+    line = f"plan.json: plan for {namespace}/cli (sft, attempt 1) is valid"
+    assert check.returncode == 0 and line in check.stdout, check.stderr
+    log_file = tmp_path / "pod0.log"
+    log_file.write_text(check.stdout.replace(str(tmp_path) + "/", ""))
+    cluster.simulate_logs(namespace, pod0.metadata.name, log_file)
+
+    logs = wait_for(
+        lambda: (r := kubetune_cli(cluster, "logs", "cli", "-n", namespace)).stdout and r,
+        timeout=30,
+        what="pod 0's log",
+    )
+    assert logs.stdout.splitlines() == [line], logs.stderr
+
+    follow = subprocess.Popen(
+        [sys.executable, "-m", "kubetune.cli", "logs", "cli", "-f", "-n", namespace, "--context",
+         cluster.kubectl("config", "current-context").strip()],
+        env=os.environ | {"KUBECONFIG": str(cluster.kubeconfig)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert follow.stdout.readline().rstrip("\n") == line
+        with log_file.open("a") as out:
+            out.write("event=checkpoint step=5\n")
+        assert follow.stdout.readline().rstrip("\n") == "event=checkpoint step=5"
+    finally:
+        follow.terminate()
+        follow.wait(timeout=30)
+
+    listed = kubetune_cli(cluster, "list", "-n", namespace)
+    assert listed.stdout.splitlines()[0].split() == [
+        "JOB", "METHOD", "PHASE", "STEP", "LOSS", "ATTEMPT", "AGE"
+    ]  # fmt: skip
+    assert listed.stdout.splitlines()[1].split()[:3] == ["cli", "sft", "Running"]
+    as_json = json.loads(kubetune_cli(cluster, "list", "-n", namespace, "-o", "json").stdout)
+    assert [j["metadata"]["name"] for j in as_json] == ["cli"]
+
+    status = kubetune_cli(cluster, "status", "cli", "-n", namespace)
+    assert status.returncode == 0, status.stderr
+    assert "phase:       Running" in status.stdout
+    assert any(
+        row.split()[2:3] == ["Launched"] for row in status.stdout.split("EVENTS", 1)[1].splitlines()
+    )
+    missing = kubetune_cli(cluster, "status", "nope", "-n", namespace)
+    assert (
+        missing.returncode == 2
+        and f"no finetunejob nope in namespace {namespace}" in missing.stderr
+    )
+
+    deleted = kubetune_cli(cluster, "delete", "cli", "-n", namespace)
+    assert deleted.returncode == 0 and f"finetunejob {namespace}/cli deleted" in deleted.stdout
+    wait_for(lambda: get(api, namespace, "cli") is None, timeout=30, what="cli deleted")

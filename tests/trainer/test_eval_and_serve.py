@@ -11,11 +11,13 @@ values known in advance.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -23,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 import torch
 
@@ -34,8 +37,9 @@ from kubetune_trainer.evaluation.measures import IGNORE_INDEX, loss_tokens
 from kubetune_trainer.evaluation.suite import RESULTS_FILE, evaluate_metrics
 from kubetune_trainer.models import load_model_and_tokenizer, load_tokenizer, resolve_model_dir
 from kubetune_trainer.plan import DataSpec, EvalSpec, ModelSpec, Scaling, secret_env_name
+from kubetune_trainer.serving.engine import EngineSettings
 from kubetune_trainer.serving.inference import ChatModel
-from kubetune_trainer.serving.openai_server import ChatCompletionServer
+from kubetune_trainer.serving.openai_server import ChatServer, ServerSettings
 
 pytestmark = pytest.mark.trainer
 
@@ -328,46 +332,197 @@ def post(url: str, body: Any, *, key: str | None = None) -> tuple[int, dict[str,
         return err.code, json.loads(err.read())
 
 
-@pytest.fixture(scope="module")
-def base_server() -> Iterator[ChatCompletionServer]:
-    server = ChatCompletionServer(ChatModel.load(BASE, device="cpu", name="tiny"), port=0)
+def serve(source: str, name: str, **settings: Any) -> ChatServer:
+    engine = settings.pop("engine", EngineSettings())
+    server = ChatServer(
+        ChatModel.load(source, device="cpu", name=name),
+        ServerSettings(model_name=name, engine=engine, **settings),
+    )
     server.start_background()
+    return server
+
+
+@pytest.fixture(scope="module")
+def base_server() -> Iterator[ChatServer]:
+    server = serve(BASE, "tiny", max_body_bytes=64 * 1024)
     yield server
-    server.shutdown()
-    server.server_close()
+    server.stop()
 
 
-def test_served_chat_completions_are_the_greedy_completion(
-    base_server: ChatCompletionServer,
-) -> None:
-    url = f"{base_server.url}/chat/completions"
+def client(server: ChatServer, key: str = "unused") -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.url, api_key=key, max_retries=0, timeout=120)
+
+
+def metric(server: ChatServer, series: str) -> float:
+    """The value of one series of the server's /metrics (0 when absent)."""
+    url = server.url.removesuffix("/v1") + "/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(series + " "):
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+COMPLETION_TOKENS = 'kubetune_serve_tokens_total{kind="completion",model="tiny"}'
+IN_FLIGHT = 'kubetune_serve_requests_in_flight{model="tiny"}'
+
+
+def test_served_chat_completions_are_the_greedy_completion(base_server: ChatServer) -> None:
+    api = client(base_server)
     expected = transformers_greedy(BASE, [user(q) for q in QUESTIONS[:2]], 10)
     for question, want in zip(QUESTIONS[:2], expected, strict=True):
-        status, body = post(url, {"model": "tiny", "max_tokens": 10, "temperature": 0,
-                                  "messages": [{"role": "user", "content": question}]})  # fmt: skip
-        assert status == 200, body
-        assert body["object"] == "chat.completion"
-        assert body["choices"][0]["message"] == {"role": "assistant", "content": want}
-        assert body["usage"]["completion_tokens"] <= 10
-        assert body["usage"]["total_tokens"] == (
-            body["usage"]["prompt_tokens"] + body["usage"]["completion_tokens"]
+        reply = api.chat.completions.create(
+            model="tiny", messages=user(question), max_tokens=10, temperature=0
         )
+        assert reply.object == "chat.completion"
+        assert reply.choices[0].message.content == want
+        assert reply.usage.completion_tokens <= 10
+        assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
 
-    status, body = post(url, {"messages": [{"role": "user", "content": "hi"}], "n": 3,
-                              "temperature": 1.0, "max_tokens": 6, "seed": 1})  # fmt: skip
-    assert status == 200 and [c["index"] for c in body["choices"]] == [0, 1, 2]
+    sampled = api.chat.completions.create(
+        model="tiny", messages=user("hi"), n=3, temperature=1.0, max_tokens=6, seed=1
+    )
+    assert [c.index for c in sampled.choices] == [0, 1, 2]
+    assert [m.id for m in api.models.list()] == ["tiny"]
 
-    with urllib.request.urlopen(f"{base_server.url}/models", timeout=10) as response:
-        assert [m["id"] for m in json.loads(response.read())["data"]] == ["tiny"]
+
+def test_the_openai_client_streams_tokens_as_they_are_generated(base_server: ChatServer) -> None:
+    """Each token comes as its own event while the rest is still being generated: when the
+    first text arrives, the server has not yet counted this request's completion tokens (it
+    does at the end of a generation)."""
+    want = transformers_greedy(BASE, [user(QUESTIONS[0])], 60)[0]
+    before = metric(base_server, COMPLETION_TOKENS)
+    stream = client(base_server).chat.completions.create(
+        model="tiny",
+        messages=user(QUESTIONS[0]),
+        max_tokens=60,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    pieces: list[str] = []
+    counted_at_first_piece = None
+    finish, usage = None, None
+    for chunk in stream:
+        if chunk.usage is not None:
+            usage = chunk.usage
+        if not chunk.choices:
+            continue
+        choice = chunk.choices[0]
+        if choice.delta.content:
+            if counted_at_first_piece is None:
+                counted_at_first_piece = metric(base_server, COMPLETION_TOKENS)
+            pieces.append(choice.delta.content)
+        finish = choice.finish_reason or finish
+    assert "".join(pieces) == want
+    assert len(pieces) > 10, pieces  # one event per token or so, not one blob
+    assert counted_at_first_piece == before
+    assert finish == "length" and usage is not None and usage.completion_tokens == 60
+    assert metric(base_server, COMPLETION_TOKENS) == before + 60
 
 
-def test_kubetune_serve_command_serves_until_interrupted() -> None:
+def test_a_long_request_does_not_hold_up_short_ones(base_server: ChatServer) -> None:
+    """A prompt near the context limit with a long completion, then short requests: the short
+    ones are answered while the long one is still being generated (served one at a time, they
+    would wait for it)."""
+    api = client(base_server)
+    long_prompt = user("1 + 1 = 2. " * 200)  # ~1,800 of the 2,048 tokens of context
+    finished: list[str] = []
+    first_token = threading.Event()
+
+    def long_request() -> None:
+        try:
+            stream = api.chat.completions.create(
+                model="tiny", messages=long_prompt, max_tokens=200, temperature=0, stream=True
+            )
+            for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    first_token.set()
+            finished.append("long")
+        except openai.APIError as err:
+            finished.append(f"long failed: {err}")
+            first_token.set()
+
+    worker = threading.Thread(target=long_request)
+    worker.start()
+    assert first_token.wait(timeout=120), "the long request never started generating"
+    assert not finished, finished
+    for question in QUESTIONS:
+        api.chat.completions.create(
+            model="tiny", messages=user(question), max_tokens=8, temperature=0
+        )
+        finished.append("short")
+    worker.join(timeout=300)
+    assert finished == ["short", "short", "short", "long"]
+
+
+def test_limits_answer_as_openai_does(base_server: ChatServer) -> None:
+    api = client(base_server)
+    with pytest.raises(openai.BadRequestError) as refused:
+        api.chat.completions.create(model="tiny", messages=user("word " * 2100), max_tokens=10)
+    assert refused.value.code == "context_length_exceeded"
+    assert "maximum context length is 2048 tokens" in refused.value.message
+
+    status, body = post(f"{base_server.url}/chat/completions", {"messages": user("x" * 70 * 1024)})
+    assert (status, body["error"]["code"]) == (413, "request_too_large")
+
+
+def test_health_metrics_and_one_log_line_per_request(
+    base_server: ChatServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    health = base_server.url.removesuffix("/v1") + "/health"
+    with urllib.request.urlopen(health, timeout=10) as response:
+        assert json.loads(response.read()) == {"status": "ok", "model": "tiny"}
+    served = 'kubetune_serve_requests_total{code="200",model="tiny",path="/v1/chat/completions"}'
+    before = metric(base_server, served)
+    with caplog.at_level(logging.INFO, logger="kubetune.serve"):
+        client(base_server).chat.completions.create(
+            model="tiny", messages=user("hi"), max_tokens=3, temperature=0
+        )
+        post(f"{base_server.url}/chat/completions", {"messages": []})
+    lines = [r.getMessage() for r in caplog.records if "event=request" in r.getMessage()]
+    assert len(lines) == 2, lines
+    assert "path=/v1/chat/completions status=200" in lines[0] and "completion_tokens=3" in lines[0]
+    assert "status=400" in lines[1]
+    assert metric(base_server, served) == before + 1
+    assert metric(base_server, 'kubetune_serve_request_duration_seconds_count{model="tiny"}') > 0
+
+
+def test_a_slow_generation_is_stopped_and_a_full_server_says_so() -> None:
+    server = serve(BASE, "tiny", timeout_seconds=2, engine=EngineSettings(max_requests=1))
+    try:
+        api = client(server)
+        outcome: list[Any] = []
+
+        def long_request() -> None:
+            try:
+                api.chat.completions.create(model="tiny", messages=user("hi"), max_tokens=1900)
+            except openai.APIStatusError as err:
+                outcome.append(err)
+
+        worker = threading.Thread(target=long_request)
+        worker.start()
+        deadline = time.monotonic() + 60
+        while metric(server, IN_FLIGHT) < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with pytest.raises(openai.APIStatusError) as full:
+            api.chat.completions.create(model="tiny", messages=user("hi"), max_tokens=2)
+        assert (full.value.status_code, full.value.code) == (503, "server_overloaded")
+        worker.join(timeout=120)
+        assert [(e.status_code, e.code) for e in outcome] == [(504, "timeout")]
+    finally:
+        server.stop()
+
+
+def test_kubetune_serve_names_the_model_by_its_job(tmp_path: Path) -> None:
+    output = tmp_path / "runs" / "default" / "base-job" / "output"
+    shutil.copytree(resolve_model_dir(BASE), output)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "kubetune.cli", "serve", BASE, "--port", str(port)]
+    command = [sys.executable, "-m", "kubetune.cli", "serve", "base-job", "--port", str(port)]
     server = subprocess.Popen(
-        [*command, "--served-name", "tiny"], stdout=subprocess.PIPE, text=True
+        [*command, "--storage", str(tmp_path / "runs")], stdout=subprocess.PIPE, text=True
     )
     try:
         deadline = time.monotonic() + 300
@@ -375,24 +530,24 @@ def test_kubetune_serve_command_serves_until_interrupted() -> None:
             assert server.poll() is None, "kubetune serve exited"
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=5) as r:
-                    assert json.loads(r.read())["data"][0]["id"] == "tiny"
+                    assert json.loads(r.read())["data"][0]["id"] == "base-job"
                     break
             except (urllib.error.URLError, ConnectionError):
                 assert time.monotonic() < deadline, "kubetune serve never answered"
                 time.sleep(0.5)
-        status, body = post(
-            f"http://127.0.0.1:{port}/v1/chat/completions",
-            {"messages": user(QUESTIONS[0]), "max_tokens": 10, "temperature": 0},
+        api = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused")
+        reply = api.chat.completions.create(
+            model="base-job", messages=user(QUESTIONS[0]), max_tokens=10, temperature=0
         )
-        assert status == 200
+        assert reply.model == "base-job"
         assert (
-            body["choices"][0]["message"]["content"]
+            reply.choices[0].message.content
             == transformers_greedy(BASE, [user(QUESTIONS[0])], 10)[0]
         )
     finally:
         server.send_signal(signal.SIGINT)
         assert server.wait(timeout=60) == 0
-    assert f"serving tiny at http://127.0.0.1:{port}/v1" in server.stdout.read()
+    assert f"serving base-job at http://127.0.0.1:{port}/v1" in server.stdout.read()
 
 
 @pytest.mark.parametrize(
@@ -401,12 +556,12 @@ def test_kubetune_serve_command_serves_until_interrupted() -> None:
         ({"messages": []}, 400, "messages"),
         ({"messages": [{"role": "wizard", "content": "x"}]}, 400, "messages[0]"),
         ({"messages": [{"role": "user", "content": "x"}], "temperature": 5}, 400, "temperature"),
-        ({"messages": [{"role": "user", "content": "x"}], "stream": True}, 400, "stream"),
+        ({"messages": [{"role": "user", "content": "x"}], "stream": True, "n": 2}, 400, "n"),
         ({"messages": [{"role": "user", "content": "x"}], "model": "gpt-9"}, 404, "model"),
     ],
 )
 def test_bad_requests_get_openai_errors(
-    base_server: ChatCompletionServer, body: dict[str, Any], status: int, param: str
+    base_server: ChatServer, body: dict[str, Any], status: int, param: str
 ) -> None:
     got, reply = post(f"{base_server.url}/chat/completions", body)
     assert got == status
@@ -417,26 +572,19 @@ def test_bad_requests_get_openai_errors(
 # --------------------------------------------------------------------------- judge
 
 
-def judge_on(source: str) -> Iterator[ChatCompletionServer]:
-    server = ChatCompletionServer(
-        ChatModel.load(source, device="cpu", name="parrot"),
-        port=0,
-        api_key="judge-key",
-        record_requests=True,
-    )
-    server.start_background()
+def judge_on(source: str) -> Iterator[ChatServer]:
+    server = serve(source, "parrot", api_key="judge-key", record_requests=True)
     yield server
-    server.shutdown()
-    server.server_close()
+    server.stop()
 
 
 @pytest.fixture(scope="module")
-def judge_server(parrot: str) -> Iterator[ChatCompletionServer]:
+def judge_server(parrot: str) -> Iterator[ChatServer]:
     yield from judge_on(parrot)
 
 
 @pytest.fixture(scope="module")
-def pairwise_judge_server(a_parrot: str) -> Iterator[ChatCompletionServer]:
+def pairwise_judge_server(a_parrot: str) -> Iterator[ChatServer]:
     yield from judge_on(a_parrot)
 
 
@@ -464,7 +612,7 @@ def judge_key(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_single_judge_scores_with_the_served_judge(
-    judge_server: ChatCompletionServer, judge_key: None
+    judge_server: ChatServer, judge_key: None
 ) -> None:
     spec = EvalSpec.model_validate({"metrics": [judge_metric(judge_server.url, "single")]})
     before = len(judge_server.requests)
@@ -476,7 +624,7 @@ def test_single_judge_scores_with_the_served_judge(
 
 
 def test_unreadable_judge_replies_are_counted_not_scored(
-    base_server: ChatCompletionServer, judge_key: None
+    base_server: ChatServer, judge_key: None
 ) -> None:
     """The untrained model as judge babbles: every reply is a parse failure."""
     metric = judge_metric(base_server.url, "single")
@@ -491,7 +639,7 @@ def test_unreadable_judge_replies_are_counted_not_scored(
 
 
 def test_pairwise_judge_asks_both_orders(
-    pairwise_judge_server: ChatCompletionServer, judge_key: None
+    pairwise_judge_server: ChatServer, judge_key: None
 ) -> None:
     judge_server = pairwise_judge_server
     metric = judge_metric(
@@ -524,7 +672,7 @@ def test_pairwise_judge_asks_both_orders(
     assert (details["ties"], details["position_consistent"], details["parse_failures"]) == (4, 0, 0)
 
 
-def test_the_judge_endpoint_needs_the_key(judge_server: ChatCompletionServer) -> None:
+def test_the_judge_endpoint_needs_the_key(judge_server: ChatServer) -> None:
     status, body = post(
         f"{judge_server.url}/chat/completions", {"messages": [{"role": "user", "content": "x"}]}
     )

@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from kubetune.api import FineTuneJob
+from kubetune.cli import DEMO_PIPELINE
 from kubetune.planner import make_plan
 from kubetune_trainer.exit_codes import EXIT_FAILED, EXIT_GATE_NOT_MET, EXIT_OK
 from kubetune_trainer.export.manifest import sha256_file
@@ -116,17 +119,38 @@ def test_merge_writes_verified_safetensors(tmp_path: Path, adapter_dir: Path) ->
     assert not any("lora" in name for name, _ in model.named_parameters())
 
 
+OWN_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} event=\w+( |$)")
+
+
+def demo_export_spec() -> dict:
+    """spec.export of the demo's last job (what `make demo` exports)."""
+    documents = list(yaml.safe_load_all(DEMO_PIPELINE.read_text()))
+    return documents[-1]["spec"]["export"]
+
+
 def test_stage_publishes_artifacts_with_a_matching_manifest(
     tmp_path: Path, adapter_dir: Path
 ) -> None:
-    export = {"formats": ["safetensors", "gguf", "onnx"], "gguf": {"types": ["f16", "q8_0"]}}
+    export = demo_export_spec()
+    assert export == {
+        "formats": ["safetensors", "gguf", "onnx"],
+        "gguf": {"types": ["f16", "q8_0"]},
+    }
     plan = export_plan(tmp_path, export)
     output = Path(plan.storage.output_dir)
     output.parent.mkdir(parents=True)
     output.symlink_to(adapter_dir, target_is_directory=True)
 
-    result = run_stage(tmp_path, plan)
+    result = run_stage(tmp_path, plan, env={"KUBETUNE_LOG_LEVEL": "INFO"})
     assert result.returncode == EXIT_OK, result.stderr[-3000:]
+    # At the default level the stage prints kubetune's own lines only: no optimizer internals
+    # of the ONNX exporter, no deprecation or accelerator notices, no library progress bars.
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    foreign = [line for line in lines if not OWN_LINE.match(line)]
+    assert foreign == [], f"{len(foreign)} of {len(lines)} lines are not kubetune's:\n" + "\n".join(
+        foreign[:20]
+    )
+    assert 5 <= len(lines) <= 40, lines
 
     export_dir = Path(plan.storage.export_dir)
     manifest = json.loads((export_dir / "manifest.json").read_text())

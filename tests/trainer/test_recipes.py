@@ -1,5 +1,6 @@
-"""SFT and DPO on tiny builtin models: they learn, DPO starts at ln 2, SIGTERM resumes to the
-same trajectory, and Ray shards the data across workers."""
+"""SFT and DPO on tiny builtin models: they learn, DPO starts at ln 2, and an interrupted run
+(Ctrl-C, passed to the trainer as SIGTERM) resumes to the same trajectory, single-process and
+on Ray Train."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import pytest
 
 from kubetune.api import FineTuneJob
 from kubetune.planner import make_plan
+from kubetune.run_records import latest_checkpoint_step
 from kubetune_trainer.exit_codes import EXIT_PREEMPTED
 from kubetune_trainer.plan import Plan, Scaling
 
@@ -193,25 +195,78 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict[int, float]:
     return history(Path(reference.storage.root) / reference.storage.run_name)
 
 
+def job_yaml(name: str, spec: dict[str, Any]) -> str:
+    return json.dumps(job(name, "sft", spec).model_dump(by_alias=True, exclude_none=True))
+
+
+def kubetune(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "kubetune.cli", *args]
+    return subprocess.run(command, cwd=cwd, env=LOCAL_RUN_ENV, capture_output=True, text=True)
+
+
+LOCAL_RUN_ENV = os.environ | {"KUBETUNE_METRICS_PORT": "0", "KUBETUNE_PROGRESS_INTERVAL": "0"}
+
+
 @pytest.mark.parametrize("mode", ["single", "ray"])
-def test_sigterm_then_resume_matches_uninterrupted_run(
+def test_ctrl_c_saves_and_the_same_command_resumes_exactly(
     tmp_path: Path, mode: str, uninterrupted: dict[int, float]
 ) -> None:
+    """Ctrl-C in the terminal of `kubetune run --local` (SIGINT to its whole process group,
+    Ray's processes included) saves a checkpoint at the step it reached and exits 75; the same
+    command resumes from there and the losses are those of a run never interrupted (the
+    runner passes SIGTERM to the trainer, as a pod's eviction does). A third run does not
+    train again."""
     expected = uninterrupted
-
-    plan, path = plan_for(tmp_path / "cut", job("cut", "sft", RESUME_SPEC))
-    run_dir = Path(plan.storage.root) / plan.storage.run_name
-    env = {"KUBETUNE_PROGRESS_FILE": str(run_dir / "progress.json")}
-    first = train(path, mode=mode, env=env)
+    (tmp_path / "job.yaml").write_text(job_yaml("cut", RESUME_SPEC))
+    command = ["run", "job.yaml", "--local", "--mode", mode]
+    run_dir = tmp_path / "runs" / "t" / "cut"
+    first = subprocess.Popen(
+        [sys.executable, "-m", "kubetune.cli", *command],
+        cwd=tmp_path,
+        env=LOCAL_RUN_ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     wait_for_step(run_dir, 12, first, timeout=300)
-    first.send_signal(signal.SIGTERM)
-    assert first.wait(timeout=120) == EXIT_PREEMPTED
-    stopped_at = json.loads((run_dir / "progress.json").read_text())["step"]
-    assert stopped_at < 30
+    os.killpg(first.pid, signal.SIGINT)  # what a terminal sends on Ctrl-C
+    out = first.communicate(timeout=180)[0]
+    assert first.returncode == EXIT_PREEMPTED, out[-3000:]
+    stopped_at = json.loads((run_dir / "result-attempt-1.json").read_text())["finalStep"]
+    assert 12 <= stopped_at < 30
+    assert f"cut: interrupted at step {stopped_at}; run the same command to resume" in out
+    assert latest_checkpoint_step(run_dir) == stopped_at  # saved where it was interrupted
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out
 
-    _, resumed_path = plan_for(tmp_path / "cut", job("cut", "sft", RESUME_SPEC), attempt=2)
-    assert train(resumed_path, mode=mode, env=env).wait() == 0
+    again = kubetune(*command, cwd=tmp_path)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert f"cut: resuming from step {stopped_at} (attempt 2)" in again.stdout
     actual = history(run_dir)
     assert max(actual) == max(expected) == 30
     for step, loss in expected.items():
         assert actual[step] == pytest.approx(loss, abs=1e-4), f"step {step}"
+    summary = again.stdout.split("JOB", 1)[1].splitlines()
+    assert summary[1].split()[:3] == ["cut", "sft", "Succeeded"]
+    assert summary[1].split()[7] == str(stopped_at)  # RESUMED-FROM
+    assert "next: kubetune generate cut --namespace t" in again.stdout
+
+    third = kubetune(*command, cwd=tmp_path)
+    assert third.returncode == 0
+    assert "t/cut: already finished — `--fresh` to train again" in third.stdout
+    assert not (run_dir / "plan-attempt-3.json").exists()
+
+    # What the run left is what `kubetune list`, `status` and `logs` show.
+    listed = json.loads(kubetune("list", "-o", "json", cwd=tmp_path).stdout)
+    assert [(r["name"], r["state"], r["step"], r["attempt"]) for r in listed] == [
+        ("cut", "Succeeded", 30, 2)
+    ]
+    status = json.loads(kubetune("status", "cut", "-o", "json", cwd=tmp_path).stdout)
+    assert [a["exitCode"] for a in status["attempts"]] == [EXIT_PREEMPTED, 0]
+    assert status["resumedFrom"] == stopped_at and status["lastCheckpointStep"] == 30
+    log = kubetune("logs", "cut", cwd=tmp_path).stdout
+    assert (
+        f"event=resume_point attempt=2 checkpoint=step-{stopped_at:08d}-a2 step={stopped_at}" in log
+    )
+    first_log = kubetune("logs", "cut", "--attempt", "1", cwd=tmp_path).stdout
+    assert "event=sigterm action=save-and-stop" in first_log

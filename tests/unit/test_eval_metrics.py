@@ -176,7 +176,7 @@ class StubEndpoint:
 
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                stub.hits.append((dict(self.headers), body))
+                stub.hits.append(({k.lower(): v for k, v in self.headers.items()}, body))
                 status, payload = stub.respond(len(stub.hits), body)
                 self.send_response(status)
                 self.send_header("Content-Length", str(len(payload)))
@@ -215,7 +215,7 @@ PROMPTS = [[{"role": "user", "content": f"What is {n} + 1?"}] for n in (3, 7, 9)
 
 
 def client_for(endpoint: StubEndpoint, **kwargs: Any) -> ChatClient:
-    return ChatClient(endpoint.url, "judge", backoff_seconds=0.01, **kwargs)
+    return ChatClient(endpoint.url, "judge", **kwargs)
 
 
 def test_malformed_replies_are_parse_failures_never_scores(stub) -> None:
@@ -279,7 +279,7 @@ def test_the_api_key_comes_from_the_secret_variable(stub, monkeypatch: pytest.Mo
     result = judge_single(ChatClient.from_spec(spec), PROMPTS[:1], ["4"])
     assert result.value == 3.0
     headers, body = endpoint.hits[0]
-    assert headers["Authorization"] == "Bearer sk-test"
+    assert headers["authorization"] == "Bearer sk-test"
     assert body["model"] == "judge-1"
     assert body["temperature"] == 0.0
 

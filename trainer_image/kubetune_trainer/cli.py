@@ -14,8 +14,9 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from kubetune_trainer.errors import UserError, debug_mode, report
-from kubetune_trainer.exit_codes import EXIT_INVALID_PLAN
+from kubetune_trainer.exit_codes import EXIT_INTERRUPTED, EXIT_INVALID_PLAN
 from kubetune_trainer.plan import Plan
+from kubetune_trainer.reporting.logs import configure_logging, log_level
 
 log = logging.getLogger("kubetune.trainer")
 
@@ -64,17 +65,23 @@ def main(argv: list[str] | None = None) -> int:
         help="print the traceback of an expected failure (also KUBETUNE_LOG_LEVEL=DEBUG)",
     )
     args = parser.parse_args(argv)
-    level = os.environ.get("KUBETUNE_LOG_LEVEL", "INFO").strip().upper()
-    known = logging.getLevelNamesMapping()
-    logging.basicConfig(level=level if level in known else "INFO", format="%(asctime)s %(message)s")
+    configure_logging()
     try:
         return run(args)
+    except KeyboardInterrupt:
+        # A second Ctrl-C (the first one asks for a checkpoint): stop at once.
+        print("kubetune-train: interrupted again; stopped without saving", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except Exception as err:  # the one place a failure becomes an error line and an exit code
         return report(err, debug=debug_mode(args.debug))
 
 
 def run(args: argparse.Namespace) -> int:
     plan = read_plan(args.plan)
+    if not plan.scaling.use_gpu:
+        # DeepSpeed picks its accelerator when first imported (by transformers, too); told,
+        # it does not guess and warn about it.
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     if args.stage == "export":
         return run_export_stage(plan, check=args.check)
     if args.check:
@@ -97,6 +104,10 @@ def run_export_stage(plan: Plan, *, check: bool) -> int:
         print(f"export plan for {plan.job.namespace}/{plan.job.name} is valid")
         return 0
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    if log_level() != "DEBUG":
+        # The libraries' own progress bars (loading a GGUF file back to verify it, ...): a
+        # line per update in a pod's log. The stage reports each step itself.
+        os.environ.setdefault("TQDM_DISABLE", "1")
     from kubetune_trainer.export.stage import main as export_main
 
     return export_main(plan)

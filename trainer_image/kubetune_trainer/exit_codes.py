@@ -20,9 +20,10 @@ EXIT_INVALID_PLAN = 78
 the same plan cannot help; the operator may fail the job without restarting it."""
 
 EXIT_PREEMPTED = 75
-"""SIGTERM arrived (eviction, preemption, node drain), a complete checkpoint was saved within
-the grace period, and the trainer stopped (sysexits EX_TEMPFAIL). A disruption: the next
-attempt resumes from that checkpoint and it does not count against resume.maxRestarts."""
+"""SIGTERM arrived (eviction, preemption, node drain; a first Ctrl-C in a local run), a
+complete checkpoint was saved within the grace period, and the trainer stopped (sysexits
+EX_TEMPFAIL). A disruption: the next attempt resumes from that checkpoint and it does not count
+against resume.maxRestarts."""
 
 EXIT_USAGE = 2
 """The command line itself is wrong (argparse's own code): an unknown option, a missing
@@ -40,6 +41,11 @@ EXIT_GATE_NOT_MET = 79
 """Export stage only: the spec's export gate metric did not reach its bound, so nothing was
 exported. Not a failure of the job: the operator finishes it as Succeeded without artifacts and
 says why in the condition."""
+
+EXIT_INTERRUPTED = 130
+"""Interactive runs only: a second Ctrl-C (SIGINT) stopped the trainer at once, without a
+checkpoint (128 + SIGINT, as shells report it). The first Ctrl-C is handled as SIGTERM: a
+checkpoint, then EXIT_PREEMPTED."""
 
 DISRUPTION_EXIT_CODES = frozenset({EXIT_PREEMPTED})
 """Exit codes the operator treats as disruptions rather than application failures."""
@@ -69,6 +75,7 @@ __all__ = [
     "EXIT_BAD_DATA",
     "EXIT_FAILED",
     "EXIT_GATE_NOT_MET",
+    "EXIT_INTERRUPTED",
     "EXIT_INVALID_PLAN",
     "EXIT_OK",
     "EXIT_PREEMPTED",

@@ -1,4 +1,5 @@
-"""LLM-as-judge against any OpenAI-compatible ``/v1/chat/completions`` endpoint.
+"""LLM-as-judge against any OpenAI-compatible ``/v1/chat/completions`` endpoint (through the
+``openai`` client).
 
 - single: the judge rates each response 1–5 and must reply ``Score: N``;
 - pairwise: the judge compares the model's response with the baseline's and must reply
@@ -14,13 +15,9 @@ backoff; other HTTP errors are not) is a *request failure*, also counted and nev
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
-import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -52,7 +49,6 @@ _VERDICT = re.compile(r"\bverdict\s*[:=]\s*\**\s*\[?\s*(A|B|tie)\b", re.IGNORECA
 _BARE_VERDICT = re.compile(r"^\s*\**\s*\[?\s*(A|B|tie)\s*\]?\s*\**\s*\.?\s*$", re.IGNORECASE)
 REPLY_TOKENS = 64
 """Longest judge reply requested: room for a short remark before the score line."""
-RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504}
 
 
 class JudgeError(RuntimeError):
@@ -82,15 +78,17 @@ def api_key_from_env(spec: JudgeSpec, field_path: str = "judge.apiKeySecret") ->
     return value
 
 
-def chat_completions_url(endpoint: str) -> str:
-    """The chat-completions URL of a base URL such as http://host:8000/v1 (a URL already
-    ending in /chat/completions is used as is)."""
+def base_url(endpoint: str) -> str:
+    """The API base of an endpoint given as a base URL (http://host:8000/v1) or as the full
+    chat-completions URL."""
     base = endpoint.rstrip("/")
-    return base if base.endswith("/chat/completions") else f"{base}/chat/completions"
+    return base.removesuffix("/chat/completions")
 
 
 class ChatClient:
-    """A minimal OpenAI-compatible chat-completions client (stdlib HTTP, no SDK)."""
+    """Chat completions from an OpenAI-compatible endpoint through the ``openai`` client: its
+    timeout per request, and its retries of connection errors, timeouts, HTTP 408, 409, 429
+    and 5xx (exponential backoff, honouring Retry-After); other HTTP errors are not retried."""
 
     def __init__(
         self,
@@ -100,14 +98,19 @@ class ChatClient:
         api_key: str | None = None,
         timeout_seconds: float = 60.0,
         retries: int = 3,
-        backoff_seconds: float = 0.5,
     ) -> None:
-        self.url = chat_completions_url(endpoint)
+        import openai
+
+        self.url = base_url(endpoint)
         self.model = model
-        self.api_key = api_key
-        self.timeout_seconds = timeout_seconds
+        # The client insists on a key; an endpoint without authentication ignores it.
+        self._client = openai.OpenAI(
+            base_url=self.url,
+            api_key=api_key or "none",
+            timeout=timeout_seconds,
+            max_retries=retries,
+        )
         self.retries = retries
-        self.backoff_seconds = backoff_seconds
 
     @classmethod
     def from_spec(cls, spec: JudgeSpec, *, field_path: str = "judge") -> ChatClient:
@@ -119,53 +122,37 @@ class ChatClient:
             retries=spec.retries,
         )
 
-    def _post(self, body: bytes) -> bytes:
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
-        with urllib.request.urlopen(request, timeout=self.timeout_seconds) as response:
-            return response.read()
-
     def complete(
         self, messages: Messages, *, max_tokens: int = REPLY_TOKENS, temperature: float = 0.0
     ) -> str:
         """The content of the first choice; raises RequestFailed or MalformedReply."""
-        body = json.dumps(
-            {
-                "model": self.model,
-                "messages": messages,
-                "max_tokens": max_tokens,
-                "temperature": temperature,
-            }
-        ).encode()
-        last_error = ""
-        for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(min(self.backoff_seconds * 2 ** (attempt - 1), 8.0))
-            try:
-                raw = self._post(body)
-            except urllib.error.HTTPError as err:
-                detail = err.read()[:200].decode("utf-8", "replace")
-                last_error = f"HTTP {err.code}: {detail}"
-                if err.code not in RETRYABLE_STATUS:
-                    raise RequestFailed(f"{self.url}: {last_error}") from None
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
-                last_error = f"{type(err).__name__}: {getattr(err, 'reason', err)}"
-            else:
-                return _content(raw)
-            log.warning(
-                "event=judge_retry url=%s attempt=%d error=%r", self.url, attempt + 1, last_error
+        import openai
+
+        try:
+            reply = self._client.chat.completions.create(
+                model=self.model,
+                messages=messages,  # type: ignore[arg-type]
+                max_tokens=max_tokens,
+                temperature=temperature,
             )
-        raise RequestFailed(f"{self.url}: {self.retries + 1} attempts failed; last: {last_error}")
+        except openai.APIStatusError as err:
+            detail = err.response.text[:200]
+            raise RequestFailed(f"{self.url}: HTTP {err.status_code}: {detail}") from None
+        except openai.APIConnectionError as err:  # timeouts included
+            tries = self.retries + 1
+            raise RequestFailed(
+                f"{self.url}: {tries} attempt(s) failed; last: {type(err).__name__}: {err}"
+            ) from None
+        except openai.APIResponseValidationError as err:
+            raise MalformedReply(f"not a chat completion: {err}") from None
+        return _content(reply)
 
 
-def _content(raw: bytes) -> str:
+def _content(reply: object) -> str:
     try:
-        reply = json.loads(raw)
-        content = reply["choices"][0]["message"]["content"]
-    except (ValueError, KeyError, IndexError, TypeError):
-        raise MalformedReply(f"not a chat completion: {raw[:200]!r}") from None
+        content = reply.choices[0].message.content  # type: ignore[attr-defined]
+    except (AttributeError, IndexError, TypeError):
+        raise MalformedReply(f"not a chat completion: {str(reply)[:200]!r}") from None
     if not isinstance(content, str):
         raise MalformedReply(f"message content is not text: {content!r}")
     return content

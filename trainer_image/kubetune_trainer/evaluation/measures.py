@@ -71,7 +71,7 @@ class Completion:
     completion_tokens: int
 
 
-def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
+def eos_ids(model: Any, tokenizer: Any) -> set[int]:
     ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     found = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
     if tokenizer.eos_token_id is not None:
@@ -113,7 +113,7 @@ def generate_completions(
         raise ValueError(f"temperature must be at least 0, got {temperature}")
     if temperature == 0 and num_samples > 1:
         raise ValueError("several samples per prompt need a temperature above 0")
-    eos = _eos_ids(model, tokenizer)
+    eos = eos_ids(model, tokenizer)
     sampling: dict[str, Any] = (
         {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
     )

@@ -20,6 +20,8 @@ from kubetune_trainer.training.callbacks import (
     PreemptionCallback,
     ProgressCallback,
     Publisher,
+    TrainingDisplay,
+    replace_hf_display,
 )
 from kubetune_trainer.training.deepspeed_config import deepspeed_config
 from kubetune_trainer.training.hardware import Hardware, Precision, choose_precision, precision_args
@@ -91,7 +93,7 @@ def trl_args(ctx: RunContext) -> dict[str, Any]:
         "gradient_accumulation_steps": t.gradient_accumulation,
         "seed": t.seed,
         "data_seed": t.seed,
-        "gradient_checkpointing": t.gradient_checkpointing,
+        **checkpointing_arg(t.gradient_checkpointing),
         "logging_steps": t.log_every_steps,
         "logging_first_step": True,
         "eval_strategy": ("steps" if t.eval_every_steps else "epoch") if has_eval else "no",
@@ -103,7 +105,7 @@ def trl_args(ctx: RunContext) -> dict[str, Any]:
         # Without use_cpu, HF Trainer under Ray or torchrun on CPU trains un-distributed.
         "use_cpu": not ctx.hardware.cuda,
         "deepspeed": deepspeed_setup(ctx),
-        "disable_tqdm": not (ctx.local_run and ctx.is_main),
+        "disable_tqdm": True,  # TrainingDisplay shows progress
         "dataloader_num_workers": 0,
         "include_num_input_tokens_seen": True,
         "restore_callback_states_from_checkpoint": False,
@@ -112,6 +114,22 @@ def trl_args(ctx: RunContext) -> dict[str, Any]:
     if recipe.tracking.project:
         os.environ.setdefault("WANDB_PROJECT", recipe.tracking.project)
     return args
+
+
+def checkpointing_arg(enabled: bool) -> dict[str, bool]:
+    """Activation (gradient) checkpointing under the name this transformers knows: 5.x renamed
+    gradient_checkpointing to activation_checkpointing and warns about the old name."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    key = (
+        "activation_checkpointing"
+        if "activation_checkpointing" in names
+        else "gradient_checkpointing"
+    )
+    return {key: enabled}
 
 
 def deepspeed_setup(ctx: RunContext) -> dict[str, Any] | None:
@@ -200,6 +218,7 @@ def callbacks(ctx: RunContext, *, skipped_rows: int = 0) -> tuple[list[Any], Pre
             history=ctx.history,
             skipped_rows=skipped_rows,
         ),
+        TrainingDisplay(bar=ctx.local_run, is_main=ctx.is_main, job=ctx.plan.storage.run_name),
         *ctx.extra_callbacks,
     ]
     trace = os.environ.get("KUBETUNE_DATA_TRACE")
@@ -213,8 +232,7 @@ def train_and_save(trainer: Any, ctx: RunContext, preemption: PreemptionCallback
     model with its tokenizer to the output directory. With LoRA that is the adapters and a
     record of their base (see models.adapters); the export stage merges them."""
     resume = str(ctx.resume_from) if ctx.resume_from else None
-    if resume:
-        log.info("event=resume checkpoint=%s", resume)
+    replace_hf_display(trainer)
     result = trainer.train(resume_from_checkpoint=resume)
     metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, int | float)}
     if preemption.preempted:

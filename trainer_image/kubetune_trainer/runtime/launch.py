@@ -8,6 +8,7 @@ from typing import Literal
 
 from kubetune_trainer.plan import Plan
 from kubetune_trainer.runtime.ray_train import run_on_ray
+from kubetune_trainer.runtime.signals import StopSignals
 from kubetune_trainer.runtime.single import run_single
 from kubetune_trainer.uris import local_storage
 
@@ -24,7 +25,9 @@ def choose_mode(plan: Plan, requested: Mode) -> Literal["single", "ray"]:
 
 
 def run_plan(plan: Plan, *, mode: Mode = "auto", local_run: bool = False) -> int:
-    """Train according to the plan; the process exit code (see exit_codes)."""
+    """Train according to the plan; the process exit code (see exit_codes). SIGTERM or a first
+    SIGINT saves a checkpoint at the next step and stops (EXIT_PREEMPTED); a second SIGINT
+    raises KeyboardInterrupt."""
     chosen = choose_mode(plan, mode)
     log.info(
         "event=start job=%s/%s method=%s attempt=%d mode=%s workers=%d",
@@ -35,6 +38,7 @@ def run_plan(plan: Plan, *, mode: Mode = "auto", local_run: bool = False) -> int
         chosen,
         plan.scaling.workers,
     )
-    if chosen == "single":
-        return run_single(plan, local_run=local_run)
-    return run_on_ray(plan, local_run=local_run)
+    with StopSignals() as stop:
+        if chosen == "single":
+            return run_single(plan, local_run=local_run, stop=stop)
+        return run_on_ray(plan, local_run=local_run, stop=stop)

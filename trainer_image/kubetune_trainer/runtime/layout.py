@@ -5,7 +5,7 @@ single-process and the Ray path)::
         attempts/ checkpoints/                  the checkpoint store (docs/checkpoints.md)
         staging/attempt-<N>/                    HF Trainer's checkpoints before they are published
         history.jsonl                           every logged step
-        result-attempt-<N>.json                 the outcome of a single-process attempt
+        result-attempt-<N>.json                 the outcome of an attempt (write_result)
     <storage.output_dir>                        the final model
 
 On S3 storage the run directory is the prefix ``<storage.root>/<namespace>/<job>/`` (attempts/
@@ -15,7 +15,11 @@ is uploaded after success (:func:`publish_output`).
 
 from __future__ import annotations
 
+import json
+import logging
 import tempfile
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +27,8 @@ from kubetune_trainer.plan import Plan
 from kubetune_trainer.recipes.common import RecipeResult
 from kubetune_trainer.training.checkpoint_store import open_store
 from kubetune_trainer.uris import local_storage
+
+log = logging.getLogger("kubetune.trainer")
 
 
 def run_dir_of(plan: Plan) -> Path | None:
@@ -91,3 +97,45 @@ def ray_storage(plan: Plan) -> tuple[str, str]:
     base = str(root) if root is not None else plan.storage.root.rstrip("/")
     namespace, name = plan.storage.run_name.split("/", 1)
     return f"{base}/{namespace}", name
+
+
+def write_result(
+    run_dir: Path,
+    plan: Plan,
+    *,
+    final_step: int,
+    preempted: bool,
+    metrics: dict[str, float],
+    output: Path | str | None,
+    resumed_from: int | None,
+    started: float,
+) -> None:
+    """``result-attempt-<N>.json``: how the attempt ended (what ``kubetune status`` shows),
+    written atomically. ``started`` is the attempt's start, as ``time.time()``."""
+    finished = time.time()
+    summary: dict[str, Any] = {
+        "attempt": plan.attempt,
+        "finalStep": final_step,
+        "preempted": preempted,
+        "resumedFrom": resumed_from,
+        "started": _rfc3339(started),
+        "finished": _rfc3339(finished),
+        "seconds": round(finished - started, 1),
+        "metrics": metrics,
+        "output": str(output) if output else None,
+    }
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkstemp(dir=run_dir, prefix=".result-")[1])
+    tmp.write_text(json.dumps(summary, indent=1))
+    tmp.replace(run_dir / f"result-attempt-{plan.attempt}.json")
+    log.info(
+        "event=%s job=%s step=%d output=%s",
+        "preempted" if preempted else "finished",
+        plan.storage.run_name,
+        final_step,
+        summary["output"],
+    )
+
+
+def _rfc3339(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,31 +20,51 @@ from kubetune_trainer.errors import UserError
 from kubetune_trainer.exit_codes import EXIT_OK, EXIT_PREEMPTED, EXIT_STALE_ATTEMPT
 from kubetune_trainer.plan import Plan
 from kubetune_trainer.recipes import recipe_for
+from kubetune_trainer.reporting.logs import configure_logging, log_level
 from kubetune_trainer.runtime.context import run_context
 from kubetune_trainer.runtime.layout import (
     checkpoint_store,
     publish_output,
     ray_storage,
+    run_dir_of,
+    write_result,
 )
+from kubetune_trainer.runtime.signals import StopSignals
 from kubetune_trainer.runtime.single import log_resume_point
 from kubetune_trainer.training.checkpoints import StaleAttempt
 
 log = logging.getLogger("kubetune.trainer")
 
 
-def run_on_ray(plan: Plan, *, local_run: bool) -> int:
+def run_on_ray(plan: Plan, *, local_run: bool, stop: StopSignals | None = None) -> int:
+    """Train on Ray Train workers. A stop request (``stop``: SIGTERM or Ctrl-C reached this
+    driver) is passed to the workers through a stop-flag actor they poll at every step."""
     import ray
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    # Ray's own lines (its start-up banner, Ray Train's "Reporting training result" per
+    # report) only from WARNING up, unless kubetune itself logs at DEBUG. In an interactive
+    # local run Ray Train's controller warnings too: on a busy workstation its state queries
+    # time out now and then ("State API may be temporarily unavailable"), which says nothing
+    # about the training.
+    ray_level = "DEBUG" if log_level() == "DEBUG" else "WARNING"
+    train_level = "ERROR" if local_run and ray_level == "WARNING" else ray_level
     if not ray.is_initialized():
         address = os.environ.get("RAY_ADDRESS")
+        options: dict[str, Any] = {
+            "include_dashboard": False,
+            "log_to_driver": True,
+            "logging_level": logging.getLevelName(ray_level),
+        }
         if address:
-            ray.init(address=address, include_dashboard=False, log_to_driver=True)
+            ray.init(address=address, **options)
         else:
             # A local Ray of our own (kubetune run --local, tests): keep it on loopback.
-            ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=True)
+            ray.init(_node_ip_address="127.0.0.1", **options)
+    if stop is not None:
+        stop.install()  # ray.init installs its own SIGTERM handler, which would end the driver
     storage_path, name = ray_storage(plan)
     scaling = plan.scaling
     trainer = TorchTrainer(
@@ -62,10 +82,15 @@ def run_on_ray(plan: Plan, *, local_run: bool) -> int:
             name=name,
             storage_path=storage_path,
             failure_config=FailureConfig(max_failures=scaling.max_failures),
+            logging_config=LoggingConfig(log_level=train_level),
         ),
     )
+    started = time.time()
     stop_flag = _define_stop_flag().options(name=stop_flag_name(plan)).remote()
-    previous = signal.signal(signal.SIGTERM, lambda *_: _request_stop(stop_flag))
+    if stop is not None:
+        stop.on_request = lambda: _request_stop(stop_flag)
+        if stop.requested():  # the signal came while Ray was starting
+            _request_stop(stop_flag)
     try:
         result = trainer.fit()
     except ray.train.TrainingFailedError as err:
@@ -74,12 +99,25 @@ def run_on_ray(plan: Plan, *, local_run: bool) -> int:
             raise
         raise cause from err
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if stop is not None:
+            stop.on_request = None
         ray.kill(stop_flag)
     outcome = result.return_value or {}
     log.info("event=ray_finished outcome=%s", json.dumps(outcome))
     if outcome.get("stale"):
         return EXIT_STALE_ATTEMPT
+    run_dir = run_dir_of(plan)
+    if run_dir is not None:
+        write_result(
+            run_dir,
+            plan,
+            final_step=outcome.get("finalStep", 0),
+            preempted=bool(outcome.get("preempted")),
+            metrics=outcome.get("metrics", {}),
+            output=plan.storage.output_dir if not outcome.get("preempted") else None,
+            resumed_from=outcome.get("resumedFrom"),
+            started=started,
+        )
     return EXIT_PREEMPTED if outcome.get("preempted") else EXIT_OK
 
 
@@ -104,7 +142,7 @@ def _define_stop_flag() -> Any:
 
     @ray.remote(num_cpus=0)
     class _StopFlag:
-        """Set by the driver on SIGTERM; polled by every worker at each step."""
+        """Set by the driver on a stop request; polled by every worker at each step."""
 
         def __init__(self) -> None:
             self.requested = False
@@ -119,7 +157,7 @@ def _define_stop_flag() -> Any:
 
 
 def _request_stop(flag: Any) -> None:
-    log.warning("event=sigterm action=ask-workers-to-save-and-stop")
+    log.info("event=stop_requested action=ask-workers-to-save-and-stop")
     flag.request.remote()
 
 
@@ -127,7 +165,7 @@ def _worker(config: dict[str, Any]) -> dict[str, Any]:
     import ray.train
     import torch.distributed as dist
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    configure_logging(with_time=False)
     plan = Plan.from_json(config["plan"])
     if not plan.scaling.use_gpu:
         # DeepSpeed picks its accelerator when first imported; a CPU plan must get the CPU one
@@ -144,7 +182,7 @@ def _worker(config: dict[str, Any]) -> dict[str, Any]:
         try:
             base = store.register_attempt(plan.attempt)
             log_resume_point(plan, base)
-            decision = [{"base": base.name if base else None}]
+            decision = [{"base": base.name if base else None, "step": base.step if base else None}]
         except StaleAttempt as err:
             log.error("event=stale_attempt message=%s", err)
             decision = [{"stale": str(err)}]
@@ -185,4 +223,5 @@ def _worker(config: dict[str, Any]) -> dict[str, Any]:
         "finalStep": result.final_step,
         "preempted": result.preempted,
         "metrics": result.metrics,
+        "resumedFrom": decision[0]["step"],
     }

@@ -3,25 +3,24 @@ checkpoint store (docs/checkpoints.md) says where the attempt resumes and takes 
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
-import tempfile
+import time
 from pathlib import Path
-from typing import Any
 
 from kubetune_trainer.exit_codes import EXIT_OK, EXIT_PREEMPTED, EXIT_STALE_ATTEMPT
 from kubetune_trainer.plan import Plan
 from kubetune_trainer.recipes import recipe_for
-from kubetune_trainer.recipes.common import RecipeResult
 from kubetune_trainer.runtime.context import run_context
-from kubetune_trainer.runtime.layout import checkpoint_store, run_dir_of
+from kubetune_trainer.runtime.layout import checkpoint_store, run_dir_of, write_result
+from kubetune_trainer.runtime.signals import StopSignals
 from kubetune_trainer.training.checkpoints import Checkpoint, StaleAttempt
 
 log = logging.getLogger("kubetune.trainer")
 
 
-def run_single(plan: Plan, *, local_run: bool) -> int:
+def run_single(plan: Plan, *, local_run: bool, stop: StopSignals | None = None) -> int:
+    started = time.time()
     run_dir = run_dir_of(plan)
     assert run_dir is not None, "single-process runs need local or pvc storage"
     store = checkpoint_store(plan)
@@ -40,10 +39,20 @@ def run_single(plan: Plan, *, local_run: bool) -> int:
         publish=publish,
         resume_from=store.local_copy(base) if base else None,
         local_run=local_run,
+        stop_requested=stop.requested if stop is not None else None,
     )
     shutil.rmtree(ctx.staging_dir, ignore_errors=True)
     result = recipe_for(plan.recipe.method)(ctx)  # a StaleAttempt exits 76 (kubetune-train)
-    write_result(run_dir, plan, result)
+    write_result(
+        run_dir,
+        plan,
+        final_step=result.final_step,
+        preempted=result.preempted,
+        metrics=result.metrics,
+        output=result.output_dir,
+        resumed_from=base.step if base else None,
+        started=started,
+    )
     shutil.rmtree(ctx.staging_dir, ignore_errors=True)
     return EXIT_PREEMPTED if result.preempted else EXIT_OK
 
@@ -58,24 +67,4 @@ def log_resume_point(plan: Plan, base: Checkpoint | None) -> None:
         base.name,
         base.step,
         base.adopted_from or base.name,
-    )
-
-
-def write_result(run_dir: Path, plan: Plan, result: RecipeResult) -> None:
-    summary: dict[str, Any] = {
-        "attempt": plan.attempt,
-        "finalStep": result.final_step,
-        "preempted": result.preempted,
-        "metrics": result.metrics,
-        "output": str(result.output_dir) if result.output_dir else None,
-    }
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkstemp(dir=run_dir, prefix=".result-")[1])
-    tmp.write_text(json.dumps(summary, indent=1))
-    tmp.replace(run_dir / f"result-attempt-{plan.attempt}.json")
-    log.info(
-        "event=%s step=%d output=%s",
-        "preempted" if result.preempted else "finished",
-        result.final_step,
-        summary["output"],
     )

@@ -1,13 +1,11 @@
 """HF Trainer callbacks shared by every TRL-based recipe: progress, metrics, checkpoint
-publishing, time-based saves and SIGTERM handling."""
+publishing, time-based saves and stopping on request."""
 
 from __future__ import annotations
 
 import json
 import logging
 import math
-import signal
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -42,40 +40,27 @@ def any_rank(local: bool) -> bool:
 
 
 class PreemptionCallback(TrainerCallback):
-    """SIGTERM (pod eviction, preemption, node drain) → save at the next step boundary, then
-    stop. The runtime turns `preempted` into the documented exit code.
+    """A stop request (SIGTERM: pod eviction, preemption, node drain; Ctrl-C in a local run) →
+    save at the next step boundary, then stop. The runtime turns `preempted` into the
+    documented exit code.
 
-    Under Ray the signal reaches the driver, not the workers: `stop_requested` polls the
-    driver's stop flag. With several ranks the decision is all-reduced every step so that all
-    ranks save and stop at the same step (a rank stopping alone would hang the others).
+    The runtime owns the signals (kubetune_trainer.runtime.signals) and hands in
+    `stop_requested`: its own flag in a single process, the driver's stop flag under Ray (the
+    signal reaches the driver, not the workers). With several ranks the decision is all-reduced
+    every step so that all ranks save and stop at the same step (a rank stopping alone would
+    hang the others).
     """
 
     def __init__(self, stop_requested: Callable[[], bool] | None = None) -> None:
         self.preempted = False
         self.stop_requested = stop_requested
-        self._signalled = False
-        self._previous: Any = None
-
-    def _on_sigterm(self, signum: int, frame: Any) -> None:
-        log.warning("event=sigterm action=save-and-stop")
-        self._signalled = True
-
-    def on_train_begin(self, args, state, control, **kwargs) -> None:
-        # Ray Train runs the training function off the main thread, where signal handlers
-        # cannot be installed; there the driver's stop flag (stop_requested) carries SIGTERM.
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
 
     def on_step_end(self, args, state, control: TrainerControl, **kwargs) -> None:
-        local = self._signalled or bool(self.stop_requested and self.stop_requested())
+        local = bool(self.stop_requested and self.stop_requested())
         if any_rank(local):
             self.preempted = True
             control.should_save = True
             control.should_training_stop = True
-
-    def on_train_end(self, args, state, control, **kwargs) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
 
 
 class IntervalSaveCallback(TrainerCallback):
@@ -191,6 +176,84 @@ class ProgressCallback(TrainerCallback):
         self._update(state)
         if self.is_reporter:
             self.progress.report(self.record, force=True)
+
+
+class TrainingDisplay(TrainerCallback):
+    """What a person watching a run sees, on rank 0: in an interactive local run one progress
+    bar carrying the latest loss; otherwise (a pod's log) one ``event=train_log`` line per
+    logged step. Evaluation results are a log line in both. It replaces HF Trainer's own
+    progress and printer callbacks (:func:`replace_hf_display`), which print every log as a
+    Python dict."""
+
+    SHOWN = ("loss", "learning_rate", "grad_norm", "reward", "kl")
+
+    def __init__(self, *, bar: bool, is_main: bool, job: str) -> None:
+        self.show_bar = bar and is_main
+        self.is_main = is_main
+        self.job = job
+        self._bar: Any = None
+        self._redirect: Any = None
+
+    def on_train_begin(self, args, state: TrainerState, control, **kwargs) -> None:
+        if self.show_bar:
+            from tqdm.auto import tqdm
+            from tqdm.contrib.logging import logging_redirect_tqdm
+
+            self._bar = tqdm(
+                total=state.max_steps, initial=state.global_step, unit="step", dynamic_ncols=True
+            )
+            # Log lines printed above the bar, not through it.
+            self._redirect = logging_redirect_tqdm(tqdm_class=tqdm)
+            self._redirect.__enter__()
+
+    def on_step_end(self, args, state: TrainerState, control, **kwargs) -> None:
+        if self._bar is not None:
+            self._bar.update(state.global_step - self._bar.n)
+
+    def on_log(self, args, state: TrainerState, control, logs: dict[str, Any] | None = None, **kw):
+        if not self.is_main or not logs:
+            return
+        numbers = {k: v for k, v in logs.items() if isinstance(v, int | float)}
+        evaluation = {k: v for k, v in numbers.items() if k.startswith("eval_")}
+        if evaluation:
+            log.info(
+                "event=eval job=%s step=%d %s", self.job, state.global_step, _pairs(evaluation)
+            )
+        shown = {k: numbers[k] for k in self.SHOWN if k in numbers}
+        if not shown:
+            return
+        if self._bar is not None:
+            if "loss" in shown:
+                self._bar.set_postfix(loss=f"{shown['loss']:.4f}", refresh=False)
+            return
+        log.info(
+            "event=train_log job=%s step=%d/%d %s",
+            self.job,
+            state.global_step,
+            state.max_steps,
+            _pairs(shown),
+        )
+
+    def on_train_end(self, args, state, control, **kwargs) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        if self._redirect is not None:
+            self._redirect.__exit__(None, None, None)
+            self._redirect = None
+
+
+def _pairs(values: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.4g}" for k, v in values.items())
+
+
+def replace_hf_display(trainer: Any) -> None:
+    """Take HF Trainer's progress bar and log printer off a trainer (TrainingDisplay shows what
+    they showed, without a dict per step)."""
+    from transformers import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
 
 
 class DataTraceCallback(TrainerCallback):
