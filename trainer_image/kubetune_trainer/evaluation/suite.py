@@ -60,7 +60,11 @@ from kubetune_trainer.evaluation.results import (
     reported,
     scored,
 )
-from kubetune_trainer.evaluation.statistics import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES
+from kubetune_trainer.evaluation.statistics import (
+    DEFAULT_CONFIDENCE,
+    DEFAULT_RESAMPLES,
+    Comparison,
+)
 from kubetune_trainer.plan import EvalMetric, EvalSpec, ModelSpec
 
 log = logging.getLogger("kubetune.trainer")
@@ -493,24 +497,23 @@ def evaluate_models(
     )
 
 
-def comparisons(evaluation: Evaluation) -> dict[str, dict[str, Any]]:
-    """Per model other than the baseline, per metric: the paired difference to the baseline."""
+def comparisons(evaluation: Evaluation) -> dict[str, dict[str, Comparison | None]]:
+    """Per model other than the baseline, per metric: the paired difference to the baseline
+    (None where the two share no scored example)."""
     if evaluation.baseline is None:
         return {}
     s = evaluation.settings
     base = evaluation.results[evaluation.baseline]
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, dict[str, Comparison | None]] = {}
     for model in evaluation.models:
         if model.name == evaluation.baseline:
             continue
-        out[model.name] = {}
-        for metric, result in evaluation.results[model.name].items():
-            found = compare(
+        out[model.name] = {
+            metric: compare(
                 result, base[metric], confidence=s.confidence, resamples=s.resamples, seed=s.seed
             )
-            out[model.name][metric] = (
-                None if found is None else comparison_json(found, result.lower_is_better)
-            )
+            for metric, result in evaluation.results[model.name].items()
+        }
     return out
 
 
@@ -541,7 +544,15 @@ def results_document(evaluation: Evaluation, subject: str) -> dict[str, Any]:
             }
             for m in evaluation.models
         ],
-        "comparisons": comparisons(evaluation),
+        "comparisons": {
+            model: {
+                metric: None
+                if found is None
+                else comparison_json(found, evaluation.results[model][metric].lower_is_better)
+                for metric, found in by_metric.items()
+            }
+            for model, by_metric in comparisons(evaluation).items()
+        },
     }
 
 
