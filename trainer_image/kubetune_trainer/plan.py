@@ -361,8 +361,31 @@ class PeftSpec(Section):
 # --------------------------------------------------------------------------- methods
 
 
+class OnPolicyPairs(Section):
+    """Preference pairs made from the starting model's own mistakes: the data is prompts with
+    a reference answer (prompt-only rows with an answer column); for each prompt the model
+    samples completions, and each wrong one (its answer, read by the extractor, differs from
+    the reference) becomes a rejected response against the reference answer as the chosen
+    one. Prompts the model always gets right give no pair."""
+
+    samples: int = Field(default=4, ge=1, le=64)
+    """Completions sampled per prompt."""
+    temperature: float = Field(default=1.0, gt=0)
+    """Sampling temperature."""
+    max_new_tokens: int = Field(default=16, ge=1)
+    """Longest completion in tokens."""
+    extractor: Literal["exact", "lastNumber"] = "lastNumber"
+    """How a completion's answer is read: exact (the whole text) or lastNumber."""
+    pairs_per_prompt: int = Field(default=1, ge=1, le=64)
+    """Distinct wrong answers kept per prompt, each as one pair."""
+
+
 class DpoSpec(Section):
     """Direct preference optimisation (method dpo)."""
+
+    on_policy: OnPolicyPairs | None = None
+    """Build the preference pairs from the starting model's own wrong answers to the data's
+    prompts (on-policy negatives) instead of reading chosen/rejected columns."""
 
     beta: float = Field(default=0.1, gt=0)
     """Strength of the implicit KL constraint to the reference model."""

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kubetune_trainer.evaluation.tracking import tracking_environment
 from kubetune_trainer.models.adapters import is_adapter_dir, write_base_record
 from kubetune_trainer.plan import PeftSpec, Plan
 from kubetune_trainer.reporting.progress import Throttled
@@ -111,8 +112,8 @@ def trl_args(ctx: RunContext) -> dict[str, Any]:
         "restore_callback_states_from_checkpoint": False,
         **precision_args(ctx.precision),
     }
-    if recipe.tracking.project:
-        os.environ.setdefault("WANDB_PROJECT", recipe.tracking.project)
+    for name, value in tracking_environment(recipe.tracking, ctx.plan.job.namespace).items():
+        os.environ.setdefault(name, value)
     return args
 
 

@@ -13,6 +13,7 @@ the progress channel into the job's status.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from kubetune_trainer.evaluation.report import (
@@ -32,6 +33,7 @@ from kubetune_trainer.evaluation.suite import (
     write_results,
     write_samples,
 )
+from kubetune_trainer.evaluation.tracking import log_evaluation, tracking_environment
 from kubetune_trainer.plan import ModelSpec, Plan
 from kubetune_trainer.recipes.common import RecipeResult, RunContext, torch_dtype
 from kubetune_trainer.reporting.progress import ProgressRecord
@@ -94,6 +96,14 @@ def run(ctx: RunContext) -> RecipeResult:
     histories = {m.name: read_history(m.history) for m in named if m.history is not None}
     (out / REPORT_HTML).write_text(html_report(document, histories))
     job = f"{ctx.plan.job.namespace}/{ctx.plan.job.name}"
+    for name, value in tracking_environment(recipe.tracking, ctx.plan.job.namespace).items():
+        os.environ.setdefault(name, value)
+    log_evaluation(
+        recipe.tracking,
+        ctx.plan.job.name,
+        document,
+        [path, out / REPORT_MARKDOWN, out / REPORT_HTML],
+    )
     shown = results_table(document) if len(named) == 1 else table
     for line in shown.splitlines():
         log.info("event=eval_table job=%s line=%r", job, line)
