@@ -93,19 +93,22 @@ def resolve_task_dirs(uris: list[str], where: str) -> list[Path]:
     return found
 
 
-def leaf_tasks(index: dict[str, Any], name: str) -> list[str]:
-    """The tasks a task, group or tag name runs, in lm-eval's order."""
+def leaf_tasks(index: dict[str, Any], name: str, missing: list[str] | None = None) -> list[str]:
+    """The tasks a task, group or tag name runs, in lm-eval's order; names not in the index
+    are appended to ``missing``."""
     entry = index.get(name)
     if entry is None:
+        if missing is not None:
+            missing.append(name)
         return []
     kind = entry.kind.name
     if kind in ("TASK", "PY_TASK"):
         return [name]
     if kind == "TAG":
-        return [leaf for tag in sorted(entry.tags) for leaf in leaf_tasks(index, tag)]
+        return [leaf for tag in sorted(entry.tags) for leaf in leaf_tasks(index, tag, missing)]
     found: list[str] = []
     for item in _members((entry.cfg or {}).get("task", [])):
-        for leaf in leaf_tasks(index, item):
+        for leaf in leaf_tasks(index, item, missing):
             if leaf not in found:
                 found.append(leaf)
     return found
@@ -197,8 +200,10 @@ def task_manager(metric: EvalMetric, where: str, override_dir: Path) -> Any:
     dirs += [d for d in resolve_task_dirs(metric.task_dirs, where) if d not in dirs]
     assert metric.task is not None
     manager = TaskManager(include_path=[str(d) for d in dirs], include_defaults=False)
-    defaults = metric.task not in manager.all_tasks
-    if defaults:
+    missing: list[str] = []
+    leaf_tasks(manager.task_index, metric.task, missing)
+    defaults = metric.task not in manager.all_tasks or bool(missing)
+    if defaults:  # a stock task, or a group of stock tasks: index lm-eval's own (~10 s)
         manager = TaskManager(include_path=[str(d) for d in dirs])
     if metric.task not in manager.all_tasks:
         raise BenchmarkError(
@@ -248,7 +253,7 @@ def run_task(
     import lm_eval
     from lm_eval.models.huggingface import HFLM
 
-    logging.getLogger("lm_eval").setLevel(logging.WARNING)
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)  # our overrides are on purpose
     with tempfile.TemporaryDirectory(prefix="kubetune-lm-eval-") as overrides:
         manager = task_manager(metric, where, Path(overrides))
         lm = HFLM(
@@ -340,6 +345,7 @@ def read_results(out: dict[str, Any], metric: EvalMetric, where: str) -> TaskRes
                     "id": ids[-1],
                     "doc": sample.get("doc"),
                     "arguments": sample.get("arguments"),
+                    "resps": sample.get("resps"),
                     "response": sample.get("filtered_resps"),
                     "target": sample.get("target"),
                     name: score,
