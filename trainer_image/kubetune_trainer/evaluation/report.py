@@ -108,40 +108,50 @@ def summary_lines(document: dict[str, Any]) -> list[str]:
 
 
 def markdown(document: dict[str, Any]) -> str:
-    """Models side by side: per metric each model's value with its interval, and (below each
-    non-baseline value) its difference to the baseline with the paired interval; * marks a
-    significant difference."""
+    """The summary lines, then models side by side: per metric each model's value with its
+    interval and, for each model but the baseline, its difference to the baseline with the
+    paired interval (* where significant)."""
     models = _models(document)
     baseline = document.get("baseline")
     confidence = round(100 * document.get("confidence", 0.95))
-    header = [
-        "metric",
-        "n",
-        *(m["name"] + (" (baseline)" if m["name"] == baseline else "") for m in models),
-    ]
+    header = ["metric", "n"]
+    for model in models:
+        header.append(model["name"] + (" (baseline)" if model["name"] == baseline else ""))
+        if baseline and model["name"] != baseline:
+            header.append(f"Δ {model['name']}")
     rows = [header, ["---"] * len(header)]
     for metric in _metric_names(document):
         first = next(m["metrics"][metric] for m in models if metric in m["metrics"])
-        direction = "↓" if first["lowerIsBetter"] else "↑"
-        row = [f"{metric} {direction}", _n(document, metric)]
+        row = [f"{metric} {'↓' if first['lowerIsBetter'] else '↑'}", _n(document, metric)]
         for model in models:
             result = _value(model, metric)
-            if result is None or result["value"] is None:
+            shown = result is not None and result["value"] is not None
+            row.append(
+                f"{fmt(result['value'])} {interval(result.get('estimate'))}".rstrip()
+                if shown
+                else "-"
+            )
+            if not baseline or model["name"] == baseline:
+                continue
+            comparison = document["comparisons"].get(model["name"], {}).get(metric)
+            if comparison is None:
                 row.append("-")
                 continue
-            cell = f"{fmt(result['value'])} {interval(result.get('estimate'))}".rstrip()
-            comparison = document["comparisons"].get(model["name"], {}).get(metric)
-            if comparison:
-                delta = comparison["delta"]
-                mark = "*" if comparison["significant"] else ""
-                cell += f"<br>Δ {signed(delta['value'])} {interval(delta)}{mark}"
-            row.append(cell)
+            delta = comparison["delta"]
+            mark = " *" if comparison["significant"] else ""
+            row.append(f"{signed(delta['value'])} {interval(delta)}{mark}")
         rows.append(row)
-    lines = ["| " + " | ".join(r) + " |" for r in rows]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = [
+        "| "
+        + " | ".join(c.ljust(w) if c != "---" else "-" * w for c, w in zip(r, widths, strict=True))
+        + " |"
+        for r in rows
+    ]
     notes = [
         "",
-        f"Values with their {confidence}% intervals; Δ: difference to the baseline on the same "
-        f"examples (paired bootstrap), * where the {confidence}% interval excludes 0. "
+        f"Values with their {confidence}% intervals. Δ: difference to the baseline on the same "
+        f"examples (paired bootstrap), * where its {confidence}% interval excludes 0.",
         "↑ higher is better, ↓ lower is better.",
     ]
     return "\n".join(["\n".join(summary_lines(document)), "", *lines, *notes]) + "\n"
