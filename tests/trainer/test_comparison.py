@@ -198,7 +198,7 @@ def test_eval_job_compares_base_sft_and_dpo_with_intervals(pipeline: Pipeline) -
     assert set(document["comparisons"]) == {"sft", "dpo"}
     table = (output / REPORT_MARKDOWN).read_text()
     assert table.startswith("Model: dpo vs baseline base\n")
-    assert "| metric | n | base (baseline) | sft | dpo |" in table
+    assert "| metric " in table and " | Δ sft " in table and " | Δ dpo " in table
     history_path = document["models"][1]["history"]
     assert history_path and Path(history_path) == run_dir(pipeline.sft) / "history.jsonl"
 

@@ -82,9 +82,13 @@ def test_document_has_every_model_with_intervals_and_deltas_to_the_baseline() ->
     assert lines[0] == "Model: sft vs baseline base"
     assert lines[1].startswith("acc: 0.700 [") and "↑ from 0.100" in lines[1]
     assert "Δ +0.600" in lines[1] and "significantly better" in lines[1]
-    table = markdown(document)
-    assert "| metric | n | base (baseline) | sft | copy |" in table
-    assert ("Δ +0.600" in table and "Δ 0.000" in table) or "Δ +0.000" in table
+    table = markdown(document).splitlines()
+    header = [c.strip() for c in table[len(lines) + 1].strip("|").split("|")]
+    assert header == ["metric", "n", "base (baseline)", "sft", "Δ sft", "copy", "Δ copy"]
+    cells = [c.strip() for c in table[len(lines) + 3].strip("|").split("|")]
+    assert cells[0] == "acc ↑" and cells[1] == "100"
+    assert cells[4].startswith("+0.600 [") and cells[4].endswith("*")
+    assert cells[6].startswith("+0.000 [0.000, 0.000]") and not cells[6].endswith("*")
 
 
 def test_gate_against_a_baseline() -> None:
