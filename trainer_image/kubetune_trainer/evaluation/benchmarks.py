@@ -62,8 +62,8 @@ class TaskResult:
     """Per document: TASK/DOC_ID, aligned with rows."""
     rows: list[Any] = field(default_factory=list)
     """Per document: the score (mean metrics) or [negative log-likelihood, words or bytes]."""
-    categories: dict[str, dict[str, float | int | None]] = field(default_factory=dict)
-    """Per sub-task or sub-group (e.g. MMLU subjects): value, stderr, n."""
+    categories: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per sub-task or sub-group (e.g. MMLU subjects): its task name, value, stderr, n."""
     samples: list[dict[str, Any]] = field(default_factory=list)
     """Per document: the document, the prompt arguments, responses and score."""
     higher_is_better: bool = True
@@ -356,6 +356,7 @@ def read_results(out: dict[str, Any], metric: EvalMetric, where: str) -> TaskRes
         if task_name == metric.task or key not in values:
             continue
         categories[values.get("alias", task_name).strip(" -")] = {
+            "task": task_name,
             "value": _number(values[key]),
             "stderr": _number(values.get(f"{name}_stderr,{filter_name}")),
             "n": int(out.get("n-samples", {}).get(task_name, {}).get("effective", 0)) or None,

@@ -56,6 +56,7 @@ from kubetune_trainer.evaluation.results import (
     MetricResult,
     compare,
     comparison_json,
+    estimate_rows,
     metric_json,
     reported,
     scored,
@@ -390,11 +391,22 @@ def _lm_eval(
         # lm-eval's own standard error, around lm-eval's own value.
         result.value = task.value
         result.estimate = reported(task.value, task.stderr, task.n, s.confidence)
-    result.categories = {
-        name: reported(c["value"], c["stderr"] or 0.0, int(c["n"] or 0), s.confidence)
-        for name, c in task.categories.items()
-        if c["value"] is not None
-    }
+    for name, category in task.categories.items():
+        if category["value"] is None:
+            continue
+        if category["stderr"] is not None:
+            n = int(category["n"] or 0)
+            result.categories[name] = reported(
+                category["value"], category["stderr"], n, s.confidence
+            )
+            continue
+        prefix = f"{category['task']}/"
+        rows = [row for i, row in zip(task.ids, task.rows, strict=True) if i.startswith(prefix)]
+        found = estimate_rows(
+            rows, task.aggregation, confidence=s.confidence, resamples=s.resamples, seed=s.seed
+        )
+        if found is not None:
+            result.categories[name] = found
     return result
 
 

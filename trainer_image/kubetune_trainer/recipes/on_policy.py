@@ -52,6 +52,7 @@ def on_policy_pairs(
         max_new_tokens=options.max_new_tokens,
         temperature=options.temperature,
         num_samples=options.samples,
+        batch_size=32 * options.samples,
         seed=seed,
     )
     pairs = pairs_from_completions(rows, [[c.text for c in s] for s in found], options)
