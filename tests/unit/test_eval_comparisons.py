@@ -141,3 +141,21 @@ def test_comparisons_of_an_evaluation_without_baseline_are_empty() -> None:
     evaluation = _evaluation({"only": {"acc": accuracy([1.0, 0.0])}}, "only")
     evaluation.baseline = None
     assert comparisons(evaluation) == {}
+
+
+def test_on_policy_pairs_are_the_models_distinct_wrong_answers() -> None:
+    from kubetune_trainer.plan import OnPolicyPairs
+    from kubetune_trainer.recipes.on_policy import pairs_from_completions
+
+    rows = [
+        {"prompt": [{"role": "user", "content": "What is 41 + 1?"}], "answer": "42"},
+        {"prompt": [{"role": "user", "content": "What is 9 + 1?"}], "answer": "10"},
+    ]
+    completions = [["42", "43", "The answer is 43", "44"], ["10", "10", "", "10"]]
+    pairs = pairs_from_completions(rows, completions, OnPolicyPairs(pairs_per_prompt=2))
+    assert [p["rejected"][0]["content"] for p in pairs] == ["43", "The answer is 43"]
+    assert all(p["chosen"] == [{"role": "assistant", "content": "42"}] for p in pairs)
+    assert all(p["prompt"] == rows[0]["prompt"] for p in pairs)
+    # An empty completion is no answer to prefer against; a right one gives no pair.
+    exact = pairs_from_completions(rows, completions, OnPolicyPairs(extractor="exact"))
+    assert [p["rejected"][0]["content"] for p in exact] == ["43"]
