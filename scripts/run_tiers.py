@@ -36,6 +36,7 @@ class Tier:
     commands: tuple[tuple[str, ...], ...] = ()
     marker: str | None = None
     """A pytest tier: the marker it selects."""
+    pytest_options: tuple[str, ...] = ()
     needs_build: str | None = None
     """The build stage the tier waits for first: 'tools' (helm, kubeconform) or 'all'."""
 
@@ -51,7 +52,9 @@ TIERS: tuple[Tier, ...] = (
         ),
     ),
     Tier("unit", 2, marker="unit and not helm"),
-    Tier("trainer", 18, marker="trainer"),
+    # Two xdist workers, whole modules (and all Ray runs) to one worker: tiny models train on
+    # one thread each, so two workers use both cores once the background build is done.
+    Tier("trainer", 18, marker="trainer", pytest_options=("-n", "2", "--dist", "loadgroup")),
     Tier("chart", 1, marker="helm", needs_build="tools"),
     Tier("e2e", 12, marker="e2e", needs_build="all"),
 )
@@ -148,6 +151,7 @@ def run_tier(tier: Tier, pytest_args: list[str], scratch: Path, watch_build: boo
             tier.marker,
             f"--junitxml={junit}",
             "--durations=10",
+            *tier.pytest_options,
             *pytest_args,
         ]
         code = run_watched(command, env, watch_build)
