@@ -230,3 +230,29 @@ def test_html_report_opens_in_a_browser_with_its_plots(pipeline: Pipeline) -> No
             assert svg.size["width"] > 50 and svg.size["height"] > 50
             # Bars or lines were drawn: paths inside the figure.
             assert len(svg.find_elements(By.CSS_SELECTOR, "path")) > 3
+
+
+def test_kubetune_compare_renders_finished_runs(
+    pipeline: Pipeline, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kubetune.cli import main as kubetune_main
+
+    storage = pipeline.sft.storage.root
+    page = tmp_path / "compare.html"
+    assert kubetune_main(["compare", "t/compare", "sft", "dpo", "--storage", storage,
+                          "--html", str(page)]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    # The eval job as it reported itself, with intervals and deltas...
+    report = (Path(pipeline.evaluation.storage.output_dir) / REPORT_MARKDOWN).read_text()
+    assert report.strip() in printed
+    # ...and the training runs by their last held-out metrics (no intervals without
+    # per-example scores, said so).
+    assert "no intervals without per-example scores" in printed
+    last_sft = [e for e in history(pipeline.sft) if "eval_loss" in e][-1]
+    training_rows = [line for line in printed.splitlines() if line.startswith("| eval_loss")]
+    assert training_rows and f"{last_sft['eval_loss']:.3f}" in training_rows[-1]
+    html = page.read_text()
+    assert html.count("<svg") >= 4 and "training loss" in html
+
+    assert kubetune_main(["compare", "nope", "--storage", storage]) == 1
+    assert "nope: no run under" in capsys.readouterr().err

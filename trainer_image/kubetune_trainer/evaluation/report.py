@@ -148,12 +148,19 @@ def markdown(document: dict[str, Any]) -> str:
         + " |"
         for r in rows
     ]
-    notes = [
-        "",
-        f"Values with their {confidence}% intervals. Δ: difference to the baseline on the same "
-        f"examples (paired bootstrap), * where its {confidence}% interval excludes 0.",
-        "↑ higher is better, ↓ lower is better.",
-    ]
+    with_intervals = any(
+        result.get("estimate") for model in models for result in model["metrics"].values()
+    )
+    said = []
+    if with_intervals:
+        said.append(f"Values with their {confidence}% intervals.")
+    if baseline:
+        said.append(
+            f"Δ: difference to the baseline on the same examples (paired bootstrap), * where "
+            f"its {confidence}% interval excludes 0."
+        )
+    notes = ["", *([" ".join(said)] if said else [])]
+    notes.append("↑ higher is better, ↓ lower is better.")
     return "\n".join(["\n".join(summary_lines(document)), "", *lines, *notes]) + "\n"
 
 
