@@ -191,6 +191,22 @@ class Progress(Section):
     """Training throughput over the last interval, all workers together."""
     updated: ShortText | None = None
     """When the trainer last reported (RFC 3339)."""
+    eval_metrics: dict[str, ShortText] | None = None
+    """The latest held-out metrics (at training.evalEverySteps), e.g. eval_loss."""
+
+
+class EvaluationSummary(Section):
+    """An eval job's outcome, reported by the trainer."""
+
+    models: list[ShortText] = Field(default_factory=list)
+    """The models evaluated side by side, in order."""
+    baseline: ShortText | None = None
+    """The model the others are compared with."""
+    summary: Annotated[str, StringConstraints(max_length=16384)] | None = None
+    """One line per metric: the evaluated model's value with its 95% interval and sample
+    count, and its difference to the baseline (paired on the same examples)."""
+    results: ShortText | None = None
+    """Where eval_results.json, the per-example samples and the HTML report are."""
 
 
 class CheckpointRef(Section):
@@ -247,6 +263,8 @@ class FineTuneJobStatus(Section):
     """Latest complete checkpoint."""
     artifacts: list[Artifact] = Field(default_factory=list)
     """Exported artifacts."""
+    evaluation: EvaluationSummary | None = None
+    """An eval job's results (method eval)."""
     output: ShortText | None = None
     """Where the trained model is (what finetunejob://NAME resolves to)."""
     start_time: ShortText | None = None
@@ -314,6 +332,7 @@ __all__ = [
     "CheckpointRef",
     "Condition",
     "ConditionType",
+    "EvaluationSummary",
     "FineTuneJob",
     "FineTuneJobSpec",
     "FineTuneJobStatus",

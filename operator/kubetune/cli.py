@@ -143,6 +143,21 @@ def cmd_export(args: argparse.Namespace) -> int:
     return next((r.export_code for r in runs if r.export_code not in (0, EXIT_GATE_NOT_MET)), 0)
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from kubetune.compare import CompareError, compare_runs
+
+    try:
+        text, page = compare_runs(Path(args.storage), args.jobs)
+    except CompareError as err:
+        print(f"kubetune compare: {err}", file=sys.stderr)
+        return 1
+    print(text)
+    if args.html:
+        Path(args.html).write_text(page)
+        print(f"report: {args.html}")
+    return 0
+
+
 def cmd_crd(args: argparse.Namespace) -> int:
     from kubetune.crd import render
 
@@ -207,6 +222,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--storage", default=LOCAL_STORAGE, help="the runs' storage root")
     export.set_defaults(func=cmd_export)
+
+    compare = commands.add_parser(
+        "compare",
+        help="finished local runs side by side (eval results with intervals, loss curves)",
+        description="Compare finished local runs: an eval job's models side by side (each "
+        "value with its interval, each difference to the baseline with its paired interval), "
+        "training jobs by their last held-out metrics; --html writes a self-contained report "
+        "with plots and loss curves.",
+    )
+    compare.add_argument("jobs", nargs="+", metavar="JOB", help="NAME or NAMESPACE/NAME")
+    compare.add_argument("--storage", default=LOCAL_STORAGE, help="the runs' storage root")
+    compare.add_argument("--html", metavar="FILE", help="also write the HTML report here")
+    compare.set_defaults(func=cmd_compare)
 
     crd = commands.add_parser("crd", help="print the FineTuneJob CustomResourceDefinition")
     crd.set_defaults(func=cmd_crd)

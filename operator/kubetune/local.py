@@ -35,6 +35,8 @@ from kubetune.run_records import (
     write_json,
 )
 from kubetune.validation import data_locations, resolve_local_data
+from kubetune_trainer.evaluation.report import REPORT_HTML, REPORT_MARKDOWN
+from kubetune_trainer.evaluation.suite import RESULTS_FILE, SAMPLES_DIR
 from kubetune_trainer.exit_codes import (
     EXIT_GATE_NOT_MET,
     EXIT_INTERRUPTED,
@@ -477,48 +479,31 @@ def export_state(code: int | None) -> str:
     return {EXIT_OK: "done", EXIT_GATE_NOT_MET: "gate not met"}.get(code, f"failed ({code})")
 
 
-def heldout_accuracy(model_source: str, rows: int = 100) -> float:
-    """Exact match of greedy answers on the held-out split of the builtin arithmetic task."""
-    from kubetune_trainer.data import load_data
-    from kubetune_trainer.evaluation.measures import answer_accuracy
-    from kubetune_trainer.models import load_model_and_tokenizer
-    from kubetune_trainer.plan import DataSpec
-
-    spec = DataSpec.model_validate(
-        {
-            "sources": [
-                {
-                    "uri": "builtin://arithmetic-prompts",
-                    "format": "prompt-only",
-                    "split": "test",
-                    "maxSamples": rows,
-                }
-            ]
-        }
-    )
-    model, tokenizer = load_model_and_tokenizer(model_source)
-    test_rows = list(load_data(spec, kind="prompt").train)
-    return answer_accuracy(model, tokenizer, test_rows, max_new_tokens=6).accuracy
-
-
 def demo_report(runs: list[LocalRun]) -> str:
-    """Held-out accuracy before and after each stage, and where everything is."""
+    """The eval job's comparison table (base -> SFT -> DPO, with intervals), and where
+    everything is."""
     if not runs or any(run.exit_code for run in runs):
         return ""
-    lines = ["", "Held-out exact match (100 unseen questions of builtin://arithmetic-prompts):"]
-    base = runs[0].job.spec.model.source
-    lines.append(f"  {'base ' + base:<40} {heldout_accuracy(base):6.2f}")
-    for run in runs:
-        output = run.plan.storage.output_dir
-        lines.append(f"  {'after ' + run.job.metadata.name:<40} {heldout_accuracy(output):6.2f}")
-    last = runs[-1]
-    lines += [
-        "",
-        f"model:       {last.plan.storage.output_dir}",
-        f"checkpoints: {last.run_dir / 'checkpoints'}",
-        f"metrics:     {last.run_dir / 'history.jsonl'} (every logged step), "
-        f"{last.run_dir / 'progress.json'} (latest)",
-    ]
+    lines: list[str] = []
+    evaluations = [run for run in runs if run.plan.recipe.method == "eval"]
+    trained = [run for run in runs if run.plan.recipe.method != "eval"]
+    for run in evaluations:
+        output = Path(run.plan.storage.output_dir)
+        lines += ["", f"Evaluation ({run.job.metadata.name}):", ""]
+        lines += (output / REPORT_MARKDOWN).read_text().rstrip().splitlines()
+        lines += ["", f"report:      {output / REPORT_HTML} (plots, training curves)"]
+        lines += [
+            f"results:     {output / RESULTS_FILE}, per-example outputs in {output / SAMPLES_DIR}"
+        ]
+    if trained:
+        last = trained[-1]
+        lines += [
+            "",
+            f"model:       {last.plan.storage.output_dir}",
+            f"checkpoints: {last.run_dir / 'checkpoints'}",
+            f"metrics:     {last.run_dir / 'history.jsonl'} (every logged step), "
+            f"{last.run_dir / 'progress.json'} (latest)",
+        ]
     for run in runs:
         lines += artifact_lines(run)
     return "\n".join(lines)

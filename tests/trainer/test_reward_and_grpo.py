@@ -79,6 +79,7 @@ def test_reward_model_learns_heldout_preference_and_scores_through_scorer(tmp_pa
                 "perDeviceBatchSize": 16,
                 "maxLength": 64,
                 "logEverySteps": 5,
+                "evalEverySteps": 10,
                 "trlArgs": {"eval_on_start": True},
             },
             "reward": {"marginColumn": "gap", "centerRewardsCoefficient": 0.01},
@@ -86,7 +87,7 @@ def test_reward_model_learns_heldout_preference_and_scores_through_scorer(tmp_pa
     )
     evals = [e for e in history(plan) if "eval_accuracy" in e]
     before, after = evals[0]["eval_accuracy"], evals[-1]["eval_accuracy"]
-    assert evals[0]["step"] == 0 and evals[-1]["step"] == 20
+    assert [e["step"] for e in evals] == [0, 10, 20]  # at start, then every evalEverySteps
     assert after >= 0.9 and after > before + 0.3, (before, after)
     # The output is a model source the scorer (and so ppo/grpo reward terms) loads.
     scored = pairwise_accuracy(plan.storage.output_dir, heldout_rows)

@@ -440,10 +440,20 @@ def test_default_storage_and_eval_datasets_are_mounted(job: dict[str, Any]) -> N
     job["spec"]["method"] = "eval"
     del job["spec"]["data"]
     job["spec"]["eval"] = {
-        "metrics": [{"name": "ppl", "type": "perplexity", "dataset": {"uri": "pvc://held/x"}}]
+        "metrics": [
+            {"name": "ppl", "type": "perplexity", "dataset": {"uri": "pvc://held/x"}},
+            {
+                "name": "mmlu",
+                "type": "lmEval",
+                "task": "mmlu",
+                "dataDir": "pvc://bench/staged",
+                "taskDirs": ["pvc://tasks/mine", "builtin://arithmetic"],
+            },
+        ],
+        "models": [{"name": "prod", "source": "pvc://models/prod"}],
     }
     ftj = _job(job)
-    assert pvc_claims(_plan(ftj)) == ["held", "kubetune-runs"]
+    assert pvc_claims(_plan(ftj)) == ["bench", "held", "kubetune-runs", "models", "tasks"]
 
 
 def test_s3_only_jobs_mount_no_claims(job: dict[str, Any]) -> None:

@@ -699,6 +699,21 @@ def test_training_success_without_export_formats_succeeds_at_once(export):
     assert "Exported" not in {c["type"] for c in d.status_patch["conditions"]}
 
 
+def test_eval_job_success_carries_the_trainers_summary():
+    summary = (
+        "Model: dpo vs baseline base\n"
+        "exact_match: 0.810 [0.750, 0.860] n=200  (↑ from 0.050; Δ +0.760 [0.700, 0.820], "
+        "significantly better)"
+    )
+    job = make_job(running(evaluation={"models": ["base", "dpo"], "summary": summary}))
+    d = reconcile(job, world_with(launcher_job(1, SUCCEEDED)), NOW, SETTINGS)
+    assert d.status_patch["phase"] == "Succeeded"
+    message = cond(d, "Succeeded")["message"]
+    assert message.startswith("attempt 1 succeeded; dpo vs baseline base: exact_match: 0.810")
+    assert "significantly better" in message
+    assert "evaluation" not in d.status_patch  # the trainer's field, never the operator's
+
+
 def test_running_export_is_left_alone():
     job = make_job(exporting(), export=EXPORT)
     world = export_world(export_job(1))

@@ -85,6 +85,23 @@ def test_status_patch_without_checkpoint():
     assert "lastCheckpoint" not in status_patch(ProgressRecord(step=1))["status"]
 
 
+def test_status_patch_carries_held_out_metrics_and_an_evaluation_and_fits_the_schema():
+    from kubetune.api import FineTuneJobStatus
+
+    training = status_patch(ProgressRecord(step=5, evalMetrics={"eval_loss": "0.5"}))
+    assert training["status"]["progress"]["evalMetrics"] == {"eval_loss": "0.5"}
+    summary = {
+        "models": ["base", "dpo"],
+        "baseline": "base",
+        "summary": "Model: dpo vs baseline base\nexact_match: 0.810 [0.750, 0.860] n=200",
+        "results": "/runs/demo/demo-eval/output/eval_results.json",
+    }
+    evaluation = status_patch(ProgressRecord(evaluation=summary))["status"]
+    assert evaluation == {"evaluation": summary}  # an eval job reports no training progress
+    for patch in (training["status"], evaluation):
+        FineTuneJobStatus.model_validate(patch)  # what the CRD's status schema accepts
+
+
 def test_api_target_from_env_overrides(tmp_path):
     token = tmp_path / "token"
     token.write_text("from-file\n")

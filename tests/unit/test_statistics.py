@@ -12,7 +12,10 @@ from kubetune_trainer.evaluation.statistics import (
     bootstrap,
     bootstrap_mean,
     from_stderr,
+    mean_statistic,
+    paired_bootstrap,
     paired_difference,
+    perplexity_statistic,
     wilson_interval,
     win_rate,
 )
@@ -111,6 +114,63 @@ def test_paired_p_value_agrees_with_a_sign_test_on_discordant_pairs() -> None:
     exact = scipy_stats.binomtest(30, 42, 0.5).pvalue
     assert comparison.significant
     assert comparison.p_value == pytest.approx(exact, abs=0.01)
+
+
+def test_paired_bootstrap_of_the_mean_is_the_paired_difference() -> None:
+    rng = np.random.default_rng(4)
+    a, b = rng.random(80), rng.random(80)
+    general = paired_bootstrap(a, b, mean_statistic, seed=9)
+    special = paired_difference(a, b, seed=9)
+    assert general.delta.value == pytest.approx(special.delta.value)
+    assert (general.delta.low, general.delta.high) == pytest.approx(
+        (special.delta.low, special.delta.high)
+    )
+    assert general.p_value == pytest.approx(special.p_value)
+
+
+def _loss_rows(rng: np.random.Generator, n: int, nats_per_token: np.ndarray) -> np.ndarray:
+    tokens = rng.integers(5, 40, size=n).astype(float)
+    return np.stack([nats_per_token * tokens, tokens], axis=1)
+
+
+def test_perplexity_interval_covers_the_true_perplexity_at_the_nominal_rate() -> None:
+    """Rows of [summed loss, tokens] whose per-token loss is 1.2 nats ± noise: the true
+    token-weighted perplexity is exp(1.2); its bootstrap interval covers it ~95% of the time."""
+    rng = np.random.default_rng(3)
+    covered, repetitions = 0, 300
+    for i in range(repetitions):
+        rows = _loss_rows(rng, 100, 1.2 + rng.normal(0, 0.4, 100))
+        estimate = bootstrap(rows, perplexity_statistic, resamples=800, seed=i)
+        covered += estimate.low <= math.exp(1.2) <= estimate.high
+    assert 0.90 <= covered / repetitions <= 0.98
+
+
+def test_paired_perplexity_difference_is_found_and_a_non_difference_rarely_flagged() -> None:
+    """Same rows scored by two models: one 0.1 nats/token worse on every row (perplexity
+    e^0.1 ≈ 1.105 times higher) is found although both unpaired intervals overlap; two
+    models that differ by row-level noise only are flagged ~5% of the time."""
+    rng = np.random.default_rng(5)
+    per_token = 1.2 + rng.normal(0, 0.4, 120)
+    tokens = rng.integers(5, 40, size=120).astype(float)
+    better = np.stack([per_token * tokens, tokens], axis=1)
+    worse = np.stack([(per_token + 0.1 + rng.normal(0, 0.05, 120)) * tokens, tokens], axis=1)
+    comparison = paired_bootstrap(worse, better, perplexity_statistic, seed=0)
+    assert comparison.significant and comparison.delta.value > 0
+    expected = perplexity_statistic(worse[None])[0] - perplexity_statistic(better[None])[0]
+    assert comparison.delta.value == pytest.approx(expected)
+    a = bootstrap(worse, perplexity_statistic)
+    b = bootstrap(better, perplexity_statistic)
+    assert a.low < b.high  # unpaired intervals overlap
+
+    flagged, repetitions = 0, 200
+    for i in range(repetitions):
+        base = 1.2 + rng.normal(0, 0.4, 100)
+        a_rows = _loss_rows(rng, 100, base + rng.normal(0, 0.1, 100))
+        b_rows = np.stack([(base + rng.normal(0, 0.1, 100)) * a_rows[:, 1], a_rows[:, 1]], axis=1)
+        flagged += paired_bootstrap(
+            a_rows, b_rows, perplexity_statistic, resamples=800, seed=i
+        ).significant
+    assert flagged / repetitions <= 0.1
 
 
 def test_win_rate_counts_ties_half_and_refuses_other_values() -> None:

@@ -20,6 +20,10 @@ def test_metrics_endpoint_serves_training_and_method_metrics() -> None:
         {"loss": 0.5, "learning_rate": 1e-4, "grad_norm": 2.0, "epoch": 1.5,
          "rewards/accuracies": 0.75, "train_runtime": 10.0, "note": "text"}
     )  # fmt: skip
+    metrics.observe_logs(
+        {"eval_loss": 0.25, "eval_rewards/accuracies": 0.875, "eval_runtime": 3.0,
+         "eval_samples_per_second": 50.0}
+    )  # fmt: skip
     metrics.skipped_rows.labels(**metrics.labels).inc(3)
     port = free_port()
     metrics.serve(port)
@@ -31,5 +35,11 @@ def test_metrics_endpoint_serves_training_and_method_metrics() -> None:
     method_labels = 'job="sft-chat",method="dpo",name="rewards_accuracies",namespace="team-a"'
     assert f"kubetune_train_method_metric{{{method_labels}}} 0.75" in body
     assert f"kubetune_train_skipped_rows_total{{{labels}}} 3.0" in body
+    # Held-out metrics at each evaluation have their own gauge; timings are not metrics.
+    eval_labels = 'job="sft-chat",method="dpo",name="{}",namespace="team-a"'
+    assert f"kubetune_train_eval_metric{{{eval_labels.format('eval_loss')}}} 0.25" in body
+    accuracies = eval_labels.format("eval_rewards_accuracies")
+    assert f"kubetune_train_eval_metric{{{accuracies}}} 0.875" in body
     # Trainer summary values are not method metrics.
-    assert "train_runtime" not in body
+    assert "train_runtime" not in body and "eval_runtime" not in body
+    assert "eval_samples_per_second" not in body

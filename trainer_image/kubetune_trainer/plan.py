@@ -40,6 +40,9 @@ BUILTIN_DATASET_FORMATS: dict[str, str] = {
 }
 BUILTIN_DATASETS = tuple(BUILTIN_DATASET_FORMATS)
 CHAT_TEMPLATES = ("llama3", "chatml", "mistral")
+# lm-evaluation-harness task folders shipped with the trainer (kubetune_trainer.evaluation.tasks).
+BUILTIN_TASK_DIRS = ("arithmetic",)
+TASK_DIR_SCHEMES = ("s3", "pvc", "builtin", "file")
 
 ROWS_FOR_METHOD: dict[str, str] = {
     "sft": "sft",
@@ -141,7 +144,10 @@ def check_uri(uri: str, allowed: tuple[str, ...], what: str) -> str:
     if scheme != "file" and not rest.strip("/"):
         raise ValueError(f"'{uri}' names no location after '{scheme}://'")
     if scheme == "builtin":
-        known = BUILTIN_MODELS if what == "model source" else BUILTIN_DATASETS
+        known = {
+            "model source": BUILTIN_MODELS,
+            "task folder": BUILTIN_TASK_DIRS,
+        }.get(what, BUILTIN_DATASETS)
         if rest not in known:
             raise ValueError(f"unknown builtin '{rest}'; choose one of {', '.join(known)}")
     elif scheme == "s3":
@@ -357,6 +363,44 @@ class DataSpec(Section):
 
 # --------------------------------------------------------------------------- training
 
+HeldOutMetric = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_./-]+$", max_length=128)]
+
+
+class MetricGoal(Section):
+    """A held-out metric and which way is better."""
+
+    metric: HeldOutMetric = "eval_loss"
+    """A held-out metric as logged in history.jsonl at each evaluation: eval_loss (all
+    methods), eval_perplexity (sft), eval_rewards/accuracies and eval_rewards/margins (dpo),
+    eval_accuracy (reward). The eval_ prefix may be left out."""
+    mode: Literal["auto", "min", "max"] = "auto"
+    """min: lower is better; max: higher is better; auto: min for losses and perplexities,
+    max for everything else."""
+
+    @property
+    def key(self) -> str:
+        """The metric's name in the evaluation logs (with the eval_ prefix)."""
+        return self.metric if self.metric.startswith("eval_") else f"eval_{self.metric}"
+
+    @property
+    def lower_is_better(self) -> bool:
+        if self.mode != "auto":
+            return self.mode == "min"
+        return any(word in self.key for word in ("loss", "perplexity"))
+
+
+class EarlyStopping(MetricGoal):
+    """Stop training when the held-out metric stops improving."""
+
+    patience: int = Field(default=3, ge=1, le=1000)
+    """Evaluations in a row without improvement before training stops."""
+    min_delta: float = Field(default=0.0, ge=0)
+    """Smallest change that counts as an improvement."""
+
+
+class BestModel(MetricGoal):
+    """Select the job's output by a held-out metric."""
+
 
 class TrainingSpec(Section):
     """Optimisation hyper-parameters, common to every method."""
@@ -400,6 +444,12 @@ class TrainingSpec(Section):
     eval_every_steps: int | None = Field(default=None, ge=1)
     """Evaluate on the held-out data every this many steps. Default: at the end of each epoch
     when there is held-out data."""
+    early_stopping: EarlyStopping | None = None
+    """Stop when a held-out metric has not improved for a number of evaluations. Needs
+    held-out data (data.evalSources or data.evalRatio)."""
+    best_model: BestModel | None = None
+    """Make the weights of the best evaluation (by a held-out metric) the job's output instead
+    of the last step's. Needs held-out data."""
     trl_args: dict[str, Any] = Field(default_factory=dict)
     """Extra arguments for the method's TRL config (e.g. SFTConfig, DPOConfig), checked against
     that config's fields when the plan is made. Arguments kubetune sets from other fields are
@@ -432,8 +482,31 @@ class PeftSpec(Section):
 # --------------------------------------------------------------------------- methods
 
 
+class OnPolicyPairs(Section):
+    """Preference pairs made from the starting model's own mistakes: the data is prompts with
+    a reference answer (prompt-only rows with an answer column); for each prompt the model
+    samples completions, and each wrong one (its answer, read by the extractor, differs from
+    the reference) becomes a rejected response against the reference answer as the chosen
+    one. Prompts the model always gets right give no pair."""
+
+    samples: int = Field(default=4, ge=1, le=64)
+    """Completions sampled per prompt."""
+    temperature: float = Field(default=1.0, gt=0)
+    """Sampling temperature."""
+    max_new_tokens: int = Field(default=16, ge=1)
+    """Longest completion in tokens."""
+    extractor: Literal["exact", "lastNumber"] = "lastNumber"
+    """How a completion's answer is read: exact (the whole text) or lastNumber."""
+    pairs_per_prompt: int = Field(default=1, ge=1, le=64)
+    """Distinct wrong answers kept per prompt, each as one pair."""
+
+
 class DpoSpec(Section):
     """Direct preference optimisation (method dpo)."""
+
+    on_policy: OnPolicyPairs | None = None
+    """Build the preference pairs from the starting model's own wrong answers to the data's
+    prompts (on-policy negatives) instead of reading chosen/rejected columns."""
 
     beta: float = Field(default=0.1, gt=0)
     """Strength of the implicit KL constraint to the reference model."""
@@ -605,6 +678,7 @@ class EvalMetricType(StrEnum):
     pass_at_k = "passAtK"
     win_rate = "winRate"
     judge = "judge"
+    lm_eval = "lmEval"
 
 
 class JudgeSpec(Section):
@@ -637,9 +711,32 @@ class EvalMetric(Section):
     """Metric name in the results and in export gates, e.g. gsm_accuracy."""
     type: EvalMetricType = Field(strict=False)
     """perplexity (token-weighted), accuracy (answers extracted from generations), passAtK
-    (code run in a sandbox), winRate (reward model, against baselineModel) or judge."""
-    dataset: DataSource
-    """Data the metric is computed on."""
+    (code run in a sandbox), winRate (reward model, against baselineModel), judge, or lmEval
+    (a task of lm-evaluation-harness: MMLU, ARC, HellaSwag, or one from taskDirs)."""
+    dataset: DataSource | None = None
+    """Data the metric is computed on (every type but lmEval, whose task names its data)."""
+    task: Annotated[str, StringConstraints(min_length=1, max_length=253)] | None = None
+    """lmEval: an lm-evaluation-harness task, group or tag, e.g. mmlu, arc_easy, hellaswag,
+    or one defined in taskDirs (the builtin folder's tasks: arithmetic_mc, arithmetic_gen,
+    arithmetic_ppl, group arithmetic)."""
+    task_dirs: list[ShortText] = Field(default_factory=list, max_length=16)
+    """lmEval: folders of task YAMLs in lm-evaluation-harness's format (pvc://CLAIM/PATH,
+    s3://BUCKET/PREFIX, builtin://arithmetic, or a path). Relative data_files in them resolve
+    against the YAML's folder. The builtin folder is always available."""
+    data_dir: ShortText | None = None
+    """lmEval: where the data of stock tasks is staged, instead of the Hub: a folder with
+    DATASET_PATH/DATASET_NAME/SPLIT.jsonl for each task (e.g. cais/mmlu/anatomy/test.jsonl,
+    allenai/ai2_arc/ARC-Easy/test.jsonl, Rowan/hellaswag/default/validation.jsonl). The
+    task's prompts and metrics stay lm-evaluation-harness's own."""
+    num_fewshot: int | None = Field(default=None, ge=0, le=64)
+    """lmEval: few-shot examples per prompt. Default: the task's own setting."""
+    limit: int | None = Field(default=None, ge=1)
+    """lmEval: evaluate at most this many documents per task."""
+    chat_template: bool = False
+    """lmEval: render prompts with the model's chat template (for chat-tuned models)."""
+    lm_eval_metric: ShortText | None = None
+    """lmEval: the task metric this metric reports (e.g. acc_norm, exact_match,
+    word_perplexity). Default: the task's first metric."""
     extractor: Literal["exact", "regex", "lastNumber"] = "exact"
     """How an answer is read from a generation (accuracy)."""
     pattern: ShortText | None = None
@@ -661,8 +758,41 @@ class EvalMetric(Section):
     judge: JudgeSpec | None = None
     """The judge (type judge)."""
 
+    @field_validator("task_dirs")
+    @classmethod
+    def _task_dirs(cls, dirs: list[str]) -> list[str]:
+        return [check_uri(d, TASK_DIR_SCHEMES, "task folder") for d in dirs]
+
+    @field_validator("data_dir")
+    @classmethod
+    def _data_dir(cls, value: str | None) -> str | None:
+        return None if value is None else check_uri(value, STORAGE_SCHEMES, "data folder")
+
     @model_validator(mode="after")
     def _fields_for_type(self) -> EvalMetric:
+        lm_eval_only = [
+            alias
+            for alias, value in (
+                ("task", self.task),
+                ("taskDirs", self.task_dirs),
+                ("dataDir", self.data_dir),
+                ("numFewshot", self.num_fewshot),
+                ("limit", self.limit),
+                ("chatTemplate", self.chat_template),
+                ("lmEvalMetric", self.lm_eval_metric),
+            )
+            if value
+        ]
+        if self.type == EvalMetricType.lm_eval:
+            if self.task is None:
+                raise ValueError("an lmEval metric needs 'task'")
+            if self.dataset is not None:
+                raise ValueError("an lmEval task names its own data; use dataDir, not dataset")
+        else:
+            if self.dataset is None:
+                raise ValueError(f"a {self.type.value} metric needs 'dataset'")
+            if lm_eval_only:
+                raise ValueError(f"{', '.join(lm_eval_only)}: for lmEval metrics only")
         if self.extractor == "regex" and self.pattern is None:
             raise ValueError("extractor regex needs 'pattern'")
         if self.type == EvalMetricType.pass_at_k and self.samples < max(self.k):
@@ -686,11 +816,54 @@ class EvalMetric(Section):
         return self
 
 
+ModelName = Annotated[
+    str, StringConstraints(pattern=r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$", max_length=63)
+]
+
+
+class EvalModel(ModelSpec):
+    """A model evaluated beside spec.model, on the same metrics and examples."""
+
+    name: ModelName
+    """Its name in the results, e.g. base or sft-v1."""
+
+
 class EvalSpec(Section):
     """Evaluation (method eval, or the eval gate of a training job)."""
 
     metrics: list[EvalMetric] = Field(default_factory=list, max_length=32)
     """Metrics to compute; at least one."""
+    models: list[EvalModel] = Field(default_factory=list, max_length=16)
+    """More models evaluated side by side with spec.model (method eval), in this order, with
+    spec.model last: e.g. the base model and earlier fine-tunes."""
+    model_name: ModelName | None = None
+    """The name of spec.model in the results. Default: the job's name."""
+    baseline: ModelName | None = None
+    """The model every other is compared against (the name of one of models, or
+    modelName): per metric, the difference with its 95% interval and whether it is
+    significant, paired on the same examples. Default: the first of models, if any."""
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
+    """Confidence level of every interval and significance call."""
+    bootstrap_resamples: int = Field(default=2000, ge=100, le=100_000)
+    """Resamples of the bootstrap behind intervals and paired comparisons."""
+
+    @model_validator(mode="after")
+    def _names(self) -> EvalSpec:
+        names = [m.name for m in self.models]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated or (self.model_name is not None and self.model_name in names):
+            raise FieldError(
+                ("models",),
+                f"model names must be unique; repeated: {', '.join(repeated) or self.model_name}",
+            )
+        known = [*names, *([self.model_name] if self.model_name else [])]
+        if self.baseline is not None and self.baseline not in known:
+            raise FieldError(
+                ("baseline",),
+                f"'{self.baseline}' is not the name of a model in eval.models or eval.modelName "
+                f"({', '.join(known) or 'none named'})",
+            )
+        return self
 
     @field_validator("metrics")
     @classmethod
@@ -774,7 +947,8 @@ class GgufSpec(Section):
 
 
 class ExportGate(Section):
-    """Export only when an evaluation metric reaches a threshold."""
+    """Export only when an evaluation metric reaches a threshold, or compares well with a
+    baseline model on the same examples."""
 
     metric: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]*$", max_length=63)]
     """Name of a metric in spec.eval.metrics."""
@@ -782,11 +956,28 @@ class ExportGate(Section):
     """Export when the metric is at least this."""
     max: float | None = None
     """Export when the metric is at most this (e.g. perplexity)."""
+    baseline: ModelSpec | None = None
+    """A model to compare with (e.g. the model in production): both are evaluated on the
+    same examples and the paired difference decides (noWorseThan, significantlyBetter)."""
+    no_worse_than: float | None = Field(default=None, ge=0)
+    """Export when the trained model is no worse than the baseline by more than this, with
+    95% confidence: the paired interval's worse end stays within this margin (in the
+    metric's units; lower is better for perplexity)."""
+    significantly_better: bool = False
+    """Export only when the trained model is better than the baseline and the paired
+    interval excludes no difference."""
 
     @model_validator(mode="after")
-    def _one_bound(self) -> ExportGate:
-        if self.min is None and self.max is None:
-            raise ValueError("an export gate needs 'min' or 'max'")
+    def _one_rule(self) -> ExportGate:
+        compares = self.no_worse_than is not None or self.significantly_better
+        if self.min is None and self.max is None and not compares:
+            raise ValueError(
+                "an export gate needs 'min', 'max', 'noWorseThan' or 'significantlyBetter'"
+            )
+        if compares and self.baseline is None:
+            raise ValueError("noWorseThan and significantlyBetter compare with 'baseline'; set it")
+        if self.baseline is not None and not compares:
+            raise ValueError("'baseline' needs 'noWorseThan' or 'significantlyBetter'")
         return self
 
 
@@ -934,6 +1125,19 @@ class RecipeSpec(Section):
                 )
         if self.method == "eval" and (self.eval is None or not self.eval.metrics):
             raise FieldError(("eval", "metrics"), "method eval needs at least one metric")
+        self._check_held_out_goals()
+        if self.eval is not None and self.method != "eval":
+            extra = [
+                alias
+                for alias, value in (
+                    ("models", self.eval.models),
+                    ("baseline", self.eval.baseline),
+                    ("modelName", self.eval.model_name),
+                )
+                if value
+            ]
+            if extra:
+                raise FieldError(("eval", extra[0]), "models side by side are for method eval only")
         if self.export is not None and self.method == "eval":
             raise FieldError(("export",), "method eval trains no model; remove spec.export")
         if self.export is not None and self.method == "reward":
@@ -981,6 +1185,26 @@ class RecipeSpec(Section):
             (("data", "evalSources", i), s) for i, s in enumerate(self.data.eval_sources)
         ]
 
+    def _check_held_out_goals(self) -> None:
+        t = self.training
+        for alias, goal in (("earlyStopping", t.early_stopping), ("bestModel", t.best_model)):
+            if goal is None:
+                continue
+            if self.method not in ("sft", "dpo", "reward"):
+                raise FieldError(
+                    ("training", alias), f"method {self.method} has no held-out evaluation"
+                )
+            if self.data is None or not (self.data.eval_sources or self.data.eval_ratio > 0):
+                raise FieldError(
+                    ("training", alias),
+                    "needs held-out data: set data.evalSources or data.evalRatio",
+                )
+        if t.best_model is not None and self.deepspeed.zero_stage == 3:
+            raise FieldError(
+                ("training", "bestModel"),
+                "not available with deepspeed.zeroStage 3 (weights are sharded across ranks)",
+            )
+
     def _check_trl_args(self) -> None:
         args = self.training.trl_args
         if not args:
@@ -1026,7 +1250,11 @@ class RecipeSpec(Section):
             for i, reward in enumerate(options.rewards):
                 if reward.model is not None:
                     found.append(((section, "rewards", str(i), "model"), reward.model))
+        if self.export and self.export.gate and self.export.gate.baseline:
+            found.append((("export", "gate", "baseline"), self.export.gate.baseline))
         if self.eval:
+            for i, model in enumerate(self.eval.models):
+                found.append((("eval", "models", str(i)), model))
             for i, metric in enumerate(self.eval.metrics):
                 for alias, model in (
                     ("baselineModel", metric.baseline_model),

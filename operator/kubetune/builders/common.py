@@ -272,7 +272,10 @@ def _plan_uris(plan: Plan) -> list[str]:
     if recipe.data:
         uris += [s.uri for s in [*recipe.data.sources, *recipe.data.eval_sources]]
     if recipe.eval:
-        uris += [metric.dataset.uri for metric in recipe.eval.metrics]
+        for metric in recipe.eval.metrics:
+            if metric.dataset is not None:
+                uris.append(metric.dataset.uri)
+            uris += metric.task_dirs + ([metric.data_dir] if metric.data_dir else [])
     return uris
 
 

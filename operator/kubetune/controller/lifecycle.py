@@ -612,11 +612,28 @@ def _export_formats(p: _Pass) -> list[str]:
     return list(export.formats) if export is not None else []
 
 
+EVALUATION_HEADLINE_CHARS = 1024
+
+
+def _evaluation_headline(status: dict[str, Any]) -> str:
+    """An eval job's summary (reported by the trainer in status.evaluation) for the Succeeded
+    condition: one clause per metric, e.g. '; dpo vs baseline base: exact_match: 0.81 ...'."""
+    summary = (status.get("evaluation") or {}).get("summary") or ""
+    lines = [line.strip() for line in summary.splitlines() if line.strip()]
+    if not lines:
+        return ""
+    head = lines[0].removeprefix("Model: ")
+    text = f"; {head}: " + "; ".join(lines[1:])
+    if len(text) > EVALUATION_HEADLINE_CHARS:
+        text = text[: EVALUATION_HEADLINE_CHARS - 1] + "…"
+    return text
+
+
 def _trained(p: _Pass) -> None:
     """Training succeeded: the job succeeds, or exports first when spec.export asks for it."""
     formats = _export_formats(p)
     if not formats:
-        _succeed(p, f"attempt {p.attempt} succeeded")
+        _succeed(p, f"attempt {p.attempt} succeeded" + _evaluation_headline(p.status))
         return
     message = f"attempt {p.attempt} succeeded; exporting {', '.join(formats)}"
     p.set(output=p.output_uri())

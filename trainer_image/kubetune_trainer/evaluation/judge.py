@@ -229,6 +229,8 @@ class JudgeResult:
     """single: mean score (1–5); pairwise: the model's win rate against the baseline (0–1).
     None when nothing could be scored."""
     details: dict[str, Any] = field(default_factory=dict)
+    scores: list[float | None] = field(default_factory=list)
+    """Per prompt: its score (single) or the model's outcome (pairwise), None if unscored."""
 
 
 def _ask_all(client: ChatClient, conversations: Sequence[Messages], parallel: int) -> list[_Asked]:
@@ -262,10 +264,12 @@ def judge_single(
         single_messages(p, r, ref) for p, r, ref in zip(prompts, responses, references, strict=True)
     ]
     scores: list[int] = []
+    per_prompt: list[float | None] = []
     parse_failures = request_failures = 0
     failures: list[dict[str, Any]] = []
     for index, asked in enumerate(_ask_all(client, conversations, parallel)):
         score = parse_score(asked.reply) if asked.reply is not None else None
+        per_prompt.append(None if score is None else float(score))
         if score is not None:
             scores.append(score)
             continue
@@ -284,7 +288,7 @@ def judge_single(
         "score_counts": {str(s): n for s, n in sorted(Counter(scores).items())},
         "failure_examples": failures,
     }
-    return JudgeResult(sum(scores) / len(scores) if scores else None, details)
+    return JudgeResult(sum(scores) / len(scores) if scores else None, details, per_prompt)
 
 
 _MODEL_OUTCOME_AS_A = {"A": 1.0, "B": 0.0, "tie": 0.5}
@@ -307,6 +311,7 @@ def judge_pairwise(
         conversations.append(pairwise_messages(prompt, theirs, mine))  # model is B
     asked = _ask_all(client, conversations, parallel)
     outcomes: list[float] = []
+    per_prompt: list[float | None] = []
     parse_failures = request_failures = consistent = unscored = 0
     failures: list[dict[str, Any]] = []
     for index in range(len(prompts)):
@@ -323,11 +328,13 @@ def judge_pairwise(
                 failures.append(_failure_example(2 * index + reply_index, a) | {"prompt": index})
         if verdicts[0] is None or verdicts[1] is None:
             unscored += 1
+            per_prompt.append(None)
             continue
         as_a = _MODEL_OUTCOME_AS_A[verdicts[0]]
         as_b = _MODEL_OUTCOME_AS_B[verdicts[1]]
         consistent += as_a == as_b
         outcomes.append((as_a + as_b) / 2)
+        per_prompt.append(outcomes[-1])
     details = {
         "mode": "pairwise",
         "total": len(prompts),
@@ -342,4 +349,4 @@ def judge_pairwise(
         "position_consistent": consistent,
         "failure_examples": failures,
     }
-    return JudgeResult(sum(outcomes) / len(outcomes) if outcomes else None, details)
+    return JudgeResult(sum(outcomes) / len(outcomes) if outcomes else None, details, per_prompt)

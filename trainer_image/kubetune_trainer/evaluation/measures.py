@@ -188,6 +188,8 @@ class AccuracyResult:
     examples: list[dict[str, Any]]
     no_answer: int = 0
     """Generations in which the extractor found no answer (counted as wrong)."""
+    outcomes: list[bool] = field(default_factory=list)
+    """Per row: whether its answer matched."""
 
 
 def score_answers(
@@ -200,15 +202,19 @@ def score_answers(
     """Accuracy of generations against reference answers."""
     correct = no_answer = 0
     examples = []
+    outcomes = []
     for completion, reference in zip(completions, references, strict=True):
         predicted = extract_answer(completion, extractor, pattern)
         no_answer += predicted is None
         ok = answers_match(predicted, str(reference), extractor)
         correct += ok
+        outcomes.append(ok)
         if len(examples) < 5:
             examples.append({"answer": reference, "generated": completion, "correct": ok})
     total = len(completions)
-    return AccuracyResult(correct / total if total else 0.0, correct, total, examples, no_answer)
+    return AccuracyResult(
+        correct / total if total else 0.0, correct, total, examples, no_answer, outcomes
+    )
 
 
 def answer_accuracy(
@@ -298,6 +304,12 @@ class PerplexityResult:
     rows: int
     skipped_rows: int = 0
     """Rows left with no scored token after truncation."""
+    row_index: list[int] = field(default_factory=list)
+    """Per scored row: its index in the input rows."""
+    row_losses: list[float] = field(default_factory=list)
+    """Per scored row: summed negative log-likelihood (nats)."""
+    row_tokens: list[int] = field(default_factory=list)
+    """Per scored row: tokens scored."""
 
 
 def token_perplexity(
@@ -313,9 +325,12 @@ def token_perplexity(
     import torch.nn.functional as F
 
     encoded = [loss_tokens(tokenizer, row, max_length) for row in rows]
-    kept = [(ids, labels) for ids, labels in encoded if any(x != IGNORE_INDEX for x in labels[1:])]
-    total_nll = 0.0
-    total_tokens = 0
+    index = [
+        i for i, (_, labels) in enumerate(encoded) if any(x != IGNORE_INDEX for x in labels[1:])
+    ]
+    kept = [encoded[i] for i in index]
+    row_losses: list[float] = []
+    row_tokens: list[int] = []
     model.eval()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     for start in range(0, len(kept), batch_size):
@@ -337,19 +352,23 @@ def token_perplexity(
             logits[:, :-1].reshape(-1, logits.shape[-1]),
             targets.reshape(-1),
             ignore_index=IGNORE_INDEX,
-            reduction="sum",
-        )
-        total_nll += float(nll)
-        total_tokens += int((targets != IGNORE_INDEX).sum())
+            reduction="none",
+        ).view(targets.shape)
+        row_losses += nll.sum(dim=1).tolist()
+        row_tokens += (targets != IGNORE_INDEX).sum(dim=1).tolist()
+    total_tokens = sum(row_tokens)
     if total_tokens == 0:
         raise ValueError("no row has a token to score (all masked or truncated away)")
-    mean = total_nll / total_tokens
+    mean = math.fsum(row_losses) / total_tokens
     return PerplexityResult(
         perplexity=math.exp(mean),
         mean_loss=mean,
         tokens=total_tokens,
         rows=len(kept),
         skipped_rows=len(encoded) - len(kept),
+        row_index=index,
+        row_losses=row_losses,
+        row_tokens=row_tokens,
     )
 
 
@@ -402,6 +421,8 @@ class WinRateResult:
     mean_margin: float
     """Mean of model score minus baseline score."""
     examples: list[dict[str, Any]] = field(default_factory=list)
+    outcomes: list[float] = field(default_factory=list)
+    """Per prompt: 1 win, 0.5 tie, 0 loss."""
 
 
 def win_rate(
@@ -412,13 +433,17 @@ def win_rate(
     if len(model_scores) != len(baseline_scores):
         raise ValueError("model and baseline need one score per prompt each")
     wins = ties = losses = 0
+    outcomes = []
     for mine, theirs in zip(model_scores, baseline_scores, strict=True):
         if abs(mine - theirs) <= tie_tolerance:
             ties += 1
+            outcomes.append(0.5)
         elif mine > theirs:
             wins += 1
+            outcomes.append(1.0)
         else:
             losses += 1
+            outcomes.append(0.0)
     total = len(model_scores)
     margin = sum(m - b for m, b in zip(model_scores, baseline_scores, strict=True))
     return WinRateResult(
@@ -427,4 +452,5 @@ def win_rate(
         ties=ties,
         losses=losses,
         mean_margin=margin / total if total else 0.0,
+        outcomes=outcomes,
     )

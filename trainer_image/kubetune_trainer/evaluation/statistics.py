@@ -170,25 +170,76 @@ def paired_difference(
         )
     differences = a - b
     draws = _resampled_means(differences, resamples, np.random.default_rng(seed))
+    exact = bool(np.all(differences == differences[0]))  # no variation: the difference is exact
+    return _comparison(float(differences.mean()), draws, differences.size, confidence, exact)
+
+
+def _comparison(
+    value: float, draws: np.ndarray, n: int, confidence: float, exact: bool
+) -> Comparison:
     low, high = _percentiles(draws, confidence)
     delta = Estimate(
-        value=float(differences.mean()),
+        value=value,
         low=low,
         high=high,
-        n=int(differences.size),
+        n=int(n),
         confidence=confidence,
         method="paired bootstrap",
-        stderr=float(draws.std(ddof=1)) if resamples > 1 else None,
+        stderr=float(draws.std(ddof=1)) if draws.size > 1 else None,
     )
     # Two-sided bootstrap p-value: twice the share of resamples on the far side of zero
     # (ties at zero count half), capped at 1.
     below = float(np.mean(draws < 0.0) + 0.5 * np.mean(draws == 0.0))
     p_value = min(1.0, 2.0 * min(below, 1.0 - below))
-    if np.all(differences == differences[0]):
-        # No variation at all: the difference is exact.
-        p_value = 1.0 if differences[0] == 0.0 else 0.0
+    if exact:
+        p_value = 1.0 if value == 0.0 else 0.0
     significant = bool(low > 0.0 or high < 0.0)
     return Comparison(delta=delta, p_value=p_value, significant=significant)
+
+
+def paired_bootstrap(
+    candidate: Sequence | np.ndarray,
+    baseline: Sequence | np.ndarray,
+    statistic: Statistic,
+    *,
+    confidence: float = DEFAULT_CONFIDENCE,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+) -> Comparison:
+    """``statistic(candidate) - statistic(baseline)`` for any statistic of per-example rows
+    (perplexity from [loss, tokens] rows, a pass rate, ...), on the same examples: each
+    resample draws one set of example indices and applies it to both models, so the interval
+    is the paired one. With :func:`mean_statistic` it is exactly :func:`paired_difference`
+    (same indices for the same seed)."""
+    a = np.asarray(candidate, dtype=float)
+    b = np.asarray(baseline, dtype=float)
+    if a.shape[0] == 0:
+        raise ValueError("paired_bootstrap: no examples")
+    if a.shape[0] != b.shape[0]:
+        raise ValueError(
+            f"paired comparison needs the same examples: {a.shape[0]} candidate rows "
+            f"vs {b.shape[0]} baseline rows"
+        )
+    rng = np.random.default_rng(seed)
+    n = a.shape[0]
+    draws = np.empty(resamples)
+    for start in range(0, resamples, _CHUNK):
+        size = min(_CHUNK, resamples - start)
+        index = rng.integers(0, n, size=(size, n))
+        draws[start : start + size] = statistic(a[index]) - statistic(b[index])
+    value = float(statistic(a[np.newaxis, ...])[0] - statistic(b[np.newaxis, ...])[0])
+    return _comparison(value, draws, n, confidence, exact=bool(np.all(draws == draws[0])))
+
+
+def mean_statistic(resampled: np.ndarray) -> np.ndarray:
+    """The mean of per-example scores, per resample (a :data:`Statistic`)."""
+    return resampled.mean(axis=1)
+
+
+def perplexity_statistic(resampled: np.ndarray) -> np.ndarray:
+    """exp(Σ loss / Σ tokens) over rows of [summed loss (nats), scored tokens], per resample:
+    token-weighted perplexity, so long rows weigh more (a :data:`Statistic`)."""
+    return np.exp(resampled[..., 0].sum(axis=-1) / resampled[..., 1].sum(axis=-1))
 
 
 def win_rate(outcomes: Sequence[float] | np.ndarray, **kwargs: float | int) -> Estimate:

@@ -15,11 +15,17 @@ Per metric type (rows come from the metric's dataset, read by the data layer):
   rewardModel; ties count half;
 - judge: prompt rows; greedy completions judged by an OpenAI-compatible endpoint (single: mean
   1–5 score, with the row's answer as a reference when it has one; pairwise: win rate against
-  baselineModel's completions, asked in both orders).
+  baselineModel's completions, asked in both orders);
+- lmEval: a task of lm-evaluation-harness (:mod:`kubetune_trainer.evaluation.benchmarks`).
 
-Results: ``{"model": SOURCE, "metrics": {NAME: VALUE}, "details": {NAME: {...}}}``. A value is
-null when nothing could be scored (e.g. every judge reply unreadable); such a metric never
-passes a gate.
+Every metric comes with its interval and sample count and its per-example scores
+(:class:`~kubetune_trainer.evaluation.results.MetricResult`); several models are evaluated on
+the same examples and compared, paired, with a baseline (:func:`evaluate_models`).
+
+Results of one model (:func:`evaluate_metrics`, what the export gate reads):
+``{"model": SOURCE, "metrics": {NAME: VALUE}, "details": {NAME: {...}}, "estimates": {...}}``.
+A value is null when nothing could be scored (e.g. every judge reply unreadable); such a metric
+never passes a gate. The eval job writes the document of :func:`results_document`.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +46,25 @@ from kubetune_trainer.evaluation.measures import (
     extract_code,
     generate_completions,
     mean_pass_at_k,
+    pass_at_k,
     score_answers,
     token_perplexity,
     win_rate,
+)
+from kubetune_trainer.evaluation.results import (
+    RESULTS_VERSION,
+    MetricResult,
+    compare,
+    comparison_json,
+    estimate_rows,
+    metric_json,
+    reported,
+    scored,
+)
+from kubetune_trainer.evaluation.statistics import (
+    DEFAULT_CONFIDENCE,
+    DEFAULT_RESAMPLES,
+    Comparison,
 )
 from kubetune_trainer.plan import EvalMetric, EvalSpec, ModelSpec
 
@@ -50,6 +72,7 @@ log = logging.getLogger("kubetune.trainer")
 
 PASS_AT_K_TEMPERATURE = 0.8
 RESULTS_FILE = "eval_results.json"
+SAMPLES_DIR = "samples"
 
 
 class EvalError(ValueError):
@@ -57,11 +80,35 @@ class EvalError(ValueError):
 
 
 @dataclass
-class _Settings:
-    model: ModelSpec
-    max_length: int
-    batch_size: int
-    seed: int
+class Settings:
+    """How every metric of an evaluation is computed."""
+
+    max_length: int = 2048
+    batch_size: int = 8
+    seed: int = 42
+    confidence: float = DEFAULT_CONFIDENCE
+    resamples: int = DEFAULT_RESAMPLES
+
+    def scored(self, type_: str, ids: list[Any], rows: list[Any], **kwargs: Any) -> MetricResult:
+        return scored(
+            type_,
+            ids,
+            rows,
+            confidence=self.confidence,
+            resamples=self.resamples,
+            seed=self.seed,
+            **kwargs,
+        )
+
+
+@dataclass
+class NamedModel:
+    """A model of a side-by-side evaluation."""
+
+    name: str
+    spec: ModelSpec
+    history: Path | None = None
+    """The history.jsonl of the job that trained it, when it is a local job's output."""
 
 
 class _Models:
@@ -81,8 +128,14 @@ class _Models:
             self._loaded[key] = (model.to(self.device), tokenizer)
         return self._loaded[key]
 
+    def release(self, keep: list[ModelSpec]) -> None:
+        """Forget every loaded model but those in ``keep``."""
+        kept = {spec.model_dump_json() for spec in keep}
+        self._loaded = {k: v for k, v in self._loaded.items() if k in kept}
+
 
 def _rows(metric: EvalMetric, where: str, kind: str) -> list[dict[str, Any]]:
+    assert metric.dataset is not None
     try:
         return read_source(metric.dataset, kind).rows  # type: ignore[arg-type]
     except DataError as err:
@@ -90,6 +143,7 @@ def _rows(metric: EvalMetric, where: str, kind: str) -> list[dict[str, Any]]:
 
 
 def _answers(rows: list[dict[str, Any]], metric: EvalMetric, where: str) -> list[str]:
+    assert metric.dataset is not None
     for index, row in enumerate(rows):
         if row.get("answer") is None:
             raise EvalError(
@@ -104,33 +158,72 @@ def _greedy(model: Any, tokenizer: Any, prompts: list, metric: EvalMetric) -> li
     return [samples[0].text for samples in found]
 
 
-def _perplexity(metric: EvalMetric, where: str, models: _Models, ctx: _Settings) -> tuple:
-    model, tokenizer = models.get(ctx.model)
+Compute = Callable[[EvalMetric, str, "_Models", ModelSpec, Settings], MetricResult]
+
+
+def _perplexity(
+    metric: EvalMetric, where: str, models: _Models, spec: ModelSpec, s: Settings
+) -> MetricResult:
+    rows = _rows(metric, where, "sft")
+    model, tokenizer = models.get(spec)
     result = token_perplexity(
-        model,
-        tokenizer,
-        _rows(metric, where, "sft"),
-        max_length=ctx.max_length,
-        batch_size=ctx.batch_size,
+        model, tokenizer, rows, max_length=s.max_length, batch_size=s.batch_size
     )
-    return result.perplexity, asdict(result)
+    per_row = [
+        [loss, tokens] for loss, tokens in zip(result.row_losses, result.row_tokens, strict=True)
+    ]
+    details = {
+        k: v
+        for k, v in asdict(result).items()
+        if k not in ("row_index", "row_losses", "row_tokens")
+    }
+    samples = [
+        {"id": i, "loss": loss, "tokens": tokens, "perplexity": math.exp(loss / tokens)}
+        for i, (loss, tokens) in zip(result.row_index, per_row, strict=True)
+    ]
+    return s.scored(
+        "perplexity",
+        result.row_index,
+        per_row,
+        statistic="perplexity",
+        lower_is_better=True,
+        details=details,
+        samples=samples,
+    )
 
 
-def _accuracy(metric: EvalMetric, where: str, models: _Models, ctx: _Settings) -> tuple:
+def _accuracy(
+    metric: EvalMetric, where: str, models: _Models, spec: ModelSpec, s: Settings
+) -> MetricResult:
     rows = _rows(metric, where, "prompt")
     answers = _answers(rows, metric, where)
-    model, tokenizer = models.get(ctx.model)
+    model, tokenizer = models.get(spec)
     completions = _greedy(model, tokenizer, [r["prompt"] for r in rows], metric)
     result = score_answers(completions, answers, extractor=metric.extractor, pattern=metric.pattern)
-    return result.accuracy, asdict(result) | {"extractor": metric.extractor}
+    samples = [
+        {"id": i, "prompt": row["prompt"], "answer": answer, "generated": text, "correct": ok}
+        for i, (row, answer, text, ok) in enumerate(
+            zip(rows, answers, completions, result.outcomes, strict=True)
+        )
+    ]
+    details = {k: v for k, v in asdict(result).items() if k != "outcomes"}
+    return s.scored(
+        "accuracy",
+        list(range(len(rows))),
+        [float(ok) for ok in result.outcomes],
+        details=details | {"extractor": metric.extractor},
+        samples=samples,
+    )
 
 
-def _pass_at_k(metric: EvalMetric, where: str, models: _Models, ctx: _Settings) -> tuple:
+def _pass_at_k(
+    metric: EvalMetric, where: str, models: _Models, spec: ModelSpec, s: Settings
+) -> MetricResult:
     from kubetune_trainer.evaluation.sandbox import SandboxLimits, network_isolation, run_programs
 
     rows = _rows(metric, where, "prompt")
     tests = _answers(rows, metric, where)
-    model, tokenizer = models.get(ctx.model)
+    model, tokenizer = models.get(spec)
     temperature = 0.0 if metric.samples == 1 else PASS_AT_K_TEMPERATURE
     found = generate_completions(
         model,
@@ -139,7 +232,7 @@ def _pass_at_k(metric: EvalMetric, where: str, models: _Models, ctx: _Settings) 
         max_new_tokens=metric.max_new_tokens,
         temperature=temperature,
         num_samples=metric.samples,
-        seed=ctx.seed,
+        seed=s.seed,
     )
     programs = [
         f"{extract_code(sample.text)}\n\n{test}\n"
@@ -164,10 +257,26 @@ def _pass_at_k(metric: EvalMetric, where: str, models: _Models, ctx: _Settings) 
         "sandbox_status": statuses,
         "network_isolation": network_isolation(),
     }
-    return by_k[min(metric.k)], details
+    k = min(metric.k)
+    per_problem = [pass_at_k(len(p), sum(p), k) for p in passed]
+    samples = [
+        {
+            "id": i,
+            "prompt": row["prompt"],
+            "completions": [c.text for c in found[i]],
+            "passed": passed[i],
+            f"pass@{k}": per_problem[i],
+        }
+        for i, row in enumerate(rows)
+    ]
+    return s.scored(
+        "passAtK", list(range(len(rows))), per_problem, details=details, samples=samples
+    )
 
 
-def _win_rate(metric: EvalMetric, where: str, models: _Models, ctx: _Settings) -> tuple:
+def _win_rate(
+    metric: EvalMetric, where: str, models: _Models, spec: ModelSpec, s: Settings
+) -> MetricResult:
     try:
         from kubetune_trainer.evaluation.rewards import RewardModelScorer
     except ImportError as err:
@@ -175,22 +284,36 @@ def _win_rate(metric: EvalMetric, where: str, models: _Models, ctx: _Settings) -
     assert metric.baseline_model is not None and metric.reward_model is not None
     rows = _rows(metric, where, "prompt")
     prompts = [r["prompt"] for r in rows]
-    model, tokenizer = models.get(ctx.model)
+    model, tokenizer = models.get(spec)
     mine = _greedy(model, tokenizer, prompts, metric)
     base_model, base_tokenizer = models.get(metric.baseline_model)
     theirs = _greedy(base_model, base_tokenizer, prompts, metric)
     scorer = RewardModelScorer(metric.reward_model, device=models.device)
-    mine_scores = scorer.score(prompts, mine, batch_size=ctx.batch_size)
-    their_scores = scorer.score(prompts, theirs, batch_size=ctx.batch_size)
+    mine_scores = scorer.score(prompts, mine, batch_size=s.batch_size)
+    their_scores = scorer.score(prompts, theirs, batch_size=s.batch_size)
     result = win_rate(mine_scores, their_scores)
+    together = list(zip(prompts, mine, theirs, mine_scores, their_scores, strict=True))
     result.examples = [
         {"model": m, "baseline": t, "model_score": ms, "baseline_score": ts}
-        for m, t, ms, ts in list(zip(mine, theirs, mine_scores, their_scores, strict=True))[:3]
+        for _, m, t, ms, ts in together[:3]
     ]
-    return result.win_rate, asdict(result) | {"prompts": len(rows)}
+    samples = [
+        {"id": i, "prompt": p, "model": m, "baseline": t, "model_score": ms, "baseline_score": ts}
+        for i, (p, m, t, ms, ts) in enumerate(together)
+    ]
+    details = {k: v for k, v in asdict(result).items() if k != "outcomes"}
+    return s.scored(
+        "winRate",
+        list(range(len(rows))),
+        result.outcomes,
+        details=details | {"prompts": len(rows)},
+        samples=samples,
+    )
 
 
-def _judge(metric: EvalMetric, where: str, models: _Models, ctx: _Settings) -> tuple:
+def _judge(
+    metric: EvalMetric, where: str, models: _Models, spec: ModelSpec, s: Settings
+) -> MetricResult:
     from kubetune_trainer.evaluation.judge import (
         ChatClient,
         JudgeError,
@@ -205,7 +328,7 @@ def _judge(metric: EvalMetric, where: str, models: _Models, ctx: _Settings) -> t
         raise EvalError(str(err)) from None
     rows = _rows(metric, where, "prompt")
     prompts = [r["prompt"] for r in rows]
-    model, tokenizer = models.get(ctx.model)
+    model, tokenizer = models.get(spec)
     mine = _greedy(model, tokenizer, prompts, metric)
     if metric.judge.mode == "single":
         references = [r.get("answer") for r in rows]
@@ -219,16 +342,109 @@ def _judge(metric: EvalMetric, where: str, models: _Models, ctx: _Settings) -> t
         "endpoint": metric.judge.endpoint,
         "judge_model": metric.judge.model,
     }
-    return result.value, details
+    kept = [(i, score) for i, score in enumerate(result.scores) if score is not None]
+    samples = [
+        {"id": i, "prompt": p, "response": r, "score": score}
+        for i, (p, r, score) in enumerate(zip(prompts, mine, result.scores, strict=True))
+    ]
+    return s.scored(
+        "judge", [i for i, _ in kept], [v for _, v in kept], details=details, samples=samples
+    )
 
 
-_COMPUTE: dict[str, Callable[[EvalMetric, str, _Models, _Settings], tuple]] = {
+def _lm_eval(
+    metric: EvalMetric, where: str, models: _Models, spec: ModelSpec, s: Settings
+) -> MetricResult:
+    from kubetune_trainer.evaluation.benchmarks import BenchmarkError, run_task
+
+    model, tokenizer = models.get(spec)
+    try:
+        task = run_task(
+            model,
+            tokenizer,
+            metric,
+            where,
+            batch_size=s.batch_size,
+            max_length=s.max_length,
+            seed=s.seed,
+            resamples=s.resamples,
+        )
+    except BenchmarkError as err:
+        raise EvalError(str(err)) from None
+    result = s.scored(
+        "lmEval",
+        task.ids,
+        task.rows,
+        statistic=task.aggregation,
+        lower_is_better=not task.higher_is_better,
+        details={
+            "task": task.task,
+            "metric": task.metric,
+            "filter": task.filter,
+            "documents": task.n,
+            "lm_eval_value": task.value,
+            "lm_eval_stderr": task.stderr,
+        },
+        samples=task.samples,
+    )
+    if task.stderr is not None:
+        # lm-eval's own standard error, around lm-eval's own value.
+        result.value = task.value
+        result.estimate = reported(task.value, task.stderr, task.n, s.confidence)
+    for name, category in task.categories.items():
+        if category["value"] is None:
+            continue
+        if category["stderr"] is not None:
+            n = int(category["n"] or 0)
+            result.categories[name] = reported(
+                category["value"], category["stderr"], n, s.confidence
+            )
+            continue
+        prefix = f"{category['task']}/"
+        rows = [row for i, row in zip(task.ids, task.rows, strict=True) if i.startswith(prefix)]
+        found = estimate_rows(
+            rows, task.aggregation, confidence=s.confidence, resamples=s.resamples, seed=s.seed
+        )
+        if found is not None:
+            result.categories[name] = found
+    return result
+
+
+_COMPUTE: dict[str, Compute] = {
     "perplexity": _perplexity,
     "accuracy": _accuracy,
     "passAtK": _pass_at_k,
     "winRate": _win_rate,
     "judge": _judge,
+    "lmEval": _lm_eval,
 }
+
+
+def evaluate_model(
+    spec: EvalSpec, model: ModelSpec, models: _Models, settings: Settings
+) -> dict[str, MetricResult]:
+    """Every metric of ``spec`` on one model. Raises :class:`EvalError` naming the field
+    (``eval.metrics[i]...``) when a metric cannot be computed as specified."""
+    found: dict[str, MetricResult] = {}
+    for index, metric in enumerate(spec.metrics):
+        where = f"eval.metrics[{index}]"
+        started = time.monotonic()
+        result = _COMPUTE[metric.type.value](metric, where, models, model, settings)
+        if result.value is not None and math.isnan(result.value):
+            result.value = None
+        result.details = {"type": metric.type.value, **result.details}
+        result.details["seconds"] = round(time.monotonic() - started, 3)
+        found[metric.name] = result
+        log.info(
+            "event=eval_metric model=%s name=%s type=%s value=%s interval=%s seconds=%.1f",
+            model.source,
+            metric.name,
+            metric.type.value,
+            result.value,
+            result.estimate.format(4) if result.estimate else "-",
+            time.monotonic() - started,
+        )
+    return found
 
 
 def evaluate_metrics(
@@ -241,29 +457,115 @@ def evaluate_metrics(
     batch_size: int = 8,
     seed: int = 42,
 ) -> dict[str, Any]:
-    """Every metric of ``spec`` on ``model``: ``{"model", "metrics", "details"}`` (see the
-    module docstring). Raises :class:`EvalError` naming the field (``eval.metrics[i]...``)
-    when a metric cannot be computed as specified."""
+    """Every metric of ``spec`` on ``model``: ``{"model", "metrics", "details", "estimates"}``
+    (see the module docstring)."""
+    settings = Settings(max_length, batch_size, seed, spec.confidence, spec.bootstrap_resamples)
+    found = evaluate_model(spec, model, _Models(device, dtype), settings)
+    return single_model_results(model.source, found)
+
+
+def single_model_results(source: str, found: dict[str, MetricResult]) -> dict[str, Any]:
+    return {
+        "model": source,
+        "metrics": {name: r.value for name, r in found.items()},
+        "details": {name: r.details for name, r in found.items()},
+        "estimates": {
+            name: r.estimate.to_json() for name, r in found.items() if r.estimate is not None
+        },
+    }
+
+
+@dataclass
+class Evaluation:
+    """Several models on the same metrics: their results and comparisons with the baseline."""
+
+    models: list[NamedModel]
+    results: dict[str, dict[str, MetricResult]]
+    baseline: str | None
+    settings: Settings
+    metric_types: dict[str, str] = field(default_factory=dict)
+
+
+def evaluate_models(
+    spec: EvalSpec,
+    named: list[NamedModel],
+    baseline: str | None,
+    *,
+    device: str = "cpu",
+    dtype: Any = None,
+    settings: Settings | None = None,
+) -> Evaluation:
+    """Every metric on every model, one model at a time (each loaded once)."""
+    settings = settings or Settings(confidence=spec.confidence, resamples=spec.bootstrap_resamples)
     models = _Models(device, dtype)
-    settings = _Settings(model, max_length, batch_size, seed)
-    metrics: dict[str, float | None] = {}
-    details: dict[str, dict[str, Any]] = {}
-    for index, metric in enumerate(spec.metrics):
-        where = f"eval.metrics[{index}]"
-        started = time.monotonic()
-        value, detail = _COMPUTE[metric.type.value](metric, where, models, settings)
-        value = None if value is None or math.isnan(value) else float(value)
-        metrics[metric.name] = value
-        details[metric.name] = {"type": metric.type.value, **detail}
-        details[metric.name]["seconds"] = round(time.monotonic() - started, 3)
-        log.info(
-            "event=eval_metric name=%s type=%s value=%s seconds=%.1f",
-            metric.name,
-            metric.type.value,
-            value,
-            time.monotonic() - started,
-        )
-    return {"model": model.source, "metrics": metrics, "details": details}
+    shared = [m.baseline_model for m in spec.metrics if m.baseline_model is not None]
+    results: dict[str, dict[str, MetricResult]] = {}
+    for model in named:
+        log.info("event=eval_model name=%s source=%s", model.name, model.spec.source)
+        results[model.name] = evaluate_model(spec, model.spec, models, settings)
+        models.release(keep=shared)
+    return Evaluation(
+        named, results, baseline, settings, {m.name: m.type.value for m in spec.metrics}
+    )
+
+
+def comparisons(evaluation: Evaluation) -> dict[str, dict[str, Comparison | None]]:
+    """Per model other than the baseline, per metric: the paired difference to the baseline
+    (None where the two share no scored example)."""
+    if evaluation.baseline is None:
+        return {}
+    s = evaluation.settings
+    base = evaluation.results[evaluation.baseline]
+    out: dict[str, dict[str, Comparison | None]] = {}
+    for model in evaluation.models:
+        if model.name == evaluation.baseline:
+            continue
+        out[model.name] = {
+            metric: compare(
+                result, base[metric], confidence=s.confidence, resamples=s.resamples, seed=s.seed
+            )
+            for metric, result in evaluation.results[model.name].items()
+        }
+    return out
+
+
+def results_document(evaluation: Evaluation, subject: str) -> dict[str, Any]:
+    """The JSON document of an evaluation (``eval_results.json``). ``subject`` names the model
+    whose values fill the top-level ``metrics`` (what gates and older readers use)."""
+    main = evaluation.results[subject]
+    source = next(m.spec.source for m in evaluation.models if m.name == subject)
+    return {
+        "version": RESULTS_VERSION,
+        **single_model_results(source, main),
+        "subject": subject,
+        "confidence": evaluation.settings.confidence,
+        "baseline": evaluation.baseline,
+        "metricTypes": evaluation.metric_types,
+        "models": [
+            {
+                "name": m.name,
+                "source": m.spec.source,
+                "history": str(m.history) if m.history else None,
+                "metrics": {k: metric_json(r) for k, r in evaluation.results[m.name].items()},
+                "details": {k: r.details for k, r in evaluation.results[m.name].items()},
+                "samples": {
+                    k: f"{SAMPLES_DIR}/{m.name}/{k}.jsonl"
+                    for k, r in evaluation.results[m.name].items()
+                    if r.samples
+                },
+            }
+            for m in evaluation.models
+        ],
+        "comparisons": {
+            model: {
+                metric: None
+                if found is None
+                else comparison_json(found, evaluation.results[model][metric].lower_is_better)
+                for metric, found in by_metric.items()
+            }
+            for model, by_metric in comparisons(evaluation).items()
+        },
+    }
 
 
 def _headline(detail: dict[str, Any]) -> str:
@@ -281,35 +583,75 @@ def _headline(detail: dict[str, Any]) -> str:
         return f"{ks}; {detail['problems_solved']}/{detail['problems']} problems solved"
     if kind == "winRate":
         return f"{detail['wins']} wins, {detail['ties']} ties, {detail['losses']} losses"
-    scored = f"{detail['scored']}/{detail['total']} scored"
+    if kind == "lmEval":
+        return f"lm-eval {detail['task']} {detail['metric']}, {detail['documents']} documents"
+    scored_ = f"{detail['scored']}/{detail['total']} scored"
     failures = (
         f"{detail['parse_failures']} parse failures, {detail['request_failures']} request failures"
     )
-    return f"{detail['mode']}: {scored}, {failures}"
+    return f"{detail['mode']}: {scored_}, {failures}"
+
+
+def _interval(estimate: dict[str, Any] | None) -> str:
+    if not estimate:
+        return "-"
+    return f"[{_number(estimate['low'])}, {_number(estimate['high'])}] n={estimate['n']}"
+
+
+def _number(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if abs(value) < 1e6 else f"{value:.4g}"
 
 
 def results_table(results: dict[str, Any]) -> str:
-    """A readable table of the results."""
-    rows = [("METRIC", "TYPE", "VALUE", "DETAILS")]
+    """A readable table of one model's results, with each value's interval."""
+    estimates = results.get("estimates", {})
+    rows = [("METRIC", "TYPE", "VALUE", "95% INTERVAL", "DETAILS")]
     for name, value in results["metrics"].items():
         detail = results["details"][name]
-        shown = "-" if value is None else f"{value:.4f}" if abs(value) < 1e6 else f"{value:.4g}"
-        rows.append((name, detail["type"], shown, _headline(detail)))
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+        rows.append(
+            (
+                name,
+                detail["type"],
+                _number(value),
+                _interval(estimates.get(name)),
+                _headline(detail),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
     lines = [f"model: {results['model']}"]
     for row in rows:
         lines.append(
-            "  ".join(c.ljust(w) for c, w in zip(row[:3], widths, strict=True)) + "  " + row[3]
+            "  ".join(c.ljust(w) for c, w in zip(row[:4], widths, strict=True)) + "  " + row[4]
         )
     return "\n".join(lines)
 
 
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    Path(tmp).replace(path)
+
+
 def write_results(results: dict[str, Any], output_dir: Path) -> Path:
     """Write eval_results.json atomically into output_dir."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=output_dir, prefix=".eval-results-")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(results, handle, indent=1)
     path = output_dir / RESULTS_FILE
-    Path(tmp).replace(path)
+    _atomic_write(path, json.dumps(results, indent=1))
     return path
+
+
+def write_samples(evaluation: Evaluation, output_dir: Path) -> list[Path]:
+    """Per-example outputs: ``samples/MODEL/METRIC.jsonl``, one line per example."""
+    written = []
+    for model, found in evaluation.results.items():
+        for metric, result in found.items():
+            if not result.samples:
+                continue
+            path = output_dir / SAMPLES_DIR / model / f"{metric}.jsonl"
+            lines = (json.dumps(sample, default=str) + "\n" for sample in result.samples)
+            _atomic_write(path, "".join(lines))
+            written.append(path)
+    return written

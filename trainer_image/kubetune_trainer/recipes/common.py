@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kubetune_trainer.evaluation.tracking import tracking_environment
 from kubetune_trainer.models.adapters import is_adapter_dir, write_base_record
 from kubetune_trainer.plan import PeftSpec, Plan
 from kubetune_trainer.reporting.progress import Throttled
 from kubetune_trainer.reporting.train_metrics import TrainMetrics
 from kubetune_trainer.training.callbacks import (
     DataTraceCallback,
+    HeldOutCallback,
     IntervalSaveCallback,
     PreemptionCallback,
     ProgressCallback,
@@ -111,8 +114,8 @@ def trl_args(ctx: RunContext) -> dict[str, Any]:
         "restore_callback_states_from_checkpoint": False,
         **precision_args(ctx.precision),
     }
-    if recipe.tracking.project:
-        os.environ.setdefault("WANDB_PROJECT", recipe.tracking.project)
+    for name, value in tracking_environment(recipe.tracking, ctx.plan.job.namespace).items():
+        os.environ.setdefault(name, value)
     return args
 
 
@@ -217,27 +220,62 @@ def callbacks(ctx: RunContext, *, skipped_rows: int = 0) -> tuple[list[Any], Pre
             attempt=ctx.plan.attempt,
             history=ctx.history,
             skipped_rows=skipped_rows,
+            method=ctx.plan.recipe.method,
         ),
         TrainingDisplay(bar=ctx.local_run, is_main=ctx.is_main, job=ctx.plan.storage.run_name),
         *ctx.extra_callbacks,
     ]
+    t = ctx.plan.recipe.training
+    if t.early_stopping is not None or t.best_model is not None:
+        found.append(
+            HeldOutCallback(
+                early_stopping=t.early_stopping,
+                best_model=t.best_model,
+                best_dir=best_model_dir(ctx),
+                is_main=ctx.is_main,
+            )
+        )
     trace = os.environ.get("KUBETUNE_DATA_TRACE")
     if trace:
         found.append(DataTraceCallback(Path(trace)))
     return found, preemption
 
 
+def best_model_dir(ctx: RunContext) -> Path | None:
+    """Where the best evaluated weights are kept (training.bestModel): beside the run's
+    checkpoints, so a resumed attempt finds them; in staging on S3 storage."""
+    if ctx.plan.recipe.training.best_model is None:
+        return None
+    return (ctx.history.parent if ctx.history is not None else ctx.staging_dir) / "best-model"
+
+
 def train_and_save(trainer: Any, ctx: RunContext, preemption: PreemptionCallback) -> RecipeResult:
     """Train (resuming when there is a checkpoint); then, unless preempted, save the final
-    model with its tokenizer to the output directory. With LoRA that is the adapters and a
-    record of their base (see models.adapters); the export stage merges them."""
+    model with its tokenizer to the output directory: the last step's weights, or with
+    training.bestModel the best evaluation's. With LoRA that is the adapters and a record of
+    their base (see models.adapters); the export stage merges them."""
     resume = str(ctx.resume_from) if ctx.resume_from else None
     replace_hf_display(trainer)
     result = trainer.train(resume_from_checkpoint=resume)
     metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, int | float)}
     if preemption.preempted:
         return RecipeResult(trainer.state.global_step, True, metrics, None)
-    trainer.save_model(str(ctx.output_dir))
+    best = best_model_dir(ctx)
+    record = HeldOutCallback.read_record(best)
+    if record is not None and best is not None:
+        if ctx.is_main:
+            shutil.rmtree(ctx.output_dir, ignore_errors=True)
+            shutil.copytree(best, ctx.output_dir)
+            (ctx.output_dir / HeldOutCallback.RECORD).unlink()
+            log.info(
+                "event=output_best_model step=%d metric=%s value=%.6g",
+                record["step"],
+                record["metric"],
+                record["value"],
+            )
+        metrics |= {"best_step": float(record["step"]), "best_value": float(record["value"])}
+    else:
+        trainer.save_model(str(ctx.output_dir))
     if ctx.is_main:
         trainer.processing_class.save_pretrained(str(ctx.output_dir))
         if is_adapter_dir(ctx.output_dir):

@@ -1,9 +1,9 @@
 """Progress into the FineTuneJob's status, from inside the job's pods.
 
-A merge patch of ``status.progress`` (and ``status.lastCheckpoint`` when the record carries
-one) on ``.../finetunejobs/<name>/status``, authenticated as the pod's ServiceAccount, whose
-Role allows exactly that on exactly this job. Standard library only: the trainer image has no
-Kubernetes client.
+A merge patch of ``status.progress`` (and ``status.lastCheckpoint`` or an eval job's
+``status.evaluation`` when the record carries one) on ``.../finetunejobs/<name>/status``,
+authenticated as the pod's ServiceAccount, whose Role allows exactly that on exactly this job.
+Standard library only: the trainer image has no Kubernetes client.
 
 Where to find the API server and credentials (each overridable, so a test can run it outside a
 pod with a token minted for the per-job ServiceAccount):
@@ -44,6 +44,7 @@ STATUS_PROGRESS_FIELDS = (
     "loss",
     "tokensPerSecond",
     "updated",
+    "evalMetrics",
 )
 
 
@@ -101,6 +102,9 @@ def status_patch(record: ProgressRecord) -> dict[str, Any]:
     status: dict[str, Any] = {"progress": progress}
     if record.lastCheckpoint:
         status["lastCheckpoint"] = record.lastCheckpoint
+    if record.evaluation:
+        status["evaluation"] = record.evaluation
+        del status["progress"]  # an eval job has no training progress to report
     return {"status": status}
 
 

@@ -9,6 +9,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_serv
 LABELS = ("namespace", "job", "method")
 
 
+_EVAL_BOOKKEEPING = ("eval_runtime", "eval_samples_per_second", "eval_steps_per_second")
+
+
+def is_held_out_metric(key: str) -> bool:
+    """A held-out evaluation's metric in a HF Trainer log (not its timing)."""
+    return key.startswith("eval_") and key not in _EVAL_BOOKKEEPING
+
+
 class TrainMetrics:
     def __init__(self, namespace: str, job: str, method: str) -> None:
         self.registry = CollectorRegistry()
@@ -28,6 +36,13 @@ class TrainMetrics:
         self.method_metric = Gauge(
             "kubetune_train_method_metric",
             "Method-specific metric at the latest logged step (e.g. DPO rewards accuracy).",
+            (*LABELS, "name"),
+            registry=self.registry,
+        )
+        self.eval_metric = Gauge(
+            "kubetune_train_eval_metric",
+            "Held-out metric at the latest evaluation (e.g. eval_loss, eval_perplexity, "
+            "eval_rewards_accuracies).",
             (*LABELS, "name"),
             registry=self.registry,
         )
@@ -59,8 +74,10 @@ class TrainMetrics:
         for key, value in logs.items():
             if not isinstance(value, int | float):
                 continue
+            name = re.sub(r"[^a-zA-Z0-9_]", "_", key)
             if key in known:
                 self.set(known[key], value)
-            elif not key.startswith(("train_", "eval_runtime", "total_flos")):
-                name = re.sub(r"[^a-zA-Z0-9_]", "_", key)
+            elif is_held_out_metric(key):
+                self.eval_metric.labels(**self.labels, name=name).set(value)
+            elif not key.startswith(("train_", "eval_", "total_flos")):
                 self.method_metric.labels(**self.labels, name=name).set(value)

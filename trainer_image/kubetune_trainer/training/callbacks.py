@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,8 +14,10 @@ from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from kubetune_trainer.plan import BestModel, EarlyStopping, MetricGoal
 from kubetune_trainer.reporting.progress import ProgressRecord, Throttled, now_rfc3339
-from kubetune_trainer.reporting.train_metrics import TrainMetrics
+from kubetune_trainer.reporting.train_metrics import TrainMetrics, is_held_out_metric
+from kubetune_trainer.training.held_out import derived_held_out_metrics, improved
 
 log = logging.getLogger("kubetune.trainer")
 
@@ -95,7 +98,9 @@ class ProgressCallback(TrainerCallback):
         attempt: int,
         history: Path | None = None,
         skipped_rows: int = 0,
+        method: str = "",
     ) -> None:
+        self.method = method
         self.metrics = metrics
         self.progress = progress
         self.publish = publish
@@ -128,9 +133,13 @@ class ProgressCallback(TrainerCallback):
         r.updated = now_rfc3339()
 
     def on_log(self, args, state: TrainerState, control, logs: dict[str, Any] | None = None, **kw):
-        logs = logs or {}
+        logs = logs if logs is not None else {}
+        logs.update(derived_held_out_metrics(self.method, logs))
         self._last_logs = {k: v for k, v in logs.items() if isinstance(v, int | float)}
         self._update(state)
+        held_out = {k: v for k, v in self._last_logs.items() if is_held_out_metric(k)}
+        if held_out:
+            self.record.evalMetrics = {k: f"{v:.6g}" for k, v in held_out.items()}
         if "loss" in logs and isinstance(logs["loss"], int | float) and math.isfinite(logs["loss"]):
             self.record.loss = f"{logs['loss']:.4f}"
         tokens = getattr(state, "num_input_tokens_seen", 0) or 0
@@ -149,7 +158,7 @@ class ProgressCallback(TrainerCallback):
             if "train_samples_per_second" in logs:
                 self.metrics.set(self.metrics.samples_per_second, logs["train_samples_per_second"])
         if self.is_reporter:
-            self.progress.report(self.record)
+            self.progress.report(self.record, force=bool(held_out))
             if self.history is not None:
                 entry = {"step": state.global_step, "attempt": self.attempt, **self._last_logs}
                 with open(self.history, "a") as out:
@@ -254,6 +263,107 @@ def replace_hf_display(trainer: Any) -> None:
 
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
+
+
+class HeldOutCallback(TrainerCallback):
+    """Early stopping and best-model selection on a held-out metric, at every evaluation.
+
+    Early stopping (``training.earlyStopping``): training stops after ``patience`` evaluations
+    in a row without an improvement by more than ``minDelta``. HF's own EarlyStoppingCallback
+    needs ``load_best_model_at_end``, which reloads a checkpoint from the staging directory;
+    kubetune's publisher has moved checkpoints out of it by then.
+
+    Best model (``training.bestModel``): whenever the metric improves, rank 0 writes the
+    model's weights to ``best_dir`` (a complete copy replaces the previous one by renames, with
+    ``best.json`` naming the step and value); the recipe then makes that copy the job's output.
+    The record survives a restart, so a resumed attempt keeps comparing against it.
+    Evaluations are the same on every rank (HF gathers them), so every rank decides alike.
+    """
+
+    RECORD = "best.json"
+
+    def __init__(
+        self,
+        *,
+        early_stopping: EarlyStopping | None,
+        best_model: BestModel | None,
+        best_dir: Path | None,
+        is_main: bool,
+    ) -> None:
+        self.early_stopping = early_stopping
+        self.best_model = best_model
+        self.best_dir = best_dir
+        self.is_main = is_main
+        self._early_best: float | None = None
+        self._bad_evaluations = 0
+        self.stopped_at: int | None = None
+        self.best: dict[str, Any] | None = self.read_record(best_dir)
+
+    @classmethod
+    def read_record(cls, best_dir: Path | None) -> dict[str, Any] | None:
+        if best_dir is None or not (best_dir / cls.RECORD).is_file():
+            return None
+        return json.loads((best_dir / cls.RECORD).read_text())
+
+    def on_evaluate(self, args, state: TrainerState, control, metrics=None, model=None, **kw):
+        metrics = metrics or {}
+        if self.early_stopping is not None:
+            self._check_early_stop(state, control, metrics)
+        if self.best_model is not None:
+            self._check_best(state, metrics, model)
+
+    def _value(self, goal: MetricGoal, metrics: dict[str, Any]) -> float | None:
+        value = metrics.get(goal.key)
+        if value is None:
+            raise ValueError(
+                f"held-out metric '{goal.metric}' is not logged by this method; "
+                f"logged: {', '.join(sorted(k for k in metrics if is_held_out_metric(k)))}"
+            )
+        return float(value) if math.isfinite(value) else None
+
+    def _check_early_stop(self, state: TrainerState, control, metrics: dict[str, Any]) -> None:
+        goal = self.early_stopping
+        assert goal is not None
+        value = self._value(goal, metrics)
+        if value is not None and improved(self._early_best, value, goal, goal.min_delta):
+            self._early_best = value
+            self._bad_evaluations = 0
+            return
+        self._bad_evaluations += 1
+        if self._bad_evaluations >= goal.patience:
+            self.stopped_at = state.global_step
+            control.should_training_stop = True
+            log.info(
+                "event=early_stop step=%d metric=%s best=%s patience=%d",
+                state.global_step,
+                goal.key,
+                self._early_best,
+                goal.patience,
+            )
+
+    def _check_best(self, state: TrainerState, metrics: dict[str, Any], model: Any) -> None:
+        goal = self.best_model
+        assert goal is not None and self.best_dir is not None
+        value = self._value(goal, metrics)
+        best = self.best["value"] if self.best else None
+        if value is None or not improved(best, value, goal):
+            return
+        self.best = {"step": state.global_step, "metric": goal.key, "value": value}
+        if not self.is_main or model is None:
+            return
+        incoming = self.best_dir.with_name(self.best_dir.name + ".incoming")
+        shutil.rmtree(incoming, ignore_errors=True)
+        model.save_pretrained(str(incoming))
+        (incoming / self.RECORD).write_text(json.dumps(self.best))
+        retired = self.best_dir.with_name(self.best_dir.name + ".retired")
+        shutil.rmtree(retired, ignore_errors=True)
+        if self.best_dir.exists():
+            self.best_dir.rename(retired)
+        incoming.rename(self.best_dir)
+        shutil.rmtree(retired, ignore_errors=True)
+        log.info(
+            "event=best_model step=%d metric=%s value=%.6g", state.global_step, goal.key, value
+        )
 
 
 class DataTraceCallback(TrainerCallback):
