@@ -263,14 +263,14 @@ def export_jobs(
             job = with_export_formats(job, formats)
         ref = job.job_ref()
         run_dir = Path(storage_root) / ref.namespace / ref.name
+        if job.spec.export is None:
+            print(f"{ref.name}: no spec.export and no --format; skipped")
+            continue
         attempt = CheckpointStore(run_dir).latest_attempt()
         try:
             plan = local_plan(job, jobs, finished, storage_root, max(attempt, 1), None)
         except UnresolvedDependency:  # its input job has not been trained either
             untrained.append(ref.name)
-            continue
-        if plan.recipe.export is None:
-            print(f"{ref.name}: no spec.export and no --format; skipped")
             continue
         if not Path(plan.storage.output_dir).is_dir():
             untrained.append(ref.name)
@@ -456,14 +456,14 @@ def dash(value: object) -> str:
 
 
 def format_duration(seconds: float) -> str:
-    """1m 05s, 2h 03m, 42s."""
+    """1m05s, 2h03m, 42s: one word, so a table column stays one column."""
     total = round(seconds)
     hours, rest = divmod(total, 3600)
     minutes, secs = divmod(rest, 60)
     if hours:
-        return f"{hours}h {minutes:02d}m"
+        return f"{hours}h{minutes:02d}m"
     if minutes:
-        return f"{minutes}m {secs:02d}s"
+        return f"{minutes}m{secs:02d}s"
     return f"{secs}s"
 
 

@@ -146,6 +146,7 @@ def data_locations(job: FineTuneJob) -> list[tuple[tuple[str | int, ...], DataSo
         found += [
             (("eval", "metrics", i, "dataset"), metric.dataset)
             for i, metric in enumerate(job.spec.eval.metrics)
+            if metric.dataset is not None  # lmEval tasks name their own data
         ]
     return found
 

@@ -34,6 +34,7 @@ DATASET = {"uri": "data/eval.jsonl"}
 VALID = [
     ("sft with lora and packing", {"spec.peft": {"type": "lora", "r": 8}, "spec.training.packing": True}),
     ("dpo defaults", {"spec.method": "dpo", "spec.data.sources": [{"uri": "p.jsonl", "format": "preference"}]}),
+    ("dpo on its own answers to prompts", {"spec.method": "dpo", "spec.data.sources": [{"uri": "builtin://arithmetic-prompts"}], "spec.dpo": {"onPolicy": {"samples": 4}}}),
     ("dpo explicit reference", {"spec.method": "dpo", "spec.data.sources": [{"uri": "p.jsonl", "format": "preference"}], "spec.dpo": {"beta": 0.3, "lossType": "ipo", "referenceModel": {"source": "hf://org/ref", "revision": "v1"}}}),
     ("reward with centring", {"spec.method": "reward", "spec.data.sources": [{"uri": "p.jsonl", "format": "preference"}], "spec.reward": {"centerRewardsCoefficient": 0.01}}),
     ("ppo adaptive kl", {"spec.method": "ppo", "spec.ppo": {"rewards": [RM], "adaptiveKl": {"target": 6}}}),
@@ -98,6 +99,7 @@ INVALID = [
     ("win rate without models", {"spec.method": "eval", "spec.eval": {"metrics": [{"name": "a", "type": "winRate", "dataset": DATASET}]}}, "spec.eval.metrics[0]", "needs baselineModel and rewardModel"),
     ("judge without judge", {"spec.method": "eval", "spec.eval": {"metrics": [{"name": "a", "type": "judge", "dataset": DATASET}]}}, "spec.eval.metrics[0]", "needs 'judge'"),
     ("pairwise judge without baseline", {"spec.method": "eval", "spec.eval": {"metrics": [{"name": "a", "type": "judge", "dataset": DATASET, "judge": {"endpoint": "http://j/v1", "model": "m", "mode": "pairwise"}}]}}, "spec.eval.metrics[0]", "pairwise judge needs 'baselineModel'"),
+    ("plain dpo on prompts", {"spec.method": "dpo", "spec.data.sources": [{"uri": "builtin://arithmetic-prompts"}]}, "spec.data.sources[0].format", "format prompt-only (the format of builtin://arithmetic-prompts) cannot feed method dpo"),
     ("dpo on messages", {"spec.method": "dpo"}, "spec.data.sources[0].format", "format messages cannot feed method dpo, which trains on preference rows; use one of preference, hh-rlhf"),
     ("reward on prompts", {"spec.method": "reward", "spec.data.evalSources": [{"uri": "builtin://arithmetic-prompts"}], "spec.data.sources": [{"uri": "p.jsonl", "format": "preference"}]}, "spec.data.evalSources[0].format", "format prompt-only (the format of builtin://arithmetic-prompts) cannot feed method reward"),
     ("s3 without bucket", {"spec.model": {"source": "s3:///models/x"}}, "spec.model.source", "'s3:///models/x' names no bucket"),

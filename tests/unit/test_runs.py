@@ -155,11 +155,11 @@ def test_the_local_list_table(tmp_path: Path):
     assert lines[0].split() == [
         "NAMESPACE", "JOB", "METHOD", "STATE", "STEP", "LOSS", "DURATION", "OUTPUT"
     ]  # fmt: skip
-    assert lines[1].split()[:7] == ["demo", "tiny", "sft", "Succeeded", "30/30", "0.5", "1m"]
+    assert lines[1].split()[:7] == ["demo", "tiny", "sft", "Succeeded", "30/30", "0.5", "1m30s"]
 
 
 @pytest.mark.parametrize(
-    ("seconds", "text"), [(0, "0s"), (42.4, "42s"), (65, "1m 05s"), (7380, "2h 03m")]
+    ("seconds", "text"), [(0, "0s"), (42.4, "42s"), (65, "1m05s"), (7380, "2h03m")]
 )
 def test_durations_read_like_a_clock(seconds: float, text: str):
     assert format_duration(seconds) == text

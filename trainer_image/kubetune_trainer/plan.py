@@ -1163,6 +1163,8 @@ class RecipeSpec(Section):
     def _check_data_formats(self) -> None:
         """Every training source's format can be read as the rows the method trains on."""
         rows = ROWS_FOR_METHOD.get(self.method)
+        if self.method == "dpo" and self.dpo is not None and self.dpo.on_policy is not None:
+            rows = "prompt"  # the pairs come from the model's own answers to the prompts
         if rows is None or self.data is None:
             return
         for loc, source in self.data_sources():
