@@ -6,7 +6,7 @@ in its own namespace, through the same phases; jobs are deleted and drained betw
 capacity never runs out:
 
 * ``warmup``: arrivals at a low rate for a few seconds (not reported).
-* ``rates``: open-loop arrivals at fixed rates (2, 5, 10, 15, 20 jobs/s by default, 80 s each):
+* ``rates``: open-loop arrivals at fixed rates (2, 5, 10, 15, 20 jobs/s by default, 60 s each):
   create requests are sent by a scheduled thread pool whether or not earlier ones were answered;
   each job's pod runs ``--pod-seconds`` then succeeds, so occupancy stays bounded. Reported:
   p50/p99 apply → launcher Job and apply → pod Running, and ``maxRateP99Within2s``.
@@ -447,7 +447,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--variants", default="defaults,matched", help="of each peer")
     parser.add_argument("--nodes", type=int, default=250)
     parser.add_argument("--rates", default="2,5,10,15,20", help="jobs/s, comma-separated")
-    parser.add_argument("--rate-seconds", type=float, default=80.0)
+    parser.add_argument("--rate-seconds", type=float, default=60.0)
     parser.add_argument("--warmup-rate", type=float, default=5.0)
     parser.add_argument("--warmup-seconds", type=float, default=20.0)
     parser.add_argument("--pod-seconds", type=float, default=30.0, help="pods run, then succeed")
@@ -476,7 +476,7 @@ def make_systems(args: argparse.Namespace, certs: sy.WebhookCerts | None) -> lis
             made.append(
                 sy.JobSet(matched, certs, ns)
                 if name == "jobset"
-                else sy.Trainer(matched, certs, ns)
+                else sy.Trainer(matched, certs, ns, args.pod_seconds)
             )
     return made
 
@@ -507,10 +507,6 @@ def main(argv: list[str] | None = None) -> None:
             )
         if certs is not None:
             sy.install_peers(client, certs)
-            for system in systems:
-                if isinstance(system, sy.Trainer):
-                    system.install_runtimes(client, args.pod_seconds)
-                    break
         bench = Bench(args, cluster, client, Accounts(cluster, client, AuditLog(cluster.audit_log)))
         result.update(
             nodes=args.nodes,

@@ -542,7 +542,9 @@ class Trainer(System):
     """Kubeflow Trainer v2: a TrainJob naming a ClusterTrainingRuntime whose JobSet template
     holds the pod; JobSet's controller runs beside it (as Trainer's chart installs it)."""
 
-    def __init__(self, matched: bool, certs: WebhookCerts, namespace: str) -> None:
+    def __init__(
+        self, matched: bool, certs: WebhookCerts, namespace: str, run_seconds: float
+    ) -> None:
         super().__init__(
             "trainer",
             "matched" if matched else "defaults",
@@ -555,7 +557,8 @@ class Trainer(System):
         self.jobset = JobSetController(certs, matched)
         self.objects = rendered("kubeflow-trainer")
         self.webhooks: list[Obj] = []
-        self.run_seconds = 0.0
+        self.run_seconds = run_seconds
+        """How long pods of the runtime used for arrivals run before they succeed."""
 
     def body(self, name: str, outcome: str, run_seconds: float) -> Obj:
         return {
@@ -598,10 +601,6 @@ class Trainer(System):
             },
         }
 
-    def install_runtimes(self, client: RawClient, run_seconds: float) -> None:
-        for outcome in TRAINER_RUNTIMES:
-            apply(client, self.runtime(outcome, run_seconds))
-
     def start(self, kubeconfig: Path, workdir: Path, client: RawClient) -> None:
         jobset = self.jobset.start(kubeconfig, workdir, client)
         self.processes = [jobset]
@@ -634,6 +633,14 @@ class Trainer(System):
         self.processes.append(
             Process("trainer-controller", argv, env, workdir / "trainer-controller.log")
         )
+
+        def runtimes_applied() -> bool:
+            # Through Trainer's own validating webhook, as in a real install: retried until up.
+            for outcome in TRAINER_RUNTIMES:
+                apply(client, self.runtime(outcome, self.run_seconds))
+            return True
+
+        _wait(runtimes_applied, "Trainer runtimes", 120, self.processes)
         _wait(lambda: _dry_run_create(client, self), "Trainer webhooks", 120, self.processes)
 
     def stop(self, client: RawClient) -> None:

@@ -77,7 +77,6 @@ render_charts() {
   jobset_dir="$(module_dir jobset "sigs.k8s.io/jobset@${JOBSET_VERSION}")"
   trainer_dir="$(module_dir trainer "github.com/kubeflow/trainer/v2@${TRAINER_VERSION}")"
   work="$(mktemp -d)"
-  trap 'rm -rf "$work"' RETURN
   cp -r "$jobset_dir/charts/jobset" "$trainer_dir/charts/kubeflow-trainer" "$work/"
   chmod -R u+w "$work"
   # The trainer chart pulls JobSet as an OCI sub-chart (no network here): JobSet is rendered on
@@ -104,6 +103,14 @@ PY
     --include-crds --set jobset.install=false >"$DEST/manifests/kubeflow-trainer.yaml"
   # The training runtimes upstream ships (the bench writes its own, but keeps these for reference).
   cp "$trainer_dir/manifests/base/runtimes/torch_distributed.yaml" "$DEST/manifests/"
+  rm -rf "$work"
+}
+
+go_build() {
+  # go_build MODULE_DIR OUT PACKAGE FLAGS...: go build inside one wrapper module.
+  local module="$1" out="$2" pkg="$3"
+  shift 3
+  (cd "$HERE/$module" && "$GO" build "$@" -o "$out" "$pkg")
 }
 
 build() {
@@ -123,7 +130,7 @@ build() {
       trainer-tuned:trainer:.; do
     IFS=: read -r name module pkg <<<"$spec"
     [[ -x "$DEST/bin/$name" ]] && continue
-    timed "$name" bash -c "cd '$HERE/$module' && '$GO' build ${flags[*]} -o '$DEST/bin/$name.tmp' $pkg"
+    timed "$name" go_build "$module" "$DEST/bin/$name.tmp" "$pkg" "${flags[@]}"
     mv "$DEST/bin/$name.tmp" "$DEST/bin/$name"
   done
   timed charts render_charts
