@@ -233,10 +233,13 @@ def launcher_state(launcher: Manifest) -> tuple[LauncherState, LauncherFailure |
 
 def pods_ready(launcher: Manifest) -> bool | None:
     """Whether every pod of a Job launcher runs and is ready (or already finished): its
-    status.ready + status.succeeded reach spec.parallelism. None for a RayJob (KubeRay's pods)."""
+    status.ready + status.succeeded reach spec.parallelism. None for a RayJob (KubeRay's pods)
+    and for a suspended Job."""
     if launcher.get("kind") != "Job":
         return None
     spec = launcher.get("spec") or {}
+    if spec.get("suspend"):
+        return None  # held (by Kueue, until admitted): no pod is meant to run yet
     status = launcher.get("status") or {}
     wanted = int(spec.get("parallelism") or 1)
     return int(status.get("ready") or 0) + int(status.get("succeeded") or 0) >= wanted

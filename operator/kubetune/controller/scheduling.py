@@ -79,6 +79,8 @@ class Scheduler:
         self.suspects: dict[tuple[str, JobKey], str] = {}
         """Objects whose listed resourceVersion differed from the last one seen, at the last
         resync (a missed event if it still differs at the next)."""
+        self.missing: set[JobKey] = set()
+        """Jobs with state kept here that the last resync's list did not show."""
         self.was_acting = not config.ha
 
     def reset(self) -> None:
@@ -94,6 +96,7 @@ class Scheduler:
         self.signals.clear()
         self.child_versions.clear()
         self.suspects.clear()
+        self.missing.clear()
         self.was_acting = not self.config.ha
 
     def _lock(self, key: JobKey) -> asyncio.Lock:
@@ -272,6 +275,9 @@ class Scheduler:
         pods_changed = previous[1][1] != signal[1] and job in self.flagged
         if state_changed or pods_changed:
             self.schedule(*job, self.config.launcher_debounce)
+        elif previous[1][1] is None and signal[1] is False:
+            # Unsuspended (admitted by Kueue): its pods have the grace from now on.
+            self.schedule_pods_check(*job, key[1], self.config.pods_grace)
 
     def _nudge_waiting(self, namespace: str) -> None:
         """A job succeeded: jobs of the namespace waiting for dependencies look again now.
@@ -363,9 +369,10 @@ class Scheduler:
                 continue
             took_over, self.was_acting = not self.was_acting, True
             kept = {*self.locks, *self.timers, *self.failures, *self.generations}
-            for key in kept | set(self.metrics.known_jobs()):
-                if key not in jobs:
-                    self.forget(*key)
+            missing = {k for k in kept | set(self.metrics.known_jobs()) if k not in jobs}
+            for key in missing & self.missing:  # twice: not just created after the list
+                self.forget(*key)
+            self.missing = missing - self.missing
             for key in [k for k in self.signals if k not in children]:
                 self.signals.pop(key, None)
                 self.child_versions.pop(key, None)
