@@ -658,13 +658,16 @@ def main(argv: list[str] | None = None) -> int:
         description="kubetune e2e control plane (kwokctl, binary runtime)"
     )
     sub = parser.add_subparsers(dest="cmd", required=True)
-    for cmd in ("up", "down", "smoke"):
+    for cmd in ("up", "down", "smoke", "claim"):
         p = sub.add_parser(cmd)
         p.add_argument("--name", default="kubetune-dev")
         p.add_argument(
             "--workdir", type=Path, default=None, help="default: $KUBETUNE_CACHE/dev-cluster"
         )
         p.add_argument("--nodes", type=int, default=4, help="fake GPU nodes to add (up/smoke)")
+        if cmd == "claim":
+            p.add_argument("claim", help="the PersistentVolumeClaim to make (bound, 100Gi)")
+            p.add_argument("--namespace", default="default")
     args = parser.parse_args(argv)
     workdir = args.workdir or _dev_workdir()
     binaries = bin_dir()
@@ -685,6 +688,10 @@ def main(argv: list[str] | None = None) -> int:
     existing = Cluster(
         name=args.name, workdir=workdir, bin_dir=binaries, kubeconfig=workdir / "kubeconfig"
     )
+    if args.cmd == "claim":
+        existing.add_checkpoint_claim(args.namespace, claim=args.claim)
+        print(f"persistentvolumeclaim/{args.claim} created in {args.namespace} (bound)")
+        return 0
     if args.cmd == "down":
         if not workdir.exists():
             print(f"no dev cluster at {workdir}")
