@@ -145,3 +145,21 @@ def test_children_of_a_deleted_job_cost_nothing():
         s.child_event("DELETED", launcher())
 
     assert passes(steps) == []
+
+
+def test_every_step_kuberay_reports_is_reconciled():
+    def rayjob(deployment: str) -> dict[str, Any]:
+        body = launcher()
+        body.update(
+            apiVersion="ray.io/v1", kind="RayJob", status={"jobDeploymentStatus": deployment}
+        )
+        return body
+
+    def steps(s: Scheduler) -> None:
+        s.job_event(None, job())
+        s.timers.clear()
+        s._seed_signals(NS, "demo", Decision(actions=[Create([rayjob("")])]))
+        s.child_event("ADDED", rayjob(""))
+        s.child_event("MODIFIED", rayjob("Running"))  # the Running condition follows it
+
+    assert passes(steps) == [(NS, "demo")]

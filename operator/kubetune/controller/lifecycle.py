@@ -245,13 +245,27 @@ def pods_ready(launcher: Manifest) -> bool | None:
     return int(status.get("ready") or 0) + int(status.get("succeeded") or 0) >= wanted
 
 
-LauncherSignal = tuple[LauncherState, bool | None]
-"""What the lifecycle reads of a launcher: its state and whether its pods run. A launcher event
-that changes neither needs no reconcile pass."""
+LauncherSignal = tuple[LauncherState, bool | str | None]
+"""What the lifecycle reads of a launcher: its state, and for a Job whether its pods run, for a
+RayJob KubeRay's jobDeploymentStatus. A launcher event that changes neither needs no pass."""
 
 
 def launcher_signal(launcher: Manifest) -> LauncherSignal:
-    return launcher_state(launcher)[0], pods_ready(launcher)
+    state = launcher_state(launcher)[0]
+    if launcher.get("kind") == "RayJob":
+        return state, (launcher.get("status") or {}).get("jobDeploymentStatus")
+    return state, pods_ready(launcher)
+
+
+def signal_needs_pass(old: LauncherSignal, new: LauncherSignal, pods_flagged: bool) -> bool:
+    """Whether a launcher's event asks for a pass of its job: its state changed; or KubeRay's
+    progress did (the Running condition follows it); or its pods now run, or no longer do,
+    for a job whose PodsReady is False (a Job's pods starting is otherwise no news)."""
+    if old[0] != new[0]:
+        return True
+    if isinstance(old[1], str) or isinstance(new[1], str):
+        return old[1] != new[1]
+    return pods_flagged and old[1] != new[1]
 
 
 def _age_seconds(obj: Manifest, now: datetime) -> float:
@@ -1198,6 +1212,7 @@ __all__ = [
     "pods_to_explain",
     "reads",
     "reconcile",
+    "signal_needs_pass",
     "spec_problems",
     "status_wants_pass",
 ]

@@ -271,9 +271,7 @@ class Scheduler:
         self.signals[key] = (owner, signal)
         if previous is None or job not in self.generations:
             return  # made by a pass of ours (seeded), or listed at start (its job's pass reads it)
-        state_changed = previous[1][0] != signal[0]
-        pods_changed = previous[1][1] != signal[1] and job in self.flagged
-        if state_changed or pods_changed:
+        if lifecycle.signal_needs_pass(previous[1], signal, job in self.flagged):
             self.schedule(*job, self.config.launcher_debounce)
         elif previous[1][1] is None and signal[1] is False:
             # Unsuspended (admitted by Kueue): its pods have the grace from now on.
