@@ -534,7 +534,11 @@ def main(argv: list[str] | None = None) -> None:
         )
         peers: Obj = {name: {"skipped": skipped} for name in peers_wanted} if skipped else {}
         for system in systems:
-            measured = bench.run_system(system)
+            try:
+                measured = bench.run_system(system)
+            except Exception as err:  # one system failing must not lose the others' figures
+                say(f"{system.key} failed: {err!r}")
+                measured = {"error": f"{type(err).__name__}: {err}"[:500]}
             if isinstance(system, sy.Kubetune):
                 result["kubetune"] = measured
             else:
