@@ -24,9 +24,11 @@ from kubetune.controller.lifecycle import (
     launcher_state,
     pods_problem,
     pods_to_explain,
+    reads,
     reconcile,
     rfc3339,
     spec_problems,
+    status_wants_pass,
 )
 
 NOW = datetime(2026, 11, 22, 3, 0, 0, tzinfo=UTC)
@@ -221,6 +223,32 @@ def test_launcher_signal_changes_only_with_what_the_lifecycle_reads():
     assert launcher_signal(a) == launcher_signal(b) == ("running", False)
     assert launcher_signal(pending_launcher(1, ready=1)) == ("running", True)
     assert launcher_signal(launcher_job(1, SUCCEEDED))[0] == "succeeded"
+
+
+@pytest.mark.parametrize(
+    ("status", "wanted"),
+    [
+        (None, "none"),  # nothing of a new job exists yet
+        ({"phase": "WaitingForDependencies"}, "none"),
+        ({"phase": "Pending", "attempt": 1}, "jobs"),
+        (running(), "jobs"),
+        ({"phase": "Exporting", "attempt": 1, "exportAttempt": 1}, "jobs"),
+        ({"phase": "Suspended", "attempt": 1}, "all"),  # the suspended attempt's other children
+        ({"phase": "Succeeded", "attempt": 1}, "all"),  # the TTL deletes every child
+    ],
+)
+def test_a_pass_reads_only_what_its_decision_can_depend_on(status, wanted):
+    assert reads(make_job(status)) == wanted
+
+
+def test_only_a_new_checkpoint_in_the_status_asks_for_a_pass():
+    checkpoint = {"uri": "s3://bucket/runs/ckpt/step-00000040", "step": 40}
+    job = make_job(running(lastCheckpoint=checkpoint, progress={"step": 41}))
+    assert status_wants_pass(job)
+    said = apply(job, reconcile(job, world_with(launcher_job(1)), NOW, SETTINGS))
+    assert not status_wants_pass(said)
+    said["status"]["progress"] = {"step": 42}  # the trainer's progress: no pass
+    assert not status_wants_pass(said)
 
 
 # --------------------------------------------------------------------------- start
