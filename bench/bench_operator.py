@@ -370,7 +370,7 @@ class Bench:
                 self.arrival_phase(system, watches, args.warmup_rate, args.warmup_seconds, "warm")
                 say(f"{system.key}: warmed up")
             rates: Obj = {}
-            for rate in args.rates:
+            for rate in args.matched_rates if system.variant == "matched" else args.rates:
                 rates[f"{rate:g}"] = r = self.arrival_phase(
                     system, watches, rate, args.rate_seconds, f"r{rate:g}".replace(".", "p")
                 )
@@ -459,6 +459,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--variants", default="defaults,matched", help="of each peer")
     parser.add_argument("--nodes", type=int, default=250)
     parser.add_argument("--rates", default="2,5,10,15,20", help="jobs/s, comma-separated")
+    parser.add_argument(
+        "--matched-rates", default=None, help="rates for the peers' matched runs (default: --rates)"
+    )
     parser.add_argument("--rate-seconds", type=float, default=60.0)
     parser.add_argument("--warmup-rate", type=float, default=5.0)
     parser.add_argument("--warmup-seconds", type=float, default=20.0)
@@ -473,6 +476,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.systems = [s for s in args.systems.split(",") if s]
     args.variants = [v for v in args.variants.split(",") if v]
     args.rates = [float(r) for r in args.rates.split(",") if r]
+    matched = args.matched_rates
+    args.matched_rates = [float(r) for r in matched.split(",") if r] if matched else args.rates
     return args
 
 
@@ -526,6 +531,7 @@ def main(argv: list[str] | None = None) -> None:
             gpusPerJob=sy.GPUS_PER_JOB,
             phases={
                 "rates": args.rates,
+                "matchedRates": args.matched_rates,
                 "rateSeconds": args.rate_seconds,
                 "podSeconds": args.pod_seconds,
                 "burst": args.burst,
