@@ -72,6 +72,8 @@ class AuditLog:
 
     def read(self) -> Requests:
         out = Requests()
+        if self.path.stat().st_size < self.offset:
+            raise RuntimeError(f"{self.path} was rotated: the window's requests are lost")
         with self.path.open("rb") as f:
             f.seek(self.offset)
             data = f.read()

@@ -536,8 +536,15 @@ def _kwokctl_config(binaries: Path, name: str, audit_policy: Path | None = None)
     }
     if audit_policy is not None:
         # kwokctl copies the policy into the cluster's workdir and points the API server's
-        # --audit-policy-file / --audit-log-path at it (see Cluster.audit_log).
+        # --audit-policy-file / --audit-log-path at it (see Cluster.audit_log). One file: the
+        # log writer would otherwise rotate it every 100 MB.
         conf["options"]["kubeAuditPolicy"] = str(audit_policy)
+        conf["componentsPatches"].append(
+            {
+                "name": "kube-apiserver",
+                "extraArgs": [{"key": "audit-log-maxsize", "value": "1000000"}],
+            }
+        )
     return yaml.safe_dump_all([conf, *load_stages()], sort_keys=False)
 
 
