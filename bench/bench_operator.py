@@ -1,21 +1,28 @@
-"""Operator benchmark: one run, one JSON line on stdout (progress on stderr).
+"""Operator benchmark: kubetune beside JobSet and Kubeflow Trainer, one cluster, one JSON line.
 
-On a fresh e2e control plane (tests/cluster: kube-apiserver, controller-manager, scheduler, etcd,
-kwok) with 250 fake 8-GPU nodes, the operator (``python -m kubetune.operator_main``, production
-timings) reconciles FineTuneJobs created all at once:
+On a fresh e2e control plane (tests/cluster: kube-apiserver with an audit log, controller-manager,
+scheduler, etcd, kwok) with 250 fake 8-GPU nodes, each system (``bench/systems.py``) runs alone,
+in its own namespace, through the same phases; jobs are deleted and drained between phases so
+capacity never runs out:
 
-* ``warmup``: 100 jobs at once, then all deleted (the operator must forget them).
-* ``burst``: 1000 jobs at once (``kubectl create`` of Lists, in parallel).
-* ``churn`` (``--no-churn`` skips it): the burst deleted, then 1000 new jobs at once; RSS must
-  not grow again by a per-job amount (no state kept for deleted jobs).
+* ``warmup``: arrivals at a low rate for a few seconds (not reported).
+* ``rates``: open-loop arrivals at fixed rates (2, 5, 10, 15, 20 jobs/s by default, 60 s each):
+  create requests are sent by a scheduled thread pool whether or not earlier ones were answered;
+  each job's pod runs ``--pod-seconds`` then succeeds, so occupancy stays bounded. Reported:
+  p50/p99 apply → launcher Job and apply → pod Running, and ``maxRateP99Within2s``.
+* ``burst``: 1000 jobs at once (pods keep running): drain rate (jobs/s between the 10th and 90th
+  percentile launcher), time to the last launcher, API requests per job by verb and by client
+  (from the audit log), CPU-seconds per job of the controllers, the API server and etcd.
+* ``idle``: 1000 jobs existing, nothing changing: requests/s and CPU/s.
+* ``churn`` (kubetune only): the burst deleted and 1000 new jobs created: operator RSS after.
 
-Per job, the latency is the time from the FineTuneJob's ADDED watch event to its launcher Job's
-ADDED watch event, both seen by this process's watches (one clock, sub-second, unlike
-creationTimestamps). Reported: p50/p99/max latency, seconds from the first create request until
-every launcher exists, the operator's RSS after each round settled and its peak (VmHWM), and the
-RSS growth per job between 100 and 1000 jobs (bounded memory: a constant per existing job).
+Clocks: "apply" is when the bench sent the create request; a launcher or pod is timestamped when
+the bench's watch decodes its event (raw JSON: ``bench/kube_raw.py``). The watch's lag is
+checked against the launchers' creationTimestamps (``watcherLagSeconds``) and the bench's own
+CPU is reported, so a slow watcher would show.
 
-Run: ``python bench/bench_operator.py`` (needs tests/cluster/build.sh; see bench/README.md).
+Run: ``python bench/bench_operator.py`` (needs tests/cluster/build.sh and bench/peers/build.sh;
+see bench/README.md). Phase lengths are parameters; short ones are for trying the bench out.
 """
 
 from __future__ import annotations
@@ -24,379 +31,534 @@ import argparse
 import contextlib
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import threading
 import time
-import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from kubernetes import client as k8s
-from kubernetes import config as k8s_config
-from kubernetes import watch
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
 sys.path.insert(0, str(REPO_ROOT / "tests" / "cluster"))
 
 import cluster as kc  # noqa: E402  (tests/cluster is not a package)
+import systems as sy  # noqa: E402
+from audit import AUDIT_POLICY, AuditLog, Requests, request_total  # noqa: E402
+from kube_raw import ApiError, Arrivals, Obj, RawClient, Watcher, collection_path  # noqa: E402
 
-from kubetune.api import GROUP, PLURAL, VERSION  # noqa: E402
-from kubetune.builders import names  # noqa: E402
-from kubetune.builders.common import POD_ANNOTATIONS  # noqa: E402
-
-NAMESPACE = "bench"
-NODE_GROUP = "bench"
+BENCH_AGENT = "kubetune-bench"
+P99_TARGET_SECONDS = 2.0
 
 
 def say(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def finetunejob(name: str, gpus: int) -> dict[str, Any]:
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "FineTuneJob",
-        "metadata": {
-            "name": name,
-            # The pods stay Running: the bench measures reconciles, not training.
-            "annotations": {POD_ANNOTATIONS: json.dumps({kc.OUTCOME: "run"})},
-        },
-        "spec": {
-            "method": "sft",
-            "model": {"source": "builtin://tiny-llama"},
-            "data": {"sources": [{"uri": "builtin://arithmetic-sft"}]},
-            "resources": {
-                "nodes": 1,
-                "gpusPerNode": gpus,
-                "cpu": "1",
-                "memory": "1Gi",
-                "nodeSelector": {kc.NODE_GROUP_LABEL: NODE_GROUP},
-            },
-        },
-    }
-
-
-class FirstSeen(threading.Thread):
-    """Watches one kind in the namespace and records when each name was first ADDED."""
-
-    def __init__(self, list_fn: Any, *args: Any, label_selector: str | None = None) -> None:
-        super().__init__(daemon=True)
-        self.list_fn, self.args, self.label_selector = list_fn, args, label_selector
-        self.seen: dict[str, float] = {}
-        self.changed = threading.Condition()
-        self.stopping = False
-        self.ready = threading.Event()
-
-    def run(self) -> None:
-        resource_version = None
-        while not self.stopping:
-            stream = watch.Watch()
-            kwargs: dict[str, Any] = {"timeout_seconds": 60, "allow_watch_bookmarks": True}
-            if self.label_selector:
-                kwargs["label_selector"] = self.label_selector
-            if resource_version:
-                kwargs["resource_version"] = resource_version
-            self.ready.set()
-            try:
-                for event in stream.stream(self.list_fn, *self.args, **kwargs):
-                    if event["type"] != "ADDED":  # MODIFIED, DELETED, BOOKMARK
-                        continue
-                    now = time.monotonic()
-                    obj = event["object"]
-                    name = obj["metadata"]["name"] if isinstance(obj, dict) else obj.metadata.name
-                    with self.changed:
-                        self.seen.setdefault(name, now)
-                        self.changed.notify_all()
-                resource_version = stream.resource_version
-            except Exception as err:  # expired resourceVersion, connection reset: re-list
-                say(f"watch restarted: {err!r}")
-                resource_version = None
-                time.sleep(1)
-
-    def wait_for(self, wanted: set[str], timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        with self.changed:
-            while not wanted <= self.seen.keys():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    missing = sorted(wanted - self.seen.keys())
-                    raise TimeoutError(f"{len(missing)} not seen after {timeout}s: {missing[:5]}")
-                self.changed.wait(min(left, 1.0))
-
-
-class OperatorProcess:
-    def __init__(self, kubeconfig: Path, log_path: Path) -> None:
-        self.port = free_port()
-        env = os.environ | {
-            "KUBECONFIG": str(kubeconfig),
-            "KUBETUNE_NAMESPACE": NAMESPACE,
-            "KUBETUNE_METRICS_PORT": str(self.port),
-            "KUBETUNE_HEALTH_PORT": "0",
-            "KUBETUNE_TRAINER_IMAGE": "kubetune/trainer:bench",
-            "KUBETUNE_DEFAULT_STORAGE": "s3://kubetune-bench/runs",
-            "PYTHONPATH": os.pathsep.join(
-                [str(REPO_ROOT / "operator"), str(REPO_ROOT / "trainer_image")]
-            ),
-        }
-        self.log = log_path.open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kubetune.operator_main"],
-            env=env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 120
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"operator exited {self.proc.returncode}; log: {log_path}")
-            with contextlib.suppress(OSError):
-                self.metrics()
-                return
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"operator /metrics not up after 120s; log: {log_path}")
-            time.sleep(0.25)
-
-    def metrics(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=10) as r:
-            return r.read().decode()
-
-    def metric(self, name: str) -> float:
-        """Sum of every sample of one metric on the operator's /metrics."""
-        return sum(
-            float(line.rsplit(" ", 1)[1])
-            for line in self.metrics().splitlines()
-            if line.startswith((f"{name} ", f"{name}{{"))
-        )
-
-    def tracked_jobs(self) -> float:
-        """The jobs the operator keeps state for (sum of the kubetune_jobs gauge)."""
-        return self.metric("kubetune_jobs")
-
-    def reconciles(self) -> tuple[float, float]:
-        """Reconcile passes so far and the seconds they took."""
-        return (
-            self.metric("kubetune_reconcile_duration_seconds_count"),
-            self.metric("kubetune_reconcile_duration_seconds_sum"),
-        )
-
-    def memory_mib(self) -> dict[str, float]:
-        """VmRSS (now) and VmHWM (peak resident set) of the operator process, in MiB."""
-        fields = {}
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                fields[key] = round(int(value.split()[0]) / 1024, 1)
-        return fields
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-
-
-def create_all(cluster: Any, bodies: list[dict[str, Any]], parallel: int = 8) -> None:
-    """Create every body at once: `parallel` kubectl processes, each creating one List."""
-    parts = [bodies[k::parallel] for k in range(parallel)]
-
-    def create(part: list[dict[str, Any]]) -> None:
-        body = json.dumps({"apiVersion": "v1", "kind": "List", "items": part})
-        cluster.kubectl("create", "-n", NAMESPACE, "-f", "-", "-o", "name", input=body, timeout=600)
-
-    with ThreadPoolExecutor(max_workers=parallel) as pool:
-        list(pool.map(create, [p for p in parts if p]))
-
-
 def percentile(values: list[float], q: int) -> float:
+    if len(values) == 1:
+        return values[0]
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
-def burst(
-    cluster: Any,
-    jobs: FirstSeen,
-    launchers: FirstSeen,
-    operator: OperatorProcess,
-    prefix: str,
-    count: int,
-    gpus: int,
-    settle: float,
-    timeout: float,
-) -> dict[str, Any]:
-    """Create `count` jobs at once; wait until each has its launcher; measure."""
-    bodies = [finetunejob(f"{prefix}-{i:04d}", gpus) for i in range(count)]
-    wanted = {b["metadata"]["name"] for b in bodies}
-    passes_before, seconds_before = operator.reconciles()
-    started = time.monotonic()
-    create_all(cluster, bodies)
-    applied = time.monotonic() - started
-    say(f"{prefix}: {count} jobs created in {applied:.1f}s")
-    launcher_names = {names.launcher_name(n, 1): n for n in wanted}
-    launchers.wait_for(set(launcher_names), timeout=timeout)
-    jobs.wait_for(wanted, timeout=10)
-    latencies = [launchers.seen[ln] - jobs.seen[job] for ln, job in launcher_names.items()]
-    all_exist = max(launchers.seen[ln] for ln in launcher_names) - started
-    say(f"{prefix}: every launcher exists {all_exist:.1f}s after the first create")
-    time.sleep(settle)  # the launchers' own status events are reconciled meanwhile
-    passes, seconds = operator.reconciles()
-    passes, seconds = passes - passes_before, seconds - seconds_before
+def spread(values: list[float]) -> dict[str, float] | None:
+    if not values:
+        return None
     return {
-        "jobs": count,
-        "createSeconds": round(applied, 2),
-        "launcherLatencySeconds": {
-            "p50": round(percentile(latencies, 50), 2),
-            "p99": round(percentile(latencies, 99), 2),
-            "max": round(max(latencies), 2),
-        },
-        "allLaunchersSeconds": round(all_exist, 2),
-        # Load-independent: how much work the operator did for these jobs.
-        "reconcilePassesPerJob": round(passes / count, 2),
-        "meanReconcileSeconds": round(seconds / max(passes, 1), 3),
-        "reconcileErrors": operator.metric("kubetune_reconcile_errors_total"),
-        "operatorRssMiB": operator.memory_mib()["VmRSS"],
-        "trackedJobs": operator.tracked_jobs(),
+        "p50": round(percentile(values, 50), 2),
+        "p99": round(percentile(values, 99), 2),
+        "max": round(max(values), 2),
     }
 
 
-def delete_all(cluster: Any, operator: OperatorProcess, timeout: float) -> float:
-    """Delete every FineTuneJob; return how many jobs the operator still tracks afterwards."""
-    # Not --wait=true: kubectl then waits for the objects one after the other.
-    cluster.kubectl("delete", "finetunejobs", "--all", "-n", NAMESPACE, "--wait=false", timeout=600)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and (
-        cluster.kubectl("get", "finetunejobs", "-n", NAMESPACE, "-o", "name").strip()
-        or operator.tracked_jobs()
-    ):
-        time.sleep(1)
-    return operator.tracked_jobs()
+def created_at(obj: Obj) -> float:
+    stamp = obj["metadata"]["creationTimestamp"]
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
-def main() -> None:
+# --------------------------------------------------------------------------- what the watches saw
+
+
+@dataclass
+class Timeline:
+    """One system's namespace as the watches see it: which roots, Jobs and pods exist, and when
+    each root's first Job appeared and its first pod ran (wall clock, keyed by root name)."""
+
+    root_label: str
+    roots: set[str] = field(default_factory=set)
+    jobs: set[str] = field(default_factory=set)
+    pods: set[str] = field(default_factory=set)
+    launcher_seen: dict[str, float] = field(default_factory=dict)
+    launcher_created: dict[str, float] = field(default_factory=dict)
+    running: dict[str, float] = field(default_factory=dict)
+    changed: threading.Condition = field(default_factory=threading.Condition)
+
+    def _root(self, obj: Obj) -> str | None:
+        return (obj["metadata"].get("labels") or {}).get(self.root_label)
+
+    def on_root(self, kind: str, obj: Obj, seen: float) -> None:
+        with self.changed:
+            (self.roots.discard if kind == "DELETED" else self.roots.add)(obj["metadata"]["name"])
+            self.changed.notify_all()
+
+    def on_job(self, kind: str, obj: Obj, seen: float) -> None:
+        with self.changed:
+            (self.jobs.discard if kind == "DELETED" else self.jobs.add)(obj["metadata"]["name"])
+            root = self._root(obj)
+            if root and kind != "DELETED" and root not in self.launcher_seen:
+                self.launcher_seen[root] = seen
+                self.launcher_created[root] = created_at(obj)
+            self.changed.notify_all()
+
+    def on_pod(self, kind: str, obj: Obj, seen: float) -> None:
+        with self.changed:
+            (self.pods.discard if kind == "DELETED" else self.pods.add)(obj["metadata"]["name"])
+            root = self._root(obj)
+            phase = (obj.get("status") or {}).get("phase")
+            if root and kind != "DELETED" and phase == "Running":
+                self.running.setdefault(root, seen)
+            self.changed.notify_all()
+
+    def wait(self, done: Callable[[], bool], what: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        with self.changed:
+            while not done():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"{what}: not done after {timeout:.0f}s")
+                self.changed.wait(min(left, 1.0))
+
+
+class Watches:
+    """The three watches of one system's namespace feeding one Timeline."""
+
+    def __init__(self, client: RawClient, system: sy.System) -> None:
+        self.timeline = Timeline(system.root_label)
+        ns = system.namespace
+        self.watchers = [
+            Watcher(client, system.roots_path, self.timeline.on_root),
+            Watcher(client, collection_path("batch/v1", "jobs", ns), self.timeline.on_job),
+            Watcher(client, collection_path("v1", "pods", ns), self.timeline.on_pod),
+        ]
+        for w in self.watchers:
+            w.start()
+        for w in self.watchers:
+            if not w.synced.wait(30):
+                raise RuntimeError(f"watch {w.path} did not sync")
+
+    def stop(self) -> None:
+        for w in self.watchers:
+            w.stop()
+
+
+# --------------------------------------------------------------------------- accounting
+
+
+@dataclass
+class Accounts:
+    """CPU seconds of the processes that matter, and the requests the API server served."""
+
+    cluster: Any
+    client: RawClient
+    audit: AuditLog
+    system: sy.System | None = None
+    cpu_start: dict[str, float] = field(default_factory=dict)
+    metric_start: float = 0.0
+
+    def pids(self) -> dict[str, int]:
+        pids = dict(self.cluster.component_pids())
+        pids["bench"] = os.getpid()
+        for process in self.system.processes if self.system else []:
+            pids[process.name] = process.pid
+        return pids
+
+    def cpu(self) -> dict[str, float]:
+        out = {}
+        for name, pid in self.pids().items():
+            with contextlib.suppress(OSError):  # exited meanwhile
+                out[name] = sy.cpu_seconds(pid)
+        return out
+
+    def start(self) -> None:
+        self.metric_start = request_total(self.client.text("/metrics"))
+        self.audit.mark()
+        self.cpu_start = self.cpu()
+
+    def read(self) -> tuple[dict[str, float], Requests, float]:
+        """CPU seconds per process and requests since start(); the metric's count too."""
+        cpu_now = self.cpu()
+        requests = self.audit.read()
+        metric = request_total(self.client.text("/metrics")) - self.metric_start
+        cpu = {k: cpu_now[k] - self.cpu_start.get(k, 0.0) for k in cpu_now}
+        return cpu, requests, metric
+
+
+def controller_cpu(system: sy.System, cpu: dict[str, float]) -> float:
+    return sum(cpu.get(p.name, 0.0) for p in system.processes)
+
+
+def cpu_report(system: sy.System, cpu: dict[str, float], per: float) -> dict[str, float]:
+    """CPU seconds per ``per`` (jobs, or seconds) of the controllers and the control plane."""
+    out = {"controllers": controller_cpu(system, cpu)}
+    for name in ("kube-apiserver", "etcd", "kube-controller-manager", "kube-scheduler", "kwok"):
+        out[name] = cpu.get(name, 0.0)
+    out["bench"] = cpu.get("bench", 0.0)
+    return {k: round(v / per, 4) for k, v in out.items()}
+
+
+def requests_report(system: sy.System, requests: Requests, metric: float, per: float) -> Obj:
+    mine = requests.matching(*system.products())
+    others = Requests()
+    for (client, verb), n in requests.by_client_verb.items():
+        product = client.rsplit(" ", 1)[-1]
+        if product not in system.products() and product != BENCH_AGENT:
+            others.by_client[client] += n
+            others.by_client_verb[(client, verb)] += n
+    return {
+        "controllers": mine.per(per),
+        "restOfControlPlane": others.per(per),
+        "bench": round(requests.matching(BENCH_AGENT).total / per, 2),
+        # Audit events against the API server's own counter (all clients): ~1 when complete.
+        "auditOverMetric": round(requests.total / metric, 3) if metric else None,
+    }
+
+
+# --------------------------------------------------------------------------- phases
+
+
+@dataclass
+class Bench:
+    args: argparse.Namespace
+    cluster: Any
+    client: RawClient
+    accounts: Accounts
+
+    def send(self, system: sy.System, bodies: list[Obj], rate: float | None) -> Arrivals:
+        arrivals = Arrivals(self.client, system.roots_path, workers=self.args.sender_workers)
+        arrivals.run(bodies, rate)
+        failed = [n for n, s in arrivals.sent.items() if s.status != 201]
+        if failed:
+            raise RuntimeError(f"{len(failed)} creates failed, e.g. {failed[:3]}")
+        return arrivals
+
+    def wait_running(self, timeline: Timeline, names: list[str], what: str) -> None:
+        timeline.wait(
+            lambda: all(n in timeline.running for n in names),
+            f"{what}: every pod Running",
+            self.args.timeout,
+        )
+
+    def latencies(self, timeline: Timeline, arrivals: Arrivals, names: list[str]) -> Obj:
+        sent = {n: arrivals.sent[n].sent for n in names}
+        return {
+            "applyToLauncherSeconds": spread([timeline.launcher_seen[n] - sent[n] for n in names]),
+            "applyToRunningSeconds": spread([timeline.running[n] - sent[n] for n in names]),
+            "senderLagSeconds": spread(
+                [arrivals.sent[n].sent - arrivals.sent[n].due for n in names]
+            ),
+            "watcherLagSeconds": spread(
+                [timeline.launcher_seen[n] - timeline.launcher_created[n] for n in names]
+            ),
+        }
+
+    def delete_all(self, system: sy.System, watches: Watches) -> float:
+        """Delete every root of the system; wait until no root, Job or pod is left. Seconds.
+        One DELETE per root from the sender's pool (a deletecollection of a thousand custom
+        objects is one request the API server works through for minutes)."""
+        started = time.monotonic()
+        t = watches.timeline
+        with t.changed:
+            roots = sorted(t.roots)
+        body = {"propagationPolicy": "Background"}
+
+        def delete(name: str) -> None:
+            with contextlib.suppress(ApiError):  # 404: gone already
+                self.client.request("DELETE", f"{system.roots_path}/{name}", body, timeout=300)
+
+        with ThreadPoolExecutor(self.args.sender_workers) as pool:
+            list(pool.map(delete, roots))
+        t.wait(lambda: not (t.roots or t.jobs or t.pods), f"{system.key}: drain", self.args.timeout)
+        if isinstance(system, sy.Kubetune):
+            deadline = time.monotonic() + 60
+            while system.metric("kubetune_jobs") and time.monotonic() < deadline:
+                time.sleep(0.5)
+        return round(time.monotonic() - started, 1)
+
+    def arrival_phase(
+        self, system: sy.System, watches: Watches, rate: float, seconds: float, tag: str
+    ) -> Obj:
+        count = max(1, round(rate * seconds))
+        names = [f"{tag}-{i:05d}" for i in range(count)]
+        bodies = [system.body(n, "succeed", self.args.pod_seconds) for n in names]
+        self.accounts.start()
+        arrivals = self.send(system, bodies, rate)
+        self.wait_running(watches.timeline, names, f"{system.key} {tag}")
+        cpu, requests, metric = self.accounts.read()
+        result = {"rate": rate, "jobs": count, **self.latencies(watches.timeline, arrivals, names)}
+        result["requestsPerJob"] = requests_report(system, requests, metric, count)
+        result["cpuSecondsPerJob"] = cpu_report(system, cpu, count)
+        result["drainSeconds"] = self.delete_all(system, watches)
+        return result
+
+    def burst_phase(self, system: sy.System, watches: Watches, tag: str) -> Obj:
+        count = self.args.burst
+        names = [f"{tag}-{i:05d}" for i in range(count)]
+        bodies = [system.body(n, "run", 0) for n in names]
+        passes_before = (
+            system.metric("kubetune_reconcile_duration_seconds_count")
+            if isinstance(system, sy.Kubetune)
+            else 0.0
+        )
+        self.accounts.start()
+        first = time.time()
+        arrivals = self.send(system, bodies, None)
+        sent_all = time.time() - first
+        t = watches.timeline
+        t.wait(
+            lambda: all(n in t.launcher_seen for n in names), f"{tag}: launchers", self.args.timeout
+        )
+        self.wait_running(t, names, f"{system.key} {tag}")
+        time.sleep(self.args.settle)
+        cpu, requests, metric = self.accounts.read()
+        launched = sorted(t.launcher_seen[n] for n in names)
+        p10, p90 = percentile(launched, 10), percentile(launched, 90)
+        result = {
+            "jobs": count,
+            "sendSeconds": round(sent_all, 2),
+            "drainRateJobsPerSecond": round(0.8 * count / max(p90 - p10, 1e-3), 2),
+            "lastLauncherSeconds": round(launched[-1] - first, 2),
+            "lastRunningSeconds": round(max(t.running[n] for n in names) - first, 2),
+            **self.latencies(t, arrivals, names),
+            "requestsPerJob": requests_report(system, requests, metric, count),
+            "cpuSecondsPerJob": cpu_report(system, cpu, count),
+            "controllerRssMiB": {p.name: sy.rss_mib(p.pid)["VmRSS"] for p in system.processes},
+        }
+        if isinstance(system, sy.Kubetune):
+            passes = system.metric("kubetune_reconcile_duration_seconds_count") - passes_before
+            result["reconcilePassesPerJob"] = round(passes / count, 2)
+            result["reconcileErrors"] = system.metric("kubetune_reconcile_errors_total")
+        return result
+
+    def idle_phase(self, system: sy.System) -> Obj:
+        seconds = self.args.idle_seconds
+        self.accounts.start()
+        time.sleep(seconds)
+        cpu, requests, _ = self.accounts.read()
+        mine = requests.matching(*system.products())
+        return {
+            "seconds": seconds,
+            "requestsPerSecond": round(mine.total / seconds, 3),
+            "byVerb": {v: round(n / seconds, 3) for v, n in mine.verbs().items()},
+            "allClientsPerSecond": round(requests.total / seconds, 2),
+            "cpuSecondsPerSecond": cpu_report(system, cpu, seconds),
+        }
+
+    def run_system(self, system: sy.System) -> Obj:
+        args = self.args
+        say(f"{system.key}: starting")
+        watches = Watches(self.client, system)
+        system.start(self.cluster.kubeconfig, self.cluster.workdir, self.client)
+        self.accounts.system = system
+        out: Obj = {"controllers": [p.name for p in system.processes]}
+        try:
+            out["idleRssMiB"] = {p.name: sy.rss_mib(p.pid)["VmRSS"] for p in system.processes}
+            if args.warmup_seconds:
+                self.arrival_phase(system, watches, args.warmup_rate, args.warmup_seconds, "warm")
+                say(f"{system.key}: warmed up")
+            rates: Obj = {}
+            for rate in args.matched_rates if system.variant == "matched" else args.rates:
+                rates[f"{rate:g}"] = r = self.arrival_phase(
+                    system, watches, rate, args.rate_seconds, f"r{rate:g}".replace(".", "p")
+                )
+                say(f"{system.key} rate {rate:g}/s: {json.dumps(r['applyToLauncherSeconds'])}")
+            out["rates"] = rates
+            within = [
+                float(k)
+                for k, r in rates.items()
+                if r["applyToLauncherSeconds"]["p99"] <= P99_TARGET_SECONDS
+            ]
+            out["maxRateP99Within2s"] = max(within) if within else None
+            out["burst"] = self.burst_phase(system, watches, "burst")
+            say(f"{system.key} burst: {json.dumps(out['burst']['drainRateJobsPerSecond'])} jobs/s")
+            out["idle"] = self.idle_phase(system)
+            say(f"{system.key} idle: {out['idle']['requestsPerSecond']} requests/s")
+            rss = {p.name: sy.rss_mib(p.pid) for p in system.processes}
+            out["rssMiB"] = {"after1000": {k: v["VmRSS"] for k, v in rss.items()}}
+            out["burst"]["deleteSeconds"] = self.delete_all(system, watches)
+            if args.churn and isinstance(system, sy.Kubetune):
+                out["churn"] = self.burst_phase(system, watches, "churn")
+                out["churn"]["deleteSeconds"] = self.delete_all(system, watches)
+                out["rssMiB"]["afterChurn"] = {
+                    p.name: sy.rss_mib(p.pid)["VmRSS"] for p in system.processes
+                }
+            out["rssMiB"]["peak"] = {p.name: sy.rss_mib(p.pid)["VmHWM"] for p in system.processes}
+        finally:
+            self.accounts.system = None
+            system.stop(self.client)
+            watches.stop()
+        return out
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a and b else None
+
+
+def targets(result: Obj) -> Obj:
+    """The issue's targets, each with its measured value and whether it is met."""
+    ours = result.get("kubetune") or {}
+    peers = result.get("peers") or {}
+    drain = (ours.get("burst") or {}).get("drainRateJobsPerSecond")
+    out: Obj = {}
+    for peer, floor in (("trainer", 1.0), ("jobset", 0.8)):
+        variants = {
+            v: ratio(drain, r["burst"]["drainRateJobsPerSecond"])
+            for v, r in (peers.get(peer) or {}).items()
+            if isinstance(r, dict) and "burst" in r
+        }
+        if variants:
+            out[f"drainRateOver{peer.capitalize()}"] = {
+                "ratio": variants,
+                "target": floor,
+                "met": all(v is not None and v >= floor for v in variants.values()),
+            }
+    at10 = ((ours.get("rates") or {}).get("10") or {}).get("applyToLauncherSeconds")
+    if at10:
+        out["p99ApplyToLauncherAt10"] = {
+            "seconds": at10["p99"],
+            "target": P99_TARGET_SECONDS,
+            "met": at10["p99"] <= P99_TARGET_SECONDS,
+        }
+    if "burst" in ours:
+        per_job = ours["burst"]["requestsPerJob"]["controllers"]["total"]
+        out["operatorRequestsPerJob"] = {"value": per_job, "target": 12, "met": per_job <= 12}
+        idle = ours["idle"]["requestsPerSecond"]
+        out["idleRequestsPerSecond"] = {"value": idle, "target": 1.0, "met": idle <= 1.0}
+        rss = ours["rssMiB"]["after1000"]["kubetune-operator"]
+        out["operatorRssMiBAt1000"] = {"value": rss, "target": 200, "met": rss <= 200}
+        churn = (ours["rssMiB"].get("afterChurn") or {}).get("kubetune-operator")
+        if churn:
+            growth = ratio(churn, rss)
+            out["operatorRssAfterChurnOver1000"] = {
+                "value": growth,
+                "target": 1.05,
+                "met": growth is not None and growth <= 1.05,
+            }
+    return out
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--jobs", type=int, default=1000)
-    parser.add_argument("--warmup-jobs", type=int, default=100)
+    parser.add_argument("--systems", default="kubetune,jobset,trainer")
+    parser.add_argument("--variants", default="defaults,matched", help="of each peer")
     parser.add_argument("--nodes", type=int, default=250)
-    parser.add_argument("--gpus-per-job", type=int, default=2)
-    parser.add_argument("--settle", type=float, default=15.0, help="seconds before reading RSS")
-    parser.add_argument("--timeout", type=float, default=900.0)
+    parser.add_argument("--rates", default="2,5,10,15,20", help="jobs/s, comma-separated")
     parser.add_argument(
-        "--churn",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="then delete the burst and create as many new jobs: RSS must not grow again",
+        "--matched-rates", default=None, help="rates for the peers' matched runs (default: --rates)"
     )
-    args = parser.parse_args()
+    parser.add_argument("--rate-seconds", type=float, default=60.0)
+    parser.add_argument("--warmup-rate", type=float, default=5.0)
+    parser.add_argument("--warmup-seconds", type=float, default=20.0)
+    parser.add_argument("--pod-seconds", type=float, default=30.0, help="pods run, then succeed")
+    parser.add_argument("--burst", type=int, default=1000)
+    parser.add_argument("--idle-seconds", type=float, default=120.0)
+    parser.add_argument("--settle", type=float, default=10.0, help="after a burst is Running")
+    parser.add_argument("--churn", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--sender-workers", type=int, default=32)
+    parser.add_argument("--timeout", type=float, default=900.0)
+    args = parser.parse_args(argv)
+    args.systems = [s for s in args.systems.split(",") if s]
+    args.variants = [v for v in args.variants.split(",") if v]
+    args.rates = [float(r) for r in args.rates.split(",") if r]
+    matched = args.matched_rates
+    args.matched_rates = [float(r) for r in matched.split(",") if r] if matched else args.rates
+    return args
 
+
+def make_systems(args: argparse.Namespace, certs: sy.WebhookCerts | None) -> list[sy.System]:
+    made: list[sy.System] = []
+    for name in args.systems:
+        if name == "kubetune":
+            made.append(sy.Kubetune())
+            continue
+        for variant in args.variants:
+            matched = variant == "matched"
+            ns = f"bench-{name}-{variant}"
+            made.append(
+                sy.JobSet(matched, certs, ns)
+                if name == "jobset"
+                else sy.Trainer(matched, certs, ns, args.pod_seconds)
+            )
+    return made
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     bench_started = time.monotonic()
-    cluster = kc.start(crds_dir=REPO_ROOT / "crds", timeout=180)
-    operator = None
+    load_at_start = round(os.getloadavg()[0], 1)
+    peers_wanted = [s for s in args.systems if s != "kubetune"]
+    skipped = sy.peers_built() if peers_wanted else None
+    if skipped:
+        say(skipped)
+        args.systems = [s for s in args.systems if s == "kubetune"]
+    cluster = kc.start(crds_dir=REPO_ROOT / "crds", audit_policy=AUDIT_POLICY, timeout=180)
+    result: Obj = {"bench": "operator"}
     try:
         say(f"cluster ready in {cluster.started_in:.1f}s")
         t = time.monotonic()
-        cluster.add_gpu_nodes(args.nodes, gpus=8, group=NODE_GROUP, timeout=600)
+        cluster.add_gpu_nodes(args.nodes, gpus=8, group=sy.NODE_GROUP, timeout=600)
         say(f"{args.nodes} GPU nodes Ready in {time.monotonic() - t:.1f}s")
-        cluster.kubectl("create", "namespace", NAMESPACE)
-        api = k8s_config.new_client_from_config(config_file=str(cluster.kubeconfig))
-        jobs = FirstSeen(
-            k8s.CustomObjectsApi(api).list_namespaced_custom_object,
-            GROUP,
-            VERSION,
-            NAMESPACE,
-            PLURAL,
-        )
-        launchers = FirstSeen(
-            k8s.BatchV1Api(api).list_namespaced_job,
-            NAMESPACE,
-            label_selector=f"{names.LABEL_MANAGED_BY}={names.MANAGER}",
-        )
-        for w in (jobs, launchers):
-            w.start()
-            w.ready.wait(30)
-        time.sleep(1)  # let the watches connect before anything is created
-        operator = OperatorProcess(cluster.kubeconfig, cluster.workdir / "operator.log")
-        idle = operator.memory_mib()["VmRSS"]
-        say(f"operator up, RSS {idle} MiB")
-
-        warm = burst(
-            cluster,
-            jobs,
-            launchers,
-            operator,
-            "warm",
-            args.warmup_jobs,
-            args.gpus_per_job,
-            args.settle,
-            args.timeout,
-        )
-        say(f"warmup: {json.dumps(warm)}")
-        warm["trackedAfterDelete"] = delete_all(cluster, operator, timeout=120)
-        main_round = burst(
-            cluster,
-            jobs,
-            launchers,
-            operator,
-            "job",
-            args.jobs,
-            args.gpus_per_job,
-            args.settle,
-            args.timeout,
-        )
-        churn = None
-        if args.churn:
-            main_round["trackedAfterDelete"] = delete_all(cluster, operator, timeout=300)
-            churn = burst(
-                cluster,
-                jobs,
-                launchers,
-                operator,
-                "again",
-                args.jobs,
-                args.gpus_per_job,
-                args.settle,
-                args.timeout,
+        client = RawClient(cluster.kubeconfig, BENCH_AGENT, pool_size=args.sender_workers + 8)
+        certs = sy.peer_certs() if peers_wanted and not skipped else None
+        systems = make_systems(args, certs)
+        for system in systems:
+            sy.apply(
+                client,
+                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": system.namespace}},
             )
-            say(f"churn: {json.dumps(churn)}")
-        memory = operator.memory_mib()
-        growth = (main_round["operatorRssMiB"] - warm["operatorRssMiB"]) / (
-            args.jobs - args.warmup_jobs
-        )
-        result = {
-            "bench": "operator",
-            "nodes": args.nodes,
-            "gpusPerNode": 8,
-            "gpusPerJob": args.gpus_per_job,
-            "burst": main_round,
-            "warmup": warm,
-            "churn": churn,
-            "operatorRssMiB": {
-                "idle": idle,
-                "afterWarmup": warm["operatorRssMiB"],
-                "afterBurst": main_round["operatorRssMiB"],
-                "peak": memory["VmHWM"],
-                "growthKiBPerJob": round(growth * 1024, 1),
-                "afterChurn": churn["operatorRssMiB"] if churn else None,
+        if certs is not None:
+            sy.install_peers(client, certs)
+        bench = Bench(args, cluster, client, Accounts(cluster, client, AuditLog(cluster.audit_log)))
+        result.update(
+            nodes=args.nodes,
+            gpusPerNode=8,
+            gpusPerJob=sy.GPUS_PER_JOB,
+            phases={
+                "rates": args.rates,
+                "matchedRates": args.matched_rates,
+                "rateSeconds": args.rate_seconds,
+                "podSeconds": args.pod_seconds,
+                "burst": args.burst,
+                "idleSeconds": args.idle_seconds,
             },
-            "cpus": os.cpu_count(),
-            "loadAverage1m": round(os.getloadavg()[0], 1),
-            "benchSeconds": round(time.monotonic() - bench_started, 1),
-        }
+        )
+        peers: Obj = {name: {"skipped": skipped} for name in peers_wanted} if skipped else {}
+        for system in systems:
+            try:
+                measured = bench.run_system(system)
+            except Exception as err:  # one system failing must not lose the others' figures
+                say(f"{system.key} failed: {err!r}")
+                measured = {"error": f"{type(err).__name__}: {err}"[:500]}
+            if isinstance(system, sy.Kubetune):
+                result["kubetune"] = measured
+            else:
+                peers.setdefault(system.name, {})[system.variant] = measured
+        result["peers"] = peers
+        result["targets"] = targets(result)
     finally:
-        if operator is not None:
-            operator.stop()
+        sy.remove_cert_dir()
         cluster.stop()
+    result.update(
+        cpus=os.cpu_count(),
+        loadAverage1m={"start": load_at_start, "end": round(os.getloadavg()[0], 1)},
+        benchSeconds=round(time.monotonic() - bench_started, 1),
+    )
     print(json.dumps(result), flush=True)
 
 

@@ -254,6 +254,12 @@ def crd() -> dict[str, Any]:
                         {"name": "Loss", "type": "string", "jsonPath": ".status.progress.loss"},
                         {"name": "Attempt", "type": "integer", "jsonPath": ".status.attempt"},
                         {
+                            # Empty while the pods run as they should; else who says why not.
+                            "name": "Pods",
+                            "type": "string",
+                            "jsonPath": '.status.conditions[?(@.type=="PodsReady")].reason',
+                        },
+                        {
                             "name": "Export",
                             "type": "string",
                             "jsonPath": '.status.conditions[?(@.type=="Exported")].reason',

@@ -12,6 +12,8 @@ standby takes over KUBETUNE_PEERING_LIFETIME_SECONDS (60) after the active one's
 Needs kopf's peering CRDs (kopf.dev/v1 ClusterKopfPeering, KopfPeering) and a peering object
 named "kubetune" (a KopfPeering in KUBETUNE_NAMESPACE when set).
 KUBETUNE_API_WORKERS (32): API calls in flight at once. KUBETUNE_LAUNCHER_DEBOUNCE_SECONDS (0.5).
+KUBETUNE_PODS_GRACE_SECONDS (30): how long an attempt's pods may take to run before the job's
+PodsReady condition says why they do not.
 KUBETUNE_TIMER_SECONDS, KUBETUNE_DEPENDENCY_POLL_SECONDS, KUBETUNE_RETRY_BACKOFF_SECONDS,
 KUBETUNE_WATCH_TIMEOUT_SECONDS: loop timings (tests shorten them).
 """

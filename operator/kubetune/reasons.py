@@ -34,6 +34,11 @@ class ConditionType(_Documented):
     SUCCEEDED = "Succeeded", "True once the job succeeded"
     FAILED = "Failed", "True once the job failed for good"
     SUSPENDED = "Suspended", "True while spec.runtime.suspend holds the job"
+    PODS_READY = (
+        "PodsReady",
+        "False while the current attempt's pods cannot run (set after a grace; the scheduler's or "
+        "the Job controller's message), True once they run again; absent when they ran in time",
+    )
 
 
 class Reason(_Documented):
@@ -61,9 +66,22 @@ class Reason(_Documented):
         "Failed, Exported, event: the children cannot be built for the cluster",
     )
     # Training attempts
-    LAUNCHED = "Launched", "Running, event: attempt 1 was launched"
-    RESUMED = "Resumed", "Running, Resuming, Suspended, event: a later attempt was launched"
-    RUNNING = "Running", "Running, event: the attempt's launcher runs (phase Running)"
+    LAUNCHED = "Launched", "Running, event: attempt 1 was launched (phase Running)"
+    RESUMED = (
+        "Resumed",
+        "Running, Resuming, Suspended, event: a later attempt was launched (phase Running)",
+    )
+    RUNNING = "Running", "Running: the attempt's launcher runs"
+    UNSCHEDULABLE = (
+        "Unschedulable",
+        "PodsReady, event: the scheduler cannot place a pod (no node has room, a claim is missing)",
+    )
+    FAILED_CREATE = (
+        "FailedCreate",
+        "PodsReady, event: the Job controller cannot create the pods (a ResourceQuota, a policy)",
+    )
+    PODS_PENDING = "PodsPending", "PodsReady, event: pods exist but do not run yet"
+    PODS_RUNNING = "PodsRunning", "PodsReady, event: the attempt's pods run after all"
     CHECKPOINT_SAVED = "CheckpointSaved", "Checkpointed: the trainer published a checkpoint"
     APPLICATION_FAILURE = (
         "ApplicationFailure",
@@ -93,10 +111,12 @@ class Reason(_Documented):
         "Running, Resuming, Succeeded, event: training succeeded (an export may follow)",
     )
     # The export stage
-    EXPORT_LAUNCHED = "ExportLaunched", "event: export attempt 1 was launched"
+    EXPORT_LAUNCHED = "ExportLaunched", "event: export attempt 1 was launched (phase Exporting)"
     EXPORT_RETRIED = "ExportRetried", "event: a later export attempt was launched"
-    EXPORT_RESUMED = "ExportResumed", "event: an export attempt was launched after a suspension"
-    EXPORTING = "Exporting", "event: the export stage runs (phase Exporting)"
+    EXPORT_RESUMED = (
+        "ExportResumed",
+        "event: an export attempt was launched after a suspension (phase Exporting)",
+    )
     EXPORT_RUNNING = "ExportRunning", "Exported: an export attempt runs"
     EXPORT_FAILURE = (
         "ExportFailure",
@@ -137,6 +157,8 @@ class KubernetesReason(_Documented):
 
     POD_FAILURE_POLICY = "PodFailurePolicy", "Job Failed: a podFailurePolicy rule matched"
     DEADLINE_EXCEEDED = "DeadlineExceeded", "Job or RayJob failed: its activeDeadlineSeconds"
+    FAILED_CREATE = "FailedCreate", "Job event: the Job controller could not create a pod"
+    UNSCHEDULABLE = "Unschedulable", "Pod PodScheduled False: the scheduler cannot place it"
 
 
 def markdown() -> str:

@@ -71,6 +71,8 @@ FAKE_NODE_LABEL = "kubetune.io/fake-node"
 NODE_GROUP_LABEL = "kubetune.io/node-group"
 
 GPU_RESOURCE = "nvidia.com/gpu"
+#: StorageClass name of the static volumes this module makes (no provisioner serves it).
+STATIC_STORAGE_CLASS = "kubetune-static"
 DEFAULT_GPU_PRODUCT = "NVIDIA-H100-80GB-HBM3"
 
 
@@ -257,6 +259,23 @@ class Cluster:
             }
         )
 
+    @property
+    def audit_log(self) -> Path:
+        """The API server's audit log (written only when started with an audit policy)."""
+        return self.workdir / "kwok" / "clusters" / self.name / "logs" / "audit.log"
+
+    def component_pids(self) -> dict[str, int]:
+        """The control plane's processes by component (kube-apiserver, etcd, kwok-controller,
+        kube-controller-manager, kube-scheduler): the executable's name, for CPU accounting."""
+        found: dict[str, int] = {}
+        for pid in self._component_pids():
+            try:
+                argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0", 1)[0].decode()
+            except OSError:
+                continue
+            found.setdefault(Path(argv0).name, pid)
+        return found
+
     # -- nodes -------------------------------------------------------------------------------
 
     def add_gpu_nodes(
@@ -319,6 +338,47 @@ class Cluster:
                     f"{len(pending)} nodes not Ready after {timeout}s: {sorted(pending)[:5]}"
                 )
             time.sleep(0.25)
+
+    # -- storage ---------------------------------------------------------------------------
+
+    def add_checkpoint_claim(
+        self, namespace: str = "default", claim: str = "kubetune-runs", size: str = "100Gi"
+    ) -> None:
+        """The default checkpoint claim in ``namespace``, rendered by the chart
+        (``storage.pvc.create``), bound to a static PersistentVolume made here: this cluster has
+        no volume provisioner, and pods that mount an unbound claim are never scheduled."""
+        volume = {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": f"{claim}-{namespace}"},
+            "spec": {
+                "capacity": {"storage": size},
+                "accessModes": ["ReadWriteMany"],
+                "storageClassName": STATIC_STORAGE_CLASS,
+                "hostPath": {"path": f"/tmp/{claim}-{namespace}"},  # never mounted: pods are fake
+                "claimRef": {"namespace": namespace, "name": claim},
+            },
+        }
+        self.apply(volume)
+        rendered = self.run(
+            str(self.bin_dir / "helm"),
+            "template",
+            "kubetune",
+            str(REPO_ROOT / "charts" / "kubetune"),
+            "--show-only",
+            "templates/storage.yaml",
+            "--set",
+            f"storage.default=pvc://{claim}",
+            "--set",
+            "storage.pvc.create=true",
+            "--set",
+            f"storage.pvc.namespaces={{{namespace}}}",
+            "--set",
+            f"storage.pvc.storageClassName={STATIC_STORAGE_CLASS}",
+            "--set",
+            f"storage.pvc.size={size}",
+        ).stdout
+        self.apply(rendered)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -477,8 +537,8 @@ def write_kubeconform_schemas(cluster: Cluster, out_dir: Path, strict: bool = Tr
     return written
 
 
-def _kwokctl_config(binaries: Path, name: str) -> str:
-    conf = {
+def _kwokctl_config(binaries: Path, name: str, audit_policy: Path | None = None) -> str:
+    conf: dict[str, Any] = {
         "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
         "kind": "KwokctlConfiguration",
         "options": {
@@ -500,6 +560,17 @@ def _kwokctl_config(binaries: Path, name: str) -> str:
             {"name": "etcd", "extraArgs": [{"key": "unsafe-no-fsync", "value": "true"}]},
         ],
     }
+    if audit_policy is not None:
+        # kwokctl copies the policy into the cluster's workdir and points the API server's
+        # --audit-policy-file / --audit-log-path at it (see Cluster.audit_log). One file: the
+        # log writer would otherwise rotate it every 100 MB.
+        conf["options"]["kubeAuditPolicy"] = str(audit_policy)
+        conf["componentsPatches"].append(
+            {
+                "name": "kube-apiserver",
+                "extraArgs": [{"key": "audit-log-maxsize", "value": "1000000"}],
+            }
+        )
     return yaml.safe_dump_all([conf, *load_stages()], sort_keys=False)
 
 
@@ -509,10 +580,13 @@ def start(
     workdir: Path | str | None = None,
     binaries: Path | None = None,
     crds_dir: Path | None = DEFAULT_CRDS_DIR,
+    audit_policy: Path | None = None,
     timeout: float = 120,
 ) -> Cluster:
     """Create a cluster and return it once the API is ready, the default ServiceAccount exists
-    and the kubetune CRDs (every YAML in ``crds_dir``, skipped when absent) are established."""
+    and the kubetune CRDs (every YAML in ``crds_dir``, skipped when absent) are established.
+    With ``audit_policy`` (an audit.k8s.io Policy file) the API server writes an audit log to
+    :attr:`Cluster.audit_log`."""
     t0 = time.monotonic()
     binaries = Path(binaries) if binaries else bin_dir()
     missing = missing_binaries(binaries)
@@ -526,7 +600,7 @@ def start(
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "kwok").mkdir(exist_ok=True)
     config_path = workdir / "kwokctl.yaml"
-    config_path.write_text(_kwokctl_config(binaries, name))
+    config_path.write_text(_kwokctl_config(binaries, name, audit_policy))
     cluster = Cluster(
         name=name, workdir=workdir, bin_dir=binaries, kubeconfig=workdir / "kubeconfig"
     )
@@ -617,13 +691,16 @@ def main(argv: list[str] | None = None) -> int:
         description="kubetune e2e control plane (kwokctl, binary runtime)"
     )
     sub = parser.add_subparsers(dest="cmd", required=True)
-    for cmd in ("up", "down", "smoke"):
+    for cmd in ("up", "down", "smoke", "claim"):
         p = sub.add_parser(cmd)
         p.add_argument("--name", default="kubetune-dev")
         p.add_argument(
             "--workdir", type=Path, default=None, help="default: $KUBETUNE_CACHE/dev-cluster"
         )
         p.add_argument("--nodes", type=int, default=4, help="fake GPU nodes to add (up/smoke)")
+        if cmd == "claim":
+            p.add_argument("claim", help="the PersistentVolumeClaim to make (bound, 100Gi)")
+            p.add_argument("--namespace", default="default")
     args = parser.parse_args(argv)
     workdir = args.workdir or _dev_workdir()
     binaries = bin_dir()
@@ -644,6 +721,10 @@ def main(argv: list[str] | None = None) -> int:
     existing = Cluster(
         name=args.name, workdir=workdir, bin_dir=binaries, kubeconfig=workdir / "kubeconfig"
     )
+    if args.cmd == "claim":
+        existing.add_checkpoint_claim(args.namespace, claim=args.claim)
+        print(f"persistentvolumeclaim/{args.claim} created in {args.namespace} (bound)")
+        return 0
     if args.cmd == "down":
         if not workdir.exists():
             print(f"no dev cluster at {workdir}")
@@ -664,6 +745,8 @@ def main(argv: list[str] | None = None) -> int:
         c = start(args.name, workdir=workdir, binaries=binaries)
         if args.nodes:
             c.add_gpu_nodes(args.nodes)
+        # As the chart's storage.pvc.create does for the namespace jobs run in.
+        c.add_checkpoint_claim("default")
         print(f"# dev cluster {c.name} ready in {c.started_in:.1f}s", file=sys.stderr)
     print(f"export KUBECONFIG={c.kubeconfig}")
     print(f"export PATH={c.bin_dir}:$PATH")

@@ -3,7 +3,11 @@
 #
 #   tests/cluster/dev-cluster.sh up      # start (or reuse); prints `export KUBECONFIG=...`
 #   eval "$(tests/cluster/dev-cluster.sh up)"
+#   tests/cluster/dev-cluster.sh claim NAME [NAMESPACE]   # a bound PersistentVolumeClaim
 #   tests/cluster/dev-cluster.sh down    # delete it; no processes or ports left behind
+#
+# `up` also makes the default checkpoint claim kubetune-runs in namespace default, as the chart's
+# storage.pvc.create does (this cluster has no volume provisioner: claims bind to static volumes).
 #
 # Env: DEV_GPU_NODES (default 4), KUBETUNE_CACHE (cluster state lives in $KUBETUNE_CACHE/dev-cluster).
 set -euo pipefail
@@ -16,5 +20,6 @@ fi
 cmd="${1:-up}"
 case "$cmd" in
   up|down) exec "$PY" "$HERE/cluster.py" "$cmd" --nodes "${DEV_GPU_NODES:-4}" ;;
-  *) sed -n '2,9p' "$0" >&2; exit 2 ;;
+  claim) exec "$PY" "$HERE/cluster.py" claim "${2:?claim name}" --namespace "${3:-default}" ;;
+  *) sed -n '2,13p' "$0" >&2; exit 2 ;;
 esac

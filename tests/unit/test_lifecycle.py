@@ -20,10 +20,15 @@ from kubetune.controller.lifecycle import (
     Observed,
     Settings,
     backoff_seconds,
+    launcher_signal,
     launcher_state,
+    pods_problem,
+    pods_to_explain,
+    reads,
     reconcile,
     rfc3339,
     spec_problems,
+    status_wants_pass,
 )
 
 NOW = datetime(2026, 11, 22, 3, 0, 0, tzinfo=UTC)
@@ -122,6 +127,130 @@ def kinds(decision: Decision) -> list[tuple[str, str]]:
     return [(m["kind"], m["metadata"]["name"]) for c in decision.creates for m in c.manifests]
 
 
+# --------------------------------------------------------------------------- pods that do not run
+
+
+def pending_launcher(age: float, ready: int = 0) -> dict[str, Any]:
+    obj = launcher_job(1)
+    obj["metadata"]["creationTimestamp"] = rfc3339(NOW - timedelta(seconds=age))
+    obj["spec"] = {"parallelism": 1}
+    obj["status"] = {"active": 1, "ready": ready}
+    return obj
+
+
+def pending_pod(conditions=(), waiting: dict[str, str] | None = None) -> dict[str, Any]:
+    status: dict[str, Any] = {"phase": "Pending", "conditions": list(conditions)}
+    if waiting:
+        status["containerStatuses"] = [{"name": "trainer", "state": {"waiting": waiting}}]
+    return {"metadata": {"name": "demo-a1-0-abcde"}, "status": status}
+
+
+UNSCHEDULABLE = {
+    "type": "PodScheduled",
+    "status": "False",
+    "reason": "Unschedulable",
+    "message": '0/4 nodes are available: persistentvolumeclaim "kubetune-runs" not found.',
+}
+QUOTA = {
+    "reason": "FailedCreate",
+    "lastTimestamp": "2026-11-22T02:59:50Z",
+    "message": 'Error creating: pods "demo-a1-0-x" is forbidden: exceeded quota: gpus, '
+    "requested: requests.nvidia.com/gpu=2, used: requests.nvidia.com/gpu=0, limited: "
+    "requests.nvidia.com/gpu=1",
+}
+
+
+def test_pods_are_asked_about_only_after_the_grace():
+    grace = SETTINGS.pods_grace_seconds
+    assert not pods_to_explain(pending_launcher(grace - 1), NOW, grace)
+    assert pods_to_explain(pending_launcher(grace), NOW, grace)
+    assert not pods_to_explain(pending_launcher(grace * 10, ready=1), NOW, grace)
+    assert not pods_to_explain(launcher_job(1, SUCCEEDED), NOW, grace)
+
+
+@pytest.mark.parametrize(
+    ("pods", "events", "reason", "says"),
+    [
+        ((pending_pod([UNSCHEDULABLE]),), (), "Unschedulable", "kubetune-runs"),
+        ((), (QUOTA,), "FailedCreate", "exceeded quota: gpus"),
+        (
+            (pending_pod(waiting={"reason": "ImagePullBackOff", "message": "no such image"}),),
+            (),
+            "PodsPending",
+            "ImagePullBackOff: no such image",
+        ),
+        ((), (), "PodsPending", "no pod"),
+    ],
+    ids=["scheduler", "quota", "waiting-container", "nothing-known"],
+)
+def test_pods_problem_quotes_who_knows(pods, events, reason, says):
+    got_reason, message = pods_problem(pods, events)
+    assert got_reason == reason
+    assert says in message
+
+
+def test_pods_not_running_after_the_grace_become_a_condition_and_one_event():
+    job = make_job(running())
+    launcher = pending_launcher(SETTINGS.pods_grace_seconds + 5)
+    world = Observed(launcher=launcher, launcher_pods=(pending_pod([UNSCHEDULABLE]),))
+    d = reconcile(job, world, NOW, SETTINGS)
+    pods = cond(d, "PodsReady")
+    assert (pods["status"], pods["reason"]) == ("False", "Unschedulable")
+    assert "persistentvolumeclaim" in pods["message"]
+    assert [(e.type, e.reason) for e in d.events] == [("Warning", "Unschedulable")]
+    assert d.recheck_pods_after is not None
+    # The same word again: no new event.
+    again = reconcile(apply(job, d), world, NOW + timedelta(seconds=30), SETTINGS)
+    assert again.events == []
+    # The pods run: the condition turns True, once.
+    running_now = pending_launcher(SETTINGS.pods_grace_seconds + 60, ready=1)
+    cleared = reconcile(apply(job, d), Observed(launcher=running_now), NOW, SETTINGS)
+    pods = cond(cleared, "PodsReady")
+    assert (pods["status"], pods["reason"]) == ("True", "PodsRunning")
+    assert [e.reason for e in cleared.events] == ["PodsRunning"]
+
+
+def test_pods_within_the_grace_are_rechecked_not_reported():
+    job = make_job(running())
+    d = reconcile(job, Observed(launcher=pending_launcher(10)), NOW, SETTINGS)
+    assert "PodsReady" not in {c["type"] for c in d.status_patch.get("conditions") or []}
+    assert d.recheck_pods_after == pytest.approx(SETTINGS.pods_grace_seconds - 10)
+
+
+def test_launcher_signal_changes_only_with_what_the_lifecycle_reads():
+    a, b = pending_launcher(1), pending_launcher(2)
+    b["status"]["active"] = 1  # pods created, not ready: nothing the lifecycle reads
+    assert launcher_signal(a) == launcher_signal(b) == ("running", False)
+    assert launcher_signal(pending_launcher(1, ready=1)) == ("running", True)
+    assert launcher_signal(launcher_job(1, SUCCEEDED))[0] == "succeeded"
+
+
+@pytest.mark.parametrize(
+    ("status", "wanted"),
+    [
+        (None, "none"),  # nothing of a new job exists yet
+        ({"phase": "WaitingForDependencies"}, "none"),
+        ({"phase": "Pending", "attempt": 1}, "jobs"),
+        (running(), "jobs"),
+        ({"phase": "Exporting", "attempt": 1, "exportAttempt": 1}, "jobs"),
+        ({"phase": "Suspended", "attempt": 1}, "all"),  # the suspended attempt's other children
+        ({"phase": "Succeeded", "attempt": 1}, "all"),  # the TTL deletes every child
+    ],
+)
+def test_a_pass_reads_only_what_its_decision_can_depend_on(status, wanted):
+    assert reads(make_job(status)) == wanted
+
+
+def test_only_a_new_checkpoint_in_the_status_asks_for_a_pass():
+    checkpoint = {"uri": "s3://bucket/runs/ckpt/step-00000040", "step": 40}
+    job = make_job(running(lastCheckpoint=checkpoint, progress={"step": 41}))
+    assert status_wants_pass(job)
+    said = apply(job, reconcile(job, world_with(launcher_job(1)), NOW, SETTINGS))
+    assert not status_wants_pass(said)
+    said["status"]["progress"] = {"step": 42}  # the trainer's progress: no pass
+    assert not status_wants_pass(said)
+
+
 # --------------------------------------------------------------------------- start
 
 
@@ -139,8 +268,11 @@ def test_new_job_launches_attempt_one_with_every_child():
         ("Job", "demo-a1"),
     ]
     assert cond(d, "Running")["status"] == "True"
-    assert {"Accepted", "Launched", "Running"} <= {e.reason for e in d.events}
+    # One event per phase change: accepted (Pending), launched (Running).
+    assert [e.reason for e in d.events] == ["Accepted", "Launched"]
     assert d.status_patch["observedGeneration"] == 1
+    # Nothing asks about the pods unless they have not run within the grace.
+    assert d.recheck_pods_after == SETTINGS.pods_grace_seconds
 
 
 def test_children_carry_the_owner_reference():
@@ -687,7 +819,7 @@ def test_training_success_with_export_enters_exporting_and_runs_the_export_job()
     assert (exported["status"], exported["reason"]) == ("False", "ExportRunning")
     assert cond(d, "Running")["reason"] == "TrainingSucceeded"
     assert "Succeeded" not in {c["type"] for c in d.status_patch["conditions"]}
-    assert {"TrainingSucceeded", "ExportLaunched", "Exporting"} <= {e.reason for e in d.events}
+    assert [e.reason for e in d.events] == ["TrainingSucceeded", "ExportLaunched"]
 
 
 @pytest.mark.parametrize("export", [None, {"formats": []}])

@@ -58,7 +58,7 @@ app.kubernetes.io/component: operator
 {{/*
 What the operator does in the namespaces it serves, and nothing more (a Role or a ClusterRole
 holds these rules). Derived from kubetune.controller (api_client, handlers, peering):
-- finetunejobs: kopf lists and watches them and patches its annotations (handler progress);
+- finetunejobs: kopf lists and watches them (event handlers only: it writes nothing on them);
   the operator reads each job fresh and deletes a finished one (ttlSecondsAfterFinished).
 - finetunejobs/status: the operator writes status. It also creates, per job, a Role granting
   get + patch on that job's status to the trainer; Kubernetes only lets it grant what it holds
@@ -67,15 +67,17 @@ holds these rules). Derived from kubetune.controller (api_client, handlers, peer
   listed by label, created, deleted (new attempt, suspend, deadline).
 - configmaps, services, serviceaccounts, roles, rolebindings: the other children of an
   attempt; listed by label, read when adopting after a crash, created, deleted.
-- events: kopf's and the operator's events on FineTuneJobs.
+- events: kopf's and the operator's events on FineTuneJobs; listed (by the launcher's name)
+  when a launcher has no pod after the grace: the Job controller's FailedCreate says why.
 - pods, list only: the pods of a failed launcher or export stage, for the reason in their
-  termination message (bad data names the file and row).
+  termination message (bad data names the file and row), and a launcher's pods that have not
+  run within the grace, for the scheduler's word.
 No Secrets: pods reference them by name (secretKeyRef); the operator never reads one.
 */}}
 {{- define "kubetune.namespacedRules" -}}
 - apiGroups: [kubetune.io]
   resources: [finetunejobs]
-  verbs: [get, list, watch, patch, delete]
+  verbs: [get, list, watch, delete]
 - apiGroups: [kubetune.io]
   resources: [finetunejobs/status]
   verbs: [get, patch]
@@ -93,7 +95,7 @@ No Secrets: pods reference them by name (secretKeyRef); the operator never reads
   verbs: [get, list, create, delete]
 - apiGroups: [""]
   resources: [events]
-  verbs: [create]
+  verbs: [create, list]
 - apiGroups: [""]
   resources: [pods]
   verbs: [list]

@@ -1,7 +1,15 @@
 """The operator's only API I/O: one client (:class:`ApiClient`), what a pass observes about a
 job (:func:`observe`) and how a decision is carried out (:func:`execute`): create-or-adopt
 children by their deterministic names, delete, merge-patch the status fields the operator
-owns, post events."""
+owns, post events.
+
+Requests are plain JSON over the kubernetes package's authenticated connection pool: no
+discovery, no typed or dynamic-client objects (their decoding cost more CPU than the rest of
+a pass). A pass reads only what its decision can depend on (:func:`lifecycle.reads`): a job's
+first pass reads nothing but the job (nothing of it can exist yet; create-or-adopt settles a
+conflict), later passes list its Jobs (launchers and export Jobs) by label, and the pods and
+events of a launcher only when its pods have not run within the grace.
+"""
 
 from __future__ import annotations
 
@@ -9,18 +17,19 @@ import contextlib
 import json
 import logging
 import os
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote, urlencode
 
 import kopf
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.rest import ApiException
-from kubernetes.dynamic import DynamicClient
-from kubernetes.dynamic.exceptions import NotFoundError
 
-from kubetune.api import API_VERSION, KIND, FineTuneJobSpec, model_dependencies
+from kubetune.api import API_VERSION, KIND, PLURAL, FineTuneJobSpec, model_dependencies
 from kubetune.builders import names
 from kubetune.controller import lifecycle
 from kubetune.controller.config import OperatorConfig
@@ -28,6 +37,28 @@ from kubetune.controller.lifecycle import Child, Create, Decision, Delete, Event
 
 log = logging.getLogger("kubetune.operator")
 
+USER_AGENT = "kubetune-operator"
+RAYJOB = ("ray.io/v1", "RayJob")
+MERGE_PATCH = "application/merge-patch+json"
+RAYJOB_CRD = "rayjobs.ray.io"
+KUEUE_CRD = "workloads.kueue.x-k8s.io"
+#: REST plural of every kind the operator reads or writes.
+PLURALS: dict[tuple[str, str], str] = {
+    (API_VERSION, KIND): PLURAL,
+    ("batch/v1", "Job"): "jobs",
+    ("v1", "Service"): "services",
+    ("v1", "ConfigMap"): "configmaps",
+    ("v1", "ServiceAccount"): "serviceaccounts",
+    ("v1", "Pod"): "pods",
+    ("v1", "Event"): "events",
+    ("rbac.authorization.k8s.io/v1", "Role"): "roles",
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"): "rolebindings",
+    ("ray.io/v1", "RayJob"): "rayjobs",
+    ("kopf.dev/v1", "KopfPeering"): "kopfpeerings",
+    ("kopf.dev/v1", "ClusterKopfPeering"): "clusterkopfpeerings",
+    ("apiextensions.k8s.io/v1", "CustomResourceDefinition"): "customresourcedefinitions",
+}
+#: Children a pass lists when it needs all of them (Suspended and finished jobs).
 CHILD_KINDS: tuple[tuple[str, str], ...] = (
     ("batch/v1", "Job"),
     ("v1", "Service"),
@@ -36,10 +67,8 @@ CHILD_KINDS: tuple[tuple[str, str], ...] = (
     ("rbac.authorization.k8s.io/v1", "Role"),
     ("rbac.authorization.k8s.io/v1", "RoleBinding"),
 )
-RAYJOB = ("ray.io/v1", "RayJob")
-MERGE_PATCH = "application/merge-patch+json"
-RAYJOB_CRD = "rayjobs.ray.io"
-KUEUE_CRD = "workloads.kueue.x-k8s.io"
+#: A metadata-only list (PartialObjectMetadataList): names and resource versions, no bodies.
+METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
 
 
 class JobGone(Exception):
@@ -56,53 +85,124 @@ def describe(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}"
 
 
+def path_of(api_version: str, kind: str, namespace: str | None, name: str | None = None) -> str:
+    """The REST path of a collection (``name`` None) or of one object."""
+    root = f"/apis/{api_version}" if "/" in api_version else f"/api/{api_version}"
+    path = f"{root}/namespaces/{namespace}" if namespace else root
+    path += f"/{PLURALS[(api_version, kind)]}"
+    return f"{path}/{name}" if name else path
+
+
 class ApiClient:
-    """One connection pool (sized for the worker threads) for every call of the process; the
-    connection is made on first use. Blocking: called from worker threads."""
+    """One connection pool (sized for the worker threads, twice: a pass creates a job's
+    independent children concurrently) for every call of the process; connected on first use.
+    Blocking: called from worker threads."""
 
     def __init__(self, config: OperatorConfig) -> None:
         self.config = config
-        self._dynamic: DynamicClient | None = None
+        self._client: k8s.ApiClient | None = None
         self._crds: dict[str, bool] = {}
         self._crds_checked = float("-inf")
         self._created = 0
+        self._created_lock = threading.Lock()
+        self._creators = ThreadPoolExecutor(
+            max_workers=config.api_workers, thread_name_prefix="kubetune-create"
+        )
 
     def reset(self) -> None:
         """Forget what was learned of the cluster (a new kopf run starts afresh)."""
         self._crds_checked = float("-inf")
 
     @property
-    def dynamic(self) -> DynamicClient:
-        if self._dynamic is None:
+    def client(self) -> k8s.ApiClient:
+        if self._client is None:
             try:
                 k8s_config.load_incluster_config()
             except k8s_config.ConfigException:
                 k8s_config.load_kube_config()
             configuration = k8s.Configuration.get_default_copy()
-            configuration.connection_pool_maxsize = self.config.api_workers
-            self._dynamic = DynamicClient(k8s.ApiClient(configuration))
-        return self._dynamic
+            configuration.connection_pool_maxsize = 2 * self.config.api_workers
+            self._client = k8s.ApiClient(configuration)
+            self._client.user_agent = USER_AGENT
+        return self._client
 
-    def resource(self, api_version: str, kind: str) -> Any:
-        return self.dynamic.resources.get(api_version=api_version, kind=kind)
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: dict[str, str] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+        accept: str = "application/json",
+    ) -> dict[str, Any]:
+        """One request; the decoded JSON answer. Raises ApiException on any non-2xx."""
+        url = path + ("?" + urlencode(query) if query else "")
+        headers = {"Accept": accept}
+        if body is not None:
+            headers["Content-Type"] = content_type
+        request = self.client.param_serialize(
+            method, url, header_params=headers, body=body, auth_settings=["BearerToken"]
+        )
+        response = self.client.call_api(*request, _request_timeout=60)
+        data = response.read()
+        if not 200 <= response.status <= 299:
+            raise ApiException.from_response(http_resp=response, body=data.decode(), data=None)
+        return json.loads(data) if data else {}
 
     def get(
         self, api_version: str, kind: str, name: str, namespace: str | None
     ) -> dict[str, Any] | None:
         try:
-            return self.resource(api_version, kind).get(name=name, namespace=namespace).to_dict()
-        except NotFoundError:
-            return None
+            return self.request("GET", path_of(api_version, kind, namespace, quote(name)))
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+
+    def list(
+        self, api_version: str, kind: str, namespace: str | None, selector: str = ""
+    ) -> list[dict[str, Any]]:
+        """The objects of a kind (with kind and apiVersion filled in, as a GET gives them)."""
+        query = {"labelSelector": selector} if selector else None
+        items = self.request("GET", path_of(api_version, kind, namespace), query=query)
+        out = items.get("items") or []
+        for item in out:
+            item.setdefault("kind", kind)
+            item.setdefault("apiVersion", api_version)
+        return out
 
     def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self.get(API_VERSION, KIND, name, namespace)
 
-    def list_jobs(self) -> list[dict[str, Any]]:
-        """Every FineTuneJob the operator watches."""
-        resource = self.resource(API_VERSION, KIND)
-        namespace = self.config.namespace
-        listed = resource.get(namespace=namespace) if namespace else resource.get()
-        return listed.to_dict().get("items") or []
+    def _metadata(self, api_version: str, kind: str, selector: str = "") -> list[dict[str, Any]]:
+        """Names, labels and resource versions of every object of a kind the operator watches:
+        one metadata-only list, served from the API server's watch cache."""
+        query = {"resourceVersion": "0"}
+        if selector:
+            query["labelSelector"] = selector
+        path = path_of(api_version, kind, self.config.namespace)
+        listed = self.request("GET", path, query=query, accept=METADATA_LIST)
+        return [item.get("metadata") or {} for item in listed.get("items") or []]
+
+    def job_versions(self) -> dict[tuple[str, str], str]:
+        """(namespace, name) → resourceVersion of every FineTuneJob."""
+        return {
+            (m.get("namespace", ""), m.get("name", "")): m.get("resourceVersion", "")
+            for m in self._metadata(API_VERSION, KIND)
+        }
+
+    def launcher_versions(self) -> dict[tuple[str, str], tuple[str, str]]:
+        """(namespace, Job name) → (its FineTuneJob's name, resourceVersion) of every Job the
+        operator made (launchers and export Jobs)."""
+        selector = f"{names.LABEL_MANAGED_BY}={names.MANAGER}"
+        return {
+            (m.get("namespace", ""), m.get("name", "")): (
+                (m.get("labels") or {}).get(names.LABEL_JOB, ""),
+                m.get("resourceVersion", ""),
+            )
+            for m in self._metadata("batch/v1", "Job", selector)
+        }
 
     def installed_crds(self) -> dict[str, bool]:
         """Which optional CRDs (KubeRay's RayJob, Kueue's Workload) the cluster has, re-read
@@ -110,15 +210,14 @@ class ApiClient:
         count as absent: the job launcher and no Kueue."""
         now = time.monotonic()
         if now - self._crds_checked > self.config.crd_refresh:
-            api = k8s.ApiextensionsV1Api(self.dynamic.client)
             for name in (RAYJOB_CRD, KUEUE_CRD):
+                crd = ("apiextensions.k8s.io/v1", "CustomResourceDefinition")
                 try:
-                    api.read_custom_resource_definition(name)
-                    self._crds[name] = True
+                    self._crds[name] = self.get(*crd, name, None) is not None
                 except ApiException as err:
-                    if err.status not in (403, 404):
+                    if err.status != 403:
                         raise
-                    if err.status == 403 and name not in self._crds:
+                    if name not in self._crds:
                         log.warning("event=crd_unreadable crd=%s assumed=absent", name)
                     self._crds[name] = False
             self._crds_checked = now
@@ -127,25 +226,41 @@ class ApiClient:
     def create_or_adopt(self, manifest: dict[str, Any], uid: str) -> str:
         """Create a child; when its name exists already, check that it is ours (adopt it)."""
         meta = manifest["metadata"]
-        resource = self.resource(manifest["apiVersion"], manifest["kind"])
+        api_version, kind = manifest["apiVersion"], manifest["kind"]
         try:
-            resource.create(body=manifest, namespace=meta["namespace"])
+            self.request("POST", path_of(api_version, kind, meta["namespace"]), body=manifest)
             self._count_creation(manifest)
             return "created"
         except ApiException as err:
             if err.status != 409:
                 raise
-        existing = resource.get(name=meta["name"], namespace=meta["namespace"]).to_dict()
+        existing = self.get(api_version, kind, meta["name"], meta["namespace"]) or {}
         if not owned_by(existing, uid):
             raise kopf.TemporaryError(
-                f"{manifest['kind']} {meta['name']} exists and is not owned by this job", delay=30
+                f"{kind} {meta['name']} exists and is not owned by this job", delay=30
             )
         return "adopted"
 
+    def create_all(self, manifests: list[dict[str, Any]], uid: str) -> list[str]:
+        """Create-or-adopt a job's children: the independent ones at once, then the launchers
+        (their pods mount and use the others). Returns one log line per child."""
+        launchers = [m for m in manifests if m["kind"] in lifecycle.LAUNCHER_KINDS]
+        others = [m for m in manifests if m["kind"] not in lifecycle.LAUNCHER_KINDS]
+        done = []
+        for group in (others, launchers):
+            hows = list(self._creators.map(lambda m: self.create_or_adopt(m, uid), group))
+            done += [
+                f"{how} {m['kind']}/{m['metadata']['name']}"
+                for how, m in zip(hows, group, strict=True)
+            ]
+        return done
+
     def _count_creation(self, manifest: dict[str, Any]) -> None:
-        self._created += 1
+        with self._created_lock:
+            self._created += 1
+            created = self._created
         limit = self.config.fault_exit_after_creates
-        if limit and self._created >= limit:
+        if limit and created >= limit:
             log.warning(
                 "fault injection: exiting after creating %s/%s",
                 manifest["kind"],
@@ -155,25 +270,21 @@ class ApiClient:
             os._exit(3)
 
     def delete(self, namespace: str, action: Delete) -> None:
-        with contextlib.suppress(NotFoundError):
-            self.resource(action.api_version, action.kind).delete(
-                name=action.name,
-                namespace=namespace,
-                body={"propagationPolicy": "Background"},
-            )
+        path = path_of(action.api_version, action.kind, namespace, action.name)
+        try:
+            self.request("DELETE", path, body={"propagationPolicy": "Background"})
+        except ApiException as err:
+            if err.status != 404:
+                raise
 
     def patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
-        resource = self.resource(API_VERSION, KIND)
+        path = path_of(API_VERSION, KIND, namespace, name) + "/status"
         try:
-            self.dynamic.patch(
-                resource=resource.subresources["status"],
-                name=name,
-                namespace=namespace,
-                body={"status": patch},
-                content_type=MERGE_PATCH,
-            )
-        except NotFoundError as err:
-            raise JobGone(name) from err
+            self.request("PATCH", path, body={"status": patch}, content_type=MERGE_PATCH)
+        except ApiException as err:
+            if err.status == 404:
+                raise JobGone(name) from err
+            raise
 
     def post_event(self, job: dict[str, Any], event: Event) -> None:
         """Events through kopf's poster when called inside its context, else directly."""
@@ -183,29 +294,29 @@ class ApiClient:
         except LookupError:
             pass
         meta = job["metadata"]
-        now = datetime.now(UTC)
-        body = k8s.CoreV1Event(
-            metadata=k8s.V1ObjectMeta(
-                generate_name=f"{meta['name']}.", namespace=meta["namespace"]
-            ),
-            involved_object=k8s.V1ObjectReference(
-                api_version=API_VERSION,
-                kind=KIND,
-                name=meta["name"],
-                namespace=meta["namespace"],
-                uid=meta.get("uid"),
-            ),
-            type=event.type,
-            reason=event.reason,
-            message=event.message[:1024],
-            first_timestamp=now,
-            last_timestamp=now,
-            source=k8s.V1EventSource(component=names.MANAGER),
-            reporting_component=names.MANAGER,
-            reporting_instance=names.MANAGER,
-        )
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": API_VERSION,
+                "kind": KIND,
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid"),
+            },
+            "type": event.type,
+            "reason": str(event.reason),
+            "message": event.message[:1024],
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "source": {"component": names.MANAGER},
+            "reportingComponent": names.MANAGER,
+            "reportingInstance": names.MANAGER,
+        }
         with contextlib.suppress(ApiException):
-            k8s.CoreV1Api(self.dynamic.client).create_namespaced_event(meta["namespace"], body)
+            self.request("POST", path_of("v1", "Event", meta["namespace"]), body=body)
 
 
 def owned_by(obj: dict[str, Any], uid: str) -> bool:
@@ -218,13 +329,23 @@ def _attempt_of(obj: dict[str, Any]) -> int | None:
     return int(value) if value and value.isdigit() else None
 
 
-def observe(api: ApiClient, job: dict[str, Any], rayjob_crd: bool) -> Observed:
-    """The job's children (by label, owned by its uid), its current launcher, its
-    dependencies."""
+def observe(
+    api: ApiClient, job: dict[str, Any], rayjob_crd: bool, now: datetime, grace: float
+) -> Observed:
+    """What the job's next decision can depend on (:func:`lifecycle.reads`): its children
+    (by label, owned by its uid), its current launcher and export Job, the launcher's pods when
+    they have not run within ``grace``, its dependencies."""
     meta = job["metadata"]
     namespace, name, uid = meta["namespace"], meta["name"], meta.get("uid", "")
     selector = f"{names.LABEL_JOB}={name}"
-    kinds = [*CHILD_KINDS, RAYJOB] if rayjob_crd else list(CHILD_KINDS)
+    reads = lifecycle.reads(job)
+    kinds: list[tuple[str, str]] = []
+    if reads == "all":
+        kinds = list(CHILD_KINDS)
+    elif reads == "jobs":
+        kinds = [("batch/v1", "Job")]
+    if rayjob_crd and reads != "none":
+        kinds.append(RAYJOB)
     children: list[Child] = []
     launcher = None
     attempt = int((job.get("status") or {}).get("attempt") or 0)
@@ -232,12 +353,9 @@ def observe(api: ApiClient, job: dict[str, Any], rayjob_crd: bool) -> Observed:
     exporter_name = names.export_job_name(name, export_attempt) if export_attempt else None
     exporter = None
     for api_version, kind in kinds:
-        listed = api.resource(api_version, kind).get(namespace=namespace, label_selector=selector)
-        for item in listed.to_dict().get("items") or []:
+        for item in api.list(api_version, kind, namespace, selector):
             if not owned_by(item, uid):
                 continue
-            item.setdefault("kind", kind)
-            item.setdefault("apiVersion", api_version)
             child_attempt = _attempt_of(item)
             finished = False
             if kind in lifecycle.LAUNCHER_KINDS:
@@ -261,14 +379,25 @@ def observe(api: ApiClient, job: dict[str, Any], rayjob_crd: bool) -> Observed:
         export_pods = _pods(
             api, namespace, f"{selector},{names.LABEL_EXPORT_ATTEMPT}={export_attempt}"
         )
-    launcher_pods: list[dict[str, Any]] = []
+    pods: list[dict[str, Any]] = []
+    events: list[dict[str, Any]] = []
     if (
         launcher is not None
         and launcher.get("kind") == "Job"
         and lifecycle.launcher_state(launcher)[0] == "failed"
     ):
+        # The trainer's termination message says why (bad data names the file and row).
         trainer = f"{selector},{names.LABEL_ATTEMPT}={attempt},{names.LABEL_COMPONENT}=trainer"
-        launcher_pods = _pods(api, namespace, trainer)
+        pods = _pods(api, namespace, trainer)
+    elif launcher is not None and lifecycle.pods_to_explain(launcher, now, grace):
+        launcher_name = launcher["metadata"]["name"]
+        # Optional like the export pods: without the power to read them, PodsReady says less.
+        with contextlib.suppress(ApiException):
+            pods = api.list("v1", "Pod", namespace, f"batch.kubernetes.io/job-name={launcher_name}")
+            if not pods:
+                about = f"involvedObject.name={launcher_name},involvedObject.kind=Job"
+                path = path_of("v1", "Event", namespace)
+                events = api.request("GET", path, query={"fieldSelector": about}).get("items") or []
     dependencies: dict[str, dict[str, Any] | None] = {}
     try:
         spec = FineTuneJobSpec.model_validate(job.get("spec") or {})
@@ -283,14 +412,16 @@ def observe(api: ApiClient, job: dict[str, Any], rayjob_crd: bool) -> Observed:
         dependencies=dependencies,
         exporter=exporter,
         export_pods=tuple(export_pods),
-        launcher_pods=tuple(launcher_pods),
+        launcher_pods=tuple(pods),
+        launcher_events=tuple(events),
     )
 
 
 def _pods(api: ApiClient, namespace: str, selector: str) -> list[dict[str, Any]]:
+    """The pods the selector finds; none without the power to list them (what they would
+    tell is optional)."""
     with contextlib.suppress(ApiException):
-        listed = api.resource("v1", "Pod").get(namespace=namespace, label_selector=selector)
-        return listed.to_dict().get("items") or []
+        return api.list("v1", "Pod", namespace, selector)
     return []
 
 
@@ -303,9 +434,7 @@ def execute(api: ApiClient, job: dict[str, Any], decision: Decision) -> list[str
     self_delete: Delete | None = None
     for action in decision.actions:
         if isinstance(action, Create):
-            for manifest in action.manifests:
-                how = api.create_or_adopt(manifest, uid)
-                done.append(f"{how} {manifest['kind']}/{manifest['metadata']['name']}")
+            done += api.create_all(action.manifests, uid)
         elif isinstance(action, Delete):
             if action.kind == KIND:
                 self_delete = action

@@ -33,7 +33,9 @@ class OperatorConfig:
     peering_lifetime: int = 60
     """KUBETUNE_PEERING_LIFETIME_SECONDS: how long after its last keep-alive a silent replica
     is taken for dead and its standby takes over."""
-    timer_interval: float = 60.0  # KUBETUNE_TIMER_SECONDS: safety-net resync of every job
+    timer_interval: float = 60.0
+    """KUBETUNE_TIMER_SECONDS: the safety net's interval: one metadata-only list of the jobs and
+    one of their Jobs; a job whose object changed unseen for two intervals is reconciled."""
     dependency_poll: float = 10.0  # KUBETUNE_DEPENDENCY_POLL_SECONDS
     retry_backoff: float = 2.0  # KUBETUNE_RETRY_BACKOFF_SECONDS: first retry after an error
     retry_backoff_max: float = 60.0
@@ -44,6 +46,9 @@ class OperatorConfig:
     launcher_debounce: float = 0.5
     """KUBETUNE_LAUNCHER_DEBOUNCE_SECONDS: a launcher's status changes in bursts (pods created,
     active, ready); events within this window end in one reconcile pass."""
+    pods_grace: float = 30.0
+    """KUBETUNE_PODS_GRACE_SECONDS: how long an attempt's pods may take to run before the job's
+    PodsReady condition says why they do not (the scheduler's or the Job controller's word)."""
     crd_refresh: float = 300.0  # how often to look for the RayJob CRD again
     fault_exit_after_creates: int = 0
     """KUBETUNE_FAULT_EXIT_AFTER_CREATES (fault injection for tests): the process dies
@@ -70,5 +75,6 @@ class OperatorConfig:
             server_timeout=_float(env, "KUBETUNE_WATCH_TIMEOUT_SECONDS", 300.0),
             api_workers=int(env.get("KUBETUNE_API_WORKERS", "32")),
             launcher_debounce=_float(env, "KUBETUNE_LAUNCHER_DEBOUNCE_SECONDS", 0.5),
+            pods_grace=_float(env, "KUBETUNE_PODS_GRACE_SECONDS", 30.0),
             fault_exit_after_creates=int(env.get("KUBETUNE_FAULT_EXIT_AFTER_CREATES", "0")),
         )

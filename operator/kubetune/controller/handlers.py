@@ -42,10 +42,6 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
 
     @kopf.on.startup(registry=registry, id="configure")
     async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-            prefix=GROUP, key="last-handled-configuration"
-        )
         settings.posting.enabled = True
         settings.posting.level = logging.WARNING
         settings.watching.server_timeout = int(config.server_timeout)  # the API wants an int
@@ -66,21 +62,15 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
             served_metrics.add(config.metrics_port)
         resync.append(asyncio.get_running_loop().create_task(scheduler.resync_loop()))
 
-    @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry, id="on_change")
-    @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry, id="on_change")
-    @kopf.on.update(GROUP, VERSION, PLURAL, registry=registry, id="on_change")
-    async def on_change(name: str, namespace: str, **_: Any) -> None:
-        await scheduler.handler_pass(namespace, name)
-
+    # Event handlers only (no kopf create/update/resume handlers): kopf then writes nothing on
+    # the jobs (no annotations: one request per job less), and the scheduler decides from each
+    # event whether anything the lifecycle reads changed. Async, on the event loop: no I/O, and
+    # no other thread touching the per-job state.
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry, id="on_job_event")
     async def on_job_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
-        """Metrics follow every change (the trainer's progress too); deletion forgets the job.
-        Async, on the event loop: no I/O, and no other thread touching the per-job state."""
-        meta = body.get("metadata") or {}
-        if event.get("type") == "DELETED":
-            scheduler.forget(meta.get("namespace", ""), meta.get("name", ""))
-            return
-        metrics.observe_job(dict(body))
+        """A job was listed, added, changed or deleted: metrics follow every change (the
+        trainer's progress too); a pass when the lifecycle may decide otherwise."""
+        scheduler.job_event(event.get("type"), dict(body))
 
     managed = {names.LABEL_MANAGED_BY: names.MANAGER}
 
@@ -88,12 +78,10 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         "ray.io", "v1", "rayjobs", labels=managed, registry=registry, id="on_launcher_event"
     )
     @kopf.on.event("batch", "v1", "jobs", labels=managed, registry=registry, id="on_launcher_event")
-    async def on_launcher_event(body: kopf.Body, namespace: str, **_: Any) -> None:
-        """A launcher (Job, or RayJob when KubeRay is installed; kopf serves only resources the
-        cluster has) changed: reconcile the FineTuneJob it belongs to."""
-        owner = (body.get("metadata", {}).get("labels") or {}).get(names.LABEL_JOB)
-        if owner:
-            scheduler.schedule(namespace, owner, config.launcher_debounce)
+    async def on_launcher_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+        """A launcher or export Job (or RayJob when KubeRay is installed; kopf serves only
+        resources the cluster has) changed: a pass for its job when its state changed."""
+        scheduler.child_event(event.get("type"), dict(body))
 
     @kopf.on.cleanup(registry=registry, id="stop_resync")
     async def stop_resync(**_: Any) -> None:

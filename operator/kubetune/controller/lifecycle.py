@@ -56,7 +56,7 @@ from kubetune.builders.common import CONTAINER
 from kubetune.builders.export_job import EXPORT_CONTAINER
 from kubetune.manifest_yaml import Document
 from kubetune.planner import UnresolvedDependency, make_plan
-from kubetune.reasons import RESTART_REASONS, ConditionType, Reason
+from kubetune.reasons import RESTART_REASONS, ConditionType, KubernetesReason, Reason
 from kubetune.validation import problems_from_error
 from kubetune_trainer.exit_codes import EXIT_BAD_DATA, EXIT_GATE_NOT_MET
 
@@ -79,6 +79,7 @@ EXPORTED = ConditionType.EXPORTED
 SUCCEEDED = ConditionType.SUCCEEDED
 FAILED = ConditionType.FAILED
 SUSPENDED = ConditionType.SUSPENDED
+PODS_READY = ConditionType.PODS_READY
 
 
 # --------------------------------------------------------------------------- inputs
@@ -119,8 +120,11 @@ class Observed:
     export_pods: tuple[Manifest, ...] = ()
     """The exporter's pods once it has failed (their termination messages say why)."""
     launcher_pods: tuple[Manifest, ...] = ()
-    """The trainer pods of the launcher once it has failed (the trainer's termination message
-    says why: bad data names the file and row)."""
+    """The launcher's pods: its trainer pods once it has failed (their termination message
+    says why: bad data names the file and row), or, while it runs, its pods when they have not
+    all run within the grace (:func:`pods_to_explain`)."""
+    launcher_events: tuple[Manifest, ...] = ()
+    """The launcher Job's events, read with its pods when it has none (FailedCreate says why)."""
     dependencies: dict[str, Manifest | None] = field(default_factory=dict)
     """finetunejob:// dependencies by name: the FineTuneJob object, or None when absent."""
 
@@ -132,6 +136,8 @@ class Settings:
     dependency_poll_seconds: float = 10.0
     """How often a job waiting for dependencies looks again (the handler also nudges waiting
     jobs when a job succeeds)."""
+    pods_grace_seconds: float = 30.0
+    """How long a launcher's pods may take to run before PodsReady says why they do not."""
 
 
 # --------------------------------------------------------------------------- outputs
@@ -171,6 +177,9 @@ class Decision:
     """Executed in order: creations and deletions, then the status patch, then events."""
     requeue_after: float | None = None
     """Seconds until the job should be looked at again regardless of events."""
+    recheck_pods_after: float | None = None
+    """Seconds until the job should be looked at again *unless* its launcher's pods all run by
+    then (the launcher's own events tell the handler so, without a request)."""
 
     @property
     def events(self) -> list[Event]:
@@ -227,6 +236,102 @@ def launcher_state(launcher: Manifest) -> tuple[LauncherState, LauncherFailure |
         if cond.get("type") in ("Complete", "SuccessCriteriaMet") and cond.get("status") == "True":
             return "succeeded", None
     return "running", None
+
+
+def pods_ready(launcher: Manifest) -> bool | None:
+    """Whether every pod of a Job launcher runs and is ready (or already finished): its
+    status.ready + status.succeeded reach spec.parallelism. None for a RayJob (KubeRay's pods)
+    and for a suspended Job."""
+    if launcher.get("kind") != "Job":
+        return None
+    spec = launcher.get("spec") or {}
+    if spec.get("suspend"):
+        return None  # held (by Kueue, until admitted): no pod is meant to run yet
+    status = launcher.get("status") or {}
+    wanted = int(spec.get("parallelism") or 1)
+    return int(status.get("ready") or 0) + int(status.get("succeeded") or 0) >= wanted
+
+
+LauncherSignal = tuple[LauncherState, bool | str | None]
+"""What the lifecycle reads of a launcher: its state, and for a Job whether its pods run, for a
+RayJob KubeRay's jobDeploymentStatus. A launcher event that changes neither needs no pass."""
+
+
+def launcher_signal(launcher: Manifest) -> LauncherSignal:
+    state = launcher_state(launcher)[0]
+    if launcher.get("kind") == "RayJob":
+        return state, (launcher.get("status") or {}).get("jobDeploymentStatus")
+    return state, pods_ready(launcher)
+
+
+def signal_needs_pass(old: LauncherSignal, new: LauncherSignal, pods_flagged: bool) -> bool:
+    """Whether a launcher's event asks for a pass of its job: its state changed; or KubeRay's
+    progress did (the Running condition follows it); or its pods now run, or no longer do,
+    for a job whose PodsReady is False (a Job's pods starting is otherwise no news)."""
+    if old[0] != new[0]:
+        return True
+    if isinstance(old[1], str) or isinstance(new[1], str):
+        return old[1] != new[1]
+    return pods_flagged and old[1] != new[1]
+
+
+def _age_seconds(obj: Manifest, now: datetime) -> float:
+    created = parse_time((obj.get("metadata") or {}).get("creationTimestamp"))
+    return (now - created).total_seconds() if created is not None else 0.0
+
+
+def pods_to_explain(launcher: Manifest | None, now: datetime, grace: float) -> bool:
+    """Whether a pass must read the launcher's pods (and events): it runs, but its pods have
+    not all run ``grace`` seconds after it was created."""
+    if launcher is None or launcher_state(launcher)[0] != "running":
+        return False
+    return pods_ready(launcher) is False and _age_seconds(launcher, now) >= grace
+
+
+def pods_problem(pods: tuple[Manifest, ...], events: tuple[Manifest, ...]) -> tuple[Reason, str]:
+    """Why a launcher's pods do not run, in the words of who knows: the scheduler (a pending
+    pod's PodScheduled condition), a waiting container, or, when no pod exists, the Job
+    controller (its latest FailedCreate event)."""
+    for pod in sorted(pods, key=lambda p: p["metadata"]["name"]):
+        status = pod.get("status") or {}
+        if status.get("phase") != "Pending" or pod["metadata"].get("deletionTimestamp"):
+            continue
+        name = pod["metadata"]["name"]
+        for cond in status.get("conditions") or []:
+            if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+                why = cond.get("message") or cond.get("reason") or "not scheduled"
+                if cond.get("reason") == KubernetesReason.UNSCHEDULABLE:
+                    return Reason.UNSCHEDULABLE, f"pod {name}: {why}"
+                return Reason.PODS_PENDING, f"pod {name}: {why}"
+        for container in status.get("containerStatuses") or []:
+            waiting = (container.get("state") or {}).get("waiting")
+            if waiting:
+                detail = ": ".join(x for x in (waiting.get("reason"), waiting.get("message")) if x)
+                return Reason.PODS_PENDING, f"pod {name}: {detail or 'waiting'}"
+        return Reason.PODS_PENDING, f"pod {name} is Pending"
+    failed = [e for e in events if e.get("reason") == KubernetesReason.FAILED_CREATE]
+    if not pods and failed:
+        latest = max(failed, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+        return Reason.FAILED_CREATE, str(latest.get("message") or "pods cannot be created")
+    return Reason.PODS_PENDING, "no pod of the launcher runs yet"
+
+
+Reads = Literal["none", "jobs", "all"]
+
+
+def reads(job: Manifest) -> Reads:
+    """Which of a job's children its next pass can depend on: none before its first attempt
+    (nothing of it exists yet; a crash that left some is settled by create-or-adopt), every kind
+    when it is Suspended (an attempt whose launcher the suspension deleted is known by the rest)
+    or finished (the TTL deletes them all), else its Jobs (launchers and export Jobs)."""
+    status = job.get("status") or {}
+    phase = status.get("phase")
+    fresh = (None, Phase.pending.value, Phase.waiting_for_dependencies.value)
+    if phase in fresh and not int(status.get("attempt") or 0):
+        return "none"
+    if phase in (Phase.suspended.value, Phase.succeeded.value, Phase.failed.value):
+        return "all"
+    return "jobs"
 
 
 def spec_problems(job: Manifest) -> list[str]:
@@ -333,15 +438,26 @@ class _Pass:
         kind: Literal["Normal", "Warning"] = "Warning" if warning else "Normal"
         self.decision.actions.append(Event(kind, reason, message, restart))
 
-    def transition(self, phase: Phase, reason: Reason, message: str, warning: bool = False) -> None:
+    def transition(
+        self,
+        phase: Phase,
+        reason: Reason,
+        message: str,
+        warning: bool = False,
+        restart: Reason | None = None,
+    ) -> None:
+        """Enter ``phase``: one event per phase change, with the reason for the change."""
         if self.phase != phase:
             self.set(phase=phase.value)
-            self.event(reason, f"{phase.value}: {message}", warning)
+            self.event(reason, f"{phase.value}: {message}", warning, restart)
 
     def requeue(self, seconds: float) -> None:
         seconds = max(0.0, seconds)
         current = self.decision.requeue_after
         self.decision.requeue_after = seconds if current is None else min(current, seconds)
+
+    def recheck_pods(self, seconds: float) -> None:
+        self.decision.recheck_pods_after = max(0.0, seconds)
 
     def finish(self) -> Decision:
         if self._conditions_changed:
@@ -542,8 +658,11 @@ def _launch(
         p.set(startTime=rfc3339(p.now))
     p.set_condition(RUNNING, True, reason, text)
     p.clear_condition(SUSPENDED, Reason.RESUMED, text)
-    p.event(reason, text, restart=restart)
-    p.transition(Phase.running, Reason.RUNNING, text)
+    if p.phase == Phase.running:  # a later attempt: no phase change, still worth an event
+        p.event(reason, text, restart=restart)
+    else:
+        p.transition(Phase.running, reason, text, restart=restart)
+    p.recheck_pods(p.settings.pods_grace_seconds)
     _deadline_passed(p)  # only to requeue at the deadline
 
 
@@ -590,15 +709,36 @@ def _suspended(p: _Pass) -> None:
     )
 
 
+def _checkpoint_message(checkpoint: dict[str, Any]) -> str:
+    return f"step {checkpoint.get('step')} at {checkpoint['uri']}"
+
+
 def _checkpointed(p: _Pass) -> None:
     checkpoint = p.status.get("lastCheckpoint") or {}
     if checkpoint.get("uri"):
         p.set_condition(
-            CHECKPOINTED,
-            True,
-            Reason.CHECKPOINT_SAVED,
-            f"step {checkpoint.get('step')} at {checkpoint['uri']}",
+            CHECKPOINTED, True, Reason.CHECKPOINT_SAVED, _checkpoint_message(checkpoint)
         )
+
+
+def status_wants_pass(job: Manifest) -> bool:
+    """Whether a change to a running job's status made by someone else (the trainer) asks for a
+    pass: a checkpoint the Checkpointed condition does not name yet. Other status changes
+    (progress, metrics) do not; the operator's own patches never do."""
+    status = job.get("status") or {}
+    checkpoint = status.get("lastCheckpoint") or {}
+    if status.get("phase") != Phase.running.value or not checkpoint.get("uri"):
+        return False
+    conditions = status.get("conditions") or []
+    said = next((c for c in conditions if c.get("type") == CHECKPOINTED), None)
+    return said is None or said.get("message") != _checkpoint_message(checkpoint)
+
+
+def pods_flagged(job: Manifest) -> bool:
+    """Whether the job says its pods do not run (PodsReady False): the launcher event that
+    tells they run now asks for a pass."""
+    conditions = (job.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == PODS_READY and c.get("status") == "False" for c in conditions)
 
 
 def _failure_text(failure: LauncherFailure) -> str:
@@ -669,8 +809,10 @@ def _launch_export(p: _Pass, export_attempt: int, reason: Reason, message: str) 
     p.set(exportAttempt=export_attempt, nextAttemptTime=None)
     p.set_condition(EXPORTED, False, Reason.EXPORT_RUNNING, text)
     p.clear_condition(SUSPENDED, Reason.RESUMED, text)
-    p.event(reason, text)
-    p.transition(Phase.exporting, Reason.EXPORTING, text)
+    if p.phase == Phase.exporting:
+        p.event(reason, text)
+    else:
+        p.transition(Phase.exporting, reason, text)
     _deadline_passed(p)  # only to requeue at the deadline
 
 
@@ -963,6 +1105,7 @@ class _Training(_Attempts):
     def running(self, p: _Pass, attempt: int) -> None:
         p.set_condition(RUNNING, True, Reason.RUNNING, f"attempt {attempt} is running")
         p.clear_condition(RESUMING, Reason.RESUMED, f"attempt {attempt} is running")
+        _pods(p, attempt)
 
     def succeeded(self, p: _Pass) -> None:
         _trained(p)
@@ -974,6 +1117,33 @@ class _Training(_Attempts):
     def mark_retry(self, p: _Pass, reason: Reason, message: str) -> None:
         p.set_condition(RESUMING, True, reason, message)
         p.set_condition(RUNNING, False, reason, message)
+
+
+def _pods(p: _Pass, attempt: int) -> None:
+    """PodsReady: said only when the launcher's pods have not all run within the grace (False,
+    with who says why), and again once they run (True)."""
+    launcher = p.world.launcher
+    ready = pods_ready(launcher) if launcher is not None else None
+    if ready is None:
+        return
+    old = p.condition(PODS_READY)
+    if ready:
+        if old is not None and old.get("status") == "False":
+            message = f"attempt {attempt}: every pod runs"
+            p.set_condition(PODS_READY, True, Reason.PODS_RUNNING, message)
+            p.event(Reason.PODS_RUNNING, message)
+        return
+    left = p.settings.pods_grace_seconds - _age_seconds(launcher, p.now)
+    if left > 0:
+        p.recheck_pods(left)
+        return
+    reason, detail = pods_problem(p.world.launcher_pods, p.world.launcher_events)
+    message = f"attempt {attempt}: {detail}"
+    if old is None or old.get("status") != "False" or old.get("reason") != reason:
+        p.event(reason, message, warning=True)
+    p.set_condition(PODS_READY, False, reason, message)
+    # Look again later for a newer word (recovery itself comes with the launcher's events).
+    p.recheck_pods(max(p.settings.pods_grace_seconds, 30.0))
 
 
 class _Export(_Attempts):
@@ -1072,7 +1242,15 @@ __all__ = [
     "Observed",
     "Settings",
     "backoff_seconds",
+    "launcher_signal",
     "launcher_state",
+    "pods_flagged",
+    "pods_problem",
+    "pods_ready",
+    "pods_to_explain",
+    "reads",
     "reconcile",
+    "signal_needs_pass",
     "spec_problems",
+    "status_wants_pass",
 ]

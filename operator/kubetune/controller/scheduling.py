@@ -1,8 +1,16 @@
-"""When and how often a job is reconciled: one pass at a time per job, requeues the lifecycle
-asks for, retries with backoff after errors, and the safety-net resync of every job.
+"""When and how often a job is reconciled: one pass at a time per job, only when something
+the lifecycle reads may have changed, requeues the lifecycle asks for, retries with backoff
+after errors, and a safety net whose cost does not grow with idle jobs.
+
+Triggers: a job seen for the first time (created, or listed when the operator starts), a new
+``metadata.generation`` (its spec changed), a status change the lifecycle reads
+(:func:`lifecycle.status_wants_pass`), a launcher or export Job whose
+:func:`lifecycle.launcher_signal` changed (its state; whether its pods run, for a job whose
+PodsReady is False), the requeues a decision asks for, and the safety net (:meth:`resync_loop`).
+The operator's own status patches and a launcher's pods starting trigger nothing.
 
 Every trigger ends in :meth:`Scheduler.reconcile_job`, which, under a per-job lock, reads the
-job fresh from the API server, observes its children and dependencies, asks
+job fresh from the API server, observes what its decision can depend on, asks
 :func:`kubetune.controller.lifecycle.reconcile` what to do, and does it (``api_client``).
 """
 
@@ -13,8 +21,6 @@ import logging
 import time
 from datetime import UTC, datetime
 from typing import Any
-
-import kopf
 
 from kubetune.api import KIND, Phase
 from kubetune.builders import ClusterFacts, names
@@ -37,6 +43,8 @@ log = logging.getLogger("kubetune.operator")
 
 JobKey = tuple[str, str]
 """(namespace, name)"""
+ChildKey = tuple[str, str]
+"""(namespace, name) of a Job the operator made (a launcher or an export Job)"""
 
 
 class Scheduler:
@@ -58,6 +66,22 @@ class Scheduler:
         self.timers: dict[JobKey, asyncio.TimerHandle] = {}
         self.failures: dict[JobKey, int] = {}
         self.tasks: set[asyncio.Task[None]] = set()
+        self.pod_checks: dict[JobKey, tuple[asyncio.TimerHandle, str]] = {}
+        """Conditional requeues: (timer, launcher name): a pass unless its pods run by then."""
+        self.generations: dict[JobKey, int | None] = {}
+        """The metadata.generation of each job as last seen in its events."""
+        self.versions: dict[JobKey, str] = {}
+        self.flagged: set[JobKey] = set()
+        """Jobs whose PodsReady is False."""
+        self.signals: dict[ChildKey, tuple[str, lifecycle.LauncherSignal]] = {}
+        """Each Job the operator made: its FineTuneJob's name and what the lifecycle reads."""
+        self.child_versions: dict[ChildKey, str] = {}
+        self.suspects: dict[tuple[str, JobKey], str] = {}
+        """Objects whose listed resourceVersion differed from the last one seen, at the last
+        resync (a missed event if it still differs at the next)."""
+        self.missing: set[JobKey] = set()
+        """Jobs with state kept here that the last resync's list did not show."""
+        self.was_acting = not config.ha
 
     def reset(self) -> None:
         """A new kopf run (a restart, or a second runner in one process) starts with no
@@ -65,6 +89,15 @@ class Scheduler:
         self.locks.clear()
         self.timers.clear()
         self.failures.clear()
+        self.pod_checks.clear()
+        self.generations.clear()
+        self.versions.clear()
+        self.flagged.clear()
+        self.signals.clear()
+        self.child_versions.clear()
+        self.suspects.clear()
+        self.missing.clear()
+        self.was_acting = not self.config.ha
 
     def _lock(self, key: JobKey) -> asyncio.Lock:
         lock = self.locks.get(key)
@@ -78,7 +111,13 @@ class Scheduler:
         handle = self.timers.pop(key, None)
         if handle is not None:
             handle.cancel()
+        check = self.pod_checks.pop(key, None)
+        if check is not None:
+            check[0].cancel()
         self.failures.pop(key, None)
+        self.generations.pop(key, None)
+        self.versions.pop(key, None)
+        self.flagged.discard(key)
         lock = self.locks.get(key)
         if lock is not None and not lock.locked():
             self.locks.pop(key, None)
@@ -100,6 +139,7 @@ class Scheduler:
             facts=facts,
             default_storage=config.default_storage,
             dependency_poll_seconds=config.dependency_poll,
+            pods_grace_seconds=config.pods_grace,
         )
 
     def _pass(self, namespace: str, name: str) -> tuple[dict[str, Any], Decision, list[str]] | None:
@@ -112,8 +152,10 @@ class Scheduler:
             if job is None:
                 return None
             settings = self.lifecycle_settings()
-            world = observe(self.api, job, settings.facts.rayjob_crd)
-            decision = lifecycle.reconcile(job, world, datetime.now(UTC), settings)
+            now = datetime.now(UTC)
+            rayjob = settings.facts.rayjob_crd
+            world = observe(self.api, job, rayjob, now, settings.pods_grace_seconds)
+            decision = lifecycle.reconcile(job, world, now, settings)
             return job, decision, execute(self.api, job, decision)
         except JobGone:
             return None  # deleted meanwhile: the garbage collector takes the rest
@@ -150,6 +192,7 @@ class Scheduler:
                 self.forget(namespace, name)
                 return
             job, decision, done = result
+            self._seed_signals(namespace, name, decision)
             for event in decision.events:
                 self.api.post_event(job, event)
             self._count(job, decision, done)
@@ -170,8 +213,69 @@ class Scheduler:
                 )
             if decision.requeue_after is not None:
                 self.schedule(namespace, name, decision.requeue_after)
+            if decision.recheck_pods_after is not None and status.get("attempt"):
+                launcher = names.launcher_name(name, int(status["attempt"]))
+                self.schedule_pods_check(namespace, name, launcher, decision.recheck_pods_after)
             if decision.status_patch.get("phase") == Phase.succeeded:
                 self._nudge_waiting(namespace)
+
+    def _seed_signals(self, namespace: str, owner: str, decision: Decision) -> None:
+        """What a Job this pass created reads like before its first event: that event (pods
+        not created yet) then changes nothing."""
+        for create in decision.creates:
+            for manifest in create.manifests:
+                if manifest["kind"] in lifecycle.LAUNCHER_KINDS:
+                    key = (namespace, manifest["metadata"]["name"])
+                    self.signals.setdefault(key, (owner, lifecycle.launcher_signal(manifest)))
+
+    # -- what events trigger -----------------------------------------------------------------
+
+    def job_event(self, kind: str | None, body: dict[str, Any]) -> None:
+        """A FineTuneJob event (``kind`` None: listed when the watch started)."""
+        meta = body.get("metadata") or {}
+        key = (meta.get("namespace", ""), meta.get("name", ""))
+        if kind == "DELETED":
+            self.forget(*key)
+            return
+        self.metrics.observe_job(body)
+        self.versions[key] = meta.get("resourceVersion", "")
+        if lifecycle.pods_flagged(body):
+            self.flagged.add(key)
+        else:
+            self.flagged.discard(key)
+        generation = meta.get("generation")
+        first = key not in self.generations
+        if first or self.generations[key] != generation or lifecycle.status_wants_pass(body):
+            self.generations[key] = generation
+            self.schedule(*key, 0)
+
+    def child_event(self, kind: str | None, body: dict[str, Any]) -> None:
+        """An event of a Job (or RayJob) the operator made: a pass for its FineTuneJob when
+        what the lifecycle reads of it changed."""
+        meta = body.get("metadata") or {}
+        namespace = meta.get("namespace", "")
+        owner = (meta.get("labels") or {}).get(names.LABEL_JOB)
+        if not owner:
+            return
+        key = (namespace, meta.get("name", ""))
+        job = (namespace, owner)
+        if kind == "DELETED":
+            self.signals.pop(key, None)
+            self.child_versions.pop(key, None)
+            if job in self.generations:  # not when its job is being deleted
+                self.schedule(*job, self.config.launcher_debounce)
+            return
+        self.child_versions[key] = meta.get("resourceVersion", "")
+        signal = lifecycle.launcher_signal(dict(body))
+        previous = self.signals.get(key)
+        self.signals[key] = (owner, signal)
+        if previous is None or job not in self.generations:
+            return  # made by a pass of ours (seeded), or listed at start (its job's pass reads it)
+        if lifecycle.signal_needs_pass(previous[1], signal, job in self.flagged):
+            self.schedule(*job, self.config.launcher_debounce)
+        elif previous[1][1] is None and signal[1] is False:
+            # Unsuspended (admitted by Kueue): its pods have the grace from now on.
+            self.schedule_pods_check(*job, key[1], self.config.pods_grace)
 
     def _nudge_waiting(self, namespace: str) -> None:
         """A job succeeded: jobs of the namespace waiting for dependencies look again now.
@@ -199,6 +303,23 @@ class Scheduler:
             handle.cancel()
         self.timers[key] = loop.call_at(when, self._fire, key)
 
+    def schedule_pods_check(self, namespace: str, name: str, launcher: str, delay: float) -> None:
+        """A pass after delay seconds unless the launcher's pods all run by then."""
+        key = (namespace, name)
+        old = self.pod_checks.pop(key, None)
+        if old is not None:
+            old[0].cancel()
+        loop = asyncio.get_running_loop()
+        handle = loop.call_at(loop.time() + max(0.0, delay), self._check_pods, key)
+        self.pod_checks[key] = (handle, launcher)
+
+    def _check_pods(self, key: JobKey) -> None:
+        _, launcher = self.pod_checks.pop(key, (None, ""))
+        known = self.signals.get((key[0], launcher))
+        if known is not None and known[1] != ("running", False):
+            return  # its pods run (or it finished: that event asked for its own pass)
+        self.schedule(*key, 0)
+
     def _fire(self, key: JobKey) -> None:
         self.timers.pop(key, None)
         task = asyncio.get_running_loop().create_task(self._scheduled(key))
@@ -222,40 +343,52 @@ class Scheduler:
             )
             self.schedule(namespace, name, delay)
 
-    async def handler_pass(self, namespace: str, name: str) -> None:
-        """For kopf's change handlers: errors become TemporaryError (kopf retries with
-        delay)."""
-        try:
-            await self.reconcile_job(namespace, name)
-        except kopf.TemporaryError:
-            raise
-        except Exception as err:
-            raise kopf.TemporaryError(
-                f"reconcile failed: {describe(err)}", delay=self.retry_delay((namespace, name))
-            ) from err
-
     # -- the safety net ----------------------------------------------------------------------
 
     async def resync_loop(self) -> None:
-        """Every job is looked at again each interval, whatever event was missed, and state
-        kept for jobs that no longer exist is dropped (a missed DELETED event cannot leak
-        memory). An operator-level loop rather than ``kopf.timer``, which would put a kopf
-        finalizer on every job, so that deleting a job would wait for a running operator."""
+        """Each interval: one metadata-only list of the jobs and one of their Jobs. State kept
+        for objects that no longer exist is dropped (a missed DELETED event cannot leak
+        memory); an object whose resourceVersion differs from the last one its events showed,
+        twice in a row, missed an event: its job is reconciled. A replica that just became the
+        active one reconciles every job (its timers never ran). An operator-level loop rather
+        than ``kopf.timer``, which would put a kopf finalizer on every job, so that deleting a
+        job would wait for a running operator."""
         interval = self.config.timer_interval
         while True:
             await asyncio.sleep(interval)
             if not await self.peering.is_acting():
+                self.was_acting = False
                 continue
             try:
-                listed = await asyncio.to_thread(self.api.list_jobs)
+                jobs = await asyncio.to_thread(self.api.job_versions)
+                children = await asyncio.to_thread(self.api.launcher_versions)
             except Exception as err:
-                log.warning("resync: cannot list jobs (%s)", err)
+                log.warning("resync: cannot list jobs (%s)", describe(err))
                 continue
-            existing = {(i["metadata"]["namespace"], i["metadata"]["name"]) for i in listed}
-            kept = {*self.locks, *self.timers, *self.failures, *self.metrics.known_jobs()}
-            for key in [k for k in kept if k not in existing]:
+            took_over, self.was_acting = not self.was_acting, True
+            kept = {*self.locks, *self.timers, *self.failures, *self.generations}
+            missing = {k for k in kept | set(self.metrics.known_jobs()) if k not in jobs}
+            for key in missing & self.missing:  # twice: not just created after the list
                 self.forget(*key)
-            # Spread over the interval: a thousand passes at once would delay event-driven ones.
-            spacing = interval / max(1, len(existing))
-            for i, (namespace, name) in enumerate(sorted(existing)):
+            self.missing = missing - self.missing
+            for key in [k for k in self.signals if k not in children]:
+                self.signals.pop(key, None)
+                self.child_versions.pop(key, None)
+            due = set(jobs) if took_over else set()
+            suspects: dict[tuple[str, JobKey], str] = {}
+            for key, version in jobs.items():
+                if self.versions.get(key) != version:
+                    suspects[("job", key)] = version
+            for key, (owner, version) in children.items():
+                if owner and self.child_versions.get(key) != version:
+                    suspects[("child", key)] = version
+            for (what, key), version in suspects.items():
+                if self.suspects.get((what, key)) == version:
+                    due.add(key if what == "job" else (key[0], children[key][0]))
+            self.suspects = suspects
+            if due:
+                log.info("resync: %d job(s) to look at again", len(due))
+            # Spread over the interval: many passes at once would delay event-driven ones.
+            spacing = interval / max(1, len(due))
+            for i, (namespace, name) in enumerate(sorted(due)):
                 self.schedule(namespace, name, i * spacing)
