@@ -45,6 +45,13 @@ class OperatorConfig:
     """KUBETUNE_LAUNCHER_DEBOUNCE_SECONDS: a launcher's status changes in bursts (pods created,
     active, ready); events within this window end in one reconcile pass."""
     crd_refresh: float = 300.0  # how often to look for the RayJob CRD again
+    sweep_storage: str = ""
+    """KUBETUNE_SWEEP_STORAGE: the SQLAlchemy URL of the database holding FineTuneSweeps'
+    Optuna studies, e.g. postgresql+psycopg://USER:PASSWORD@HOST/DB (the chart reads it from a
+    Secret). Unset: sweeps wait with StudyReady=False."""
+    sweep_debounce: float = 1.0
+    """KUBETUNE_SWEEP_DEBOUNCE_SECONDS: a sweep's trials change status in bursts (progress
+    reports); changes within this window end in one pass of the sweep."""
     fault_exit_after_creates: int = 0
     """KUBETUNE_FAULT_EXIT_AFTER_CREATES (fault injection for tests): the process dies
     (exit code 3) right after its Nth successful child creation, before anything else."""
@@ -70,5 +77,7 @@ class OperatorConfig:
             server_timeout=_float(env, "KUBETUNE_WATCH_TIMEOUT_SECONDS", 300.0),
             api_workers=int(env.get("KUBETUNE_API_WORKERS", "32")),
             launcher_debounce=_float(env, "KUBETUNE_LAUNCHER_DEBOUNCE_SECONDS", 0.5),
+            sweep_storage=env.get("KUBETUNE_SWEEP_STORAGE", ""),
+            sweep_debounce=_float(env, "KUBETUNE_SWEEP_DEBOUNCE_SECONDS", 1.0),
             fault_exit_after_creates=int(env.get("KUBETUNE_FAULT_EXIT_AFTER_CREATES", "0")),
         )
