@@ -11,6 +11,8 @@ from kubetune import __version__
 from kubetune.api import FineTuneJob, model_dependencies
 from kubetune.inference_cli import add_inference_commands
 from kubetune.planner import LOCAL_STORAGE, dependency_output, make_plan
+from kubetune.sweep_cli import add_sweep_command
+from kubetune.sweep_validation import load_sweeps
 from kubetune.validation import job_key, load_jobs, pipeline_problems
 
 DEMO_PIPELINE = Path(__file__).with_name("demo") / "pipeline.yaml"
@@ -20,6 +22,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     paths = [Path(p) for p in args.files]
     jobs, problems = load_jobs(paths)
     problems += pipeline_problems(jobs)
+    sweeps, sweep_problems = load_sweeps(paths)
+    problems += sweep_problems
     for problem in problems:
         print(problem, file=sys.stderr)
     if problems:
@@ -46,6 +50,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     else:
         for doc, job in jobs:
             print(f"{doc.file}: {'/'.join(job_key(job))} ({job.spec.method}) is valid")
+        for doc, sweep in sweeps:
+            print(f"{doc.file}: {sweep.namespace}/{sweep.metadata.name} (FineTuneSweep) is valid")
     return 0
 
 
@@ -108,9 +114,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_crd(args: argparse.Namespace) -> int:
-    from kubetune.crd import render
+    from kubetune.crd import render, render_sweep
 
-    sys.stdout.write(render())
+    sys.stdout.write(render() + "---\n" + render_sweep())
     return 0
 
 
@@ -171,9 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--storage", default=LOCAL_STORAGE, help="the runs' storage root")
     export.set_defaults(func=cmd_export)
 
-    crd = commands.add_parser("crd", help="print the FineTuneJob CustomResourceDefinition")
+    crd = commands.add_parser(
+        "crd", help="print the FineTuneJob and FineTuneSweep CustomResourceDefinitions"
+    )
     crd.set_defaults(func=cmd_crd)
     add_inference_commands(commands)
+    add_sweep_command(commands)
     return parser
 
 

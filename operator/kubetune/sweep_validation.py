@@ -37,6 +37,24 @@ def sweep_problems(manifest: dict[str, Any]) -> list[str]:
     return [f"{p.path}: {p.message}" if p.path else p.message for p in problems]
 
 
+def load_sweeps(paths: list[Path]) -> tuple[list[tuple[Document, FineTuneSweep]], list[Problem]]:
+    """Every FineTuneSweep in the files and the problems found in them (files that are not
+    valid YAML are left to the FineTuneJob loader, which reports them)."""
+    found: list[tuple[Document, FineTuneSweep]] = []
+    problems: list[Problem] = []
+    for path in paths:
+        documents, file_problems = load_documents(path)
+        if file_problems:
+            continue
+        for doc in documents:
+            if isinstance(doc.data, dict) and doc.data.get("kind") == SWEEP_KIND:
+                sweep, sweep_problems = parse_sweep(doc)
+                problems += sweep_problems
+                if sweep is not None:
+                    found.append((doc, sweep))
+    return found, problems
+
+
 def load_sweep(path: Path) -> tuple[FineTuneSweep | None, dict[str, Any], list[Problem]]:
     """The one FineTuneSweep of a file (documents of other kinds are skipped), as validated and
     as written, or the problems found."""
@@ -55,4 +73,4 @@ def load_sweep(path: Path) -> tuple[FineTuneSweep | None, dict[str, Any], list[P
     return sweep, sweeps[0].data, problems
 
 
-__all__ = ["load_sweep", "parse_sweep", "sweep_problems"]
+__all__ = ["load_sweep", "load_sweeps", "parse_sweep", "sweep_problems"]

@@ -474,7 +474,7 @@ def _advance(
             manifest = trial_manifest(p.raw, t.study.number, t.study.params)
             p.act(CreateTrial(t.study.number, manifest))
             name = manifest["metadata"]["name"]
-            p.event(Reason.TRIAL_CREATED, f"{name}: {_params_text(t.study.params)}")
+            p.event(Reason.TRIAL_CREATED, f"{name} created: {_params_text(t.study.params)}")
     active = count[TrialState.pending] + count[TrialState.running]
     asked = len(current)
     budget = trial_budget(spec)
