@@ -73,7 +73,8 @@ def distributions(spec: FineTuneSweepSpec) -> dict[str, BaseDistribution]:
 def make_sampler(spec: FineTuneSweepSpec, asked: int) -> optuna.samplers.BaseSampler:
     """The sampler for the next trial. A sampler is made per ask (the operator is restartable
     and keeps nothing in memory), seeded with the sweep's seed plus the trials asked so far,
-    so a seeded sweep is reproducible and two asks never draw alike."""
+    so a seeded sweep is reproducible and two asks never draw alike. The grid sampler numbers
+    its points in an order its seed shuffles: every instance needs the same seed."""
     algorithm = spec.algorithm
     seed = None if algorithm.seed is None else algorithm.seed + asked
     match algorithm.name:
@@ -81,7 +82,7 @@ def make_sampler(spec: FineTuneSweepSpec, asked: int) -> optuna.samplers.BaseSam
             return optuna.samplers.RandomSampler(seed=seed)
         case "grid":
             space = {p.path: grid_values(p) for p in spec.parameters}
-            return optuna.samplers.GridSampler(space, seed=seed)
+            return optuna.samplers.GridSampler(space, seed=algorithm.seed or 0)
         case "cmaes":
             return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
         case _:
@@ -129,6 +130,7 @@ class Studies:
             storage=self.storage,
             study_name=name,
             directions=[o.direction for o in spec.objectives],
+            sampler=optuna.samplers.RandomSampler(),  # asking sets the sweep's own (_ask)
             pruner=make_pruner(spec),
             load_if_exists=True,
         )
@@ -175,6 +177,18 @@ def _live_trial(study: optuna.Study, number: int) -> tuple[Trial, Any] | None:
     return None
 
 
+def _ask(study: optuna.Study, spec: FineTuneSweepSpec) -> Trial:
+    """One new trial, its values drawn by the sweep's sampler. Only asking uses it: telling
+    with the grid sampler would make it stop the study once the grid is done, which Optuna
+    refuses outside ``optimize``."""
+    neutral = study.sampler
+    study.sampler = make_sampler(spec, len(study.get_trials(deepcopy=False)))
+    try:
+        return study.ask(distributions(spec))
+    finally:
+        study.sampler = neutral
+
+
 def apply(study: optuna.Study, spec: FineTuneSweepSpec, actions: list[SweepAction]) -> list[str]:
     """Carry out the decision's study actions, in order; returns log lines."""
     done: list[str] = []
@@ -182,8 +196,7 @@ def apply(study: optuna.Study, spec: FineTuneSweepSpec, actions: list[SweepActio
     for action in actions:
         if isinstance(action, Ask):
             for _ in range(action.count):
-                study.sampler = make_sampler(spec, len(study.get_trials(deepcopy=False)))
-                trial = study.ask(distributions(spec))
+                trial = _ask(study, spec)
                 shown = ", ".join(f"{k}={format_value(v)}" for k, v in trial.params.items())
                 done.append(f"asked trial {trial.number} ({shown})")
         elif isinstance(action, Report):

@@ -399,6 +399,22 @@ def test_a_seeded_study_asks_for_different_values_each_time(tmp_path: Path):
     assert len(set(values)) == 6, values
 
 
+@pytest.mark.parametrize("seed", [None, 3])
+def test_a_grid_sweep_tries_every_point_once(tmp_path: Path, seed: int | None):
+    values = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2]
+    sweep = make_sweep(
+        maxTrials=10,
+        parallelism=2,
+        pruner=None,
+        parameters=[{"path": LR, "type": "categorical", "values": values}],
+        algorithm={"name": "grid", **({"seed": seed} if seed is not None else {})},
+    )
+    status, _ = _run(tmp_path, sweep, lambda lr, step: lr)
+    tried = sorted(float(r["parameters"][LR]) for r in status["trials"])
+    assert tried == values  # the budget is the grid's size, each point once
+    assert status["bestTrial"]["parameters"][LR] == "0.0001"
+
+
 # --------------------------------------------------------------------------- finetunejob://<sweep>/best
 
 

@@ -52,6 +52,10 @@ class OperatorConfig:
     sweep_debounce: float = 1.0
     """KUBETUNE_SWEEP_DEBOUNCE_SECONDS: a sweep's trials change status in bursts (progress
     reports); changes within this window end in one pass of the sweep."""
+    fault_exit_after_asks: int = 0
+    """KUBETUNE_FAULT_EXIT_AFTER_ASKS (fault injection for tests): the process dies (exit code
+    3) right after a sweep's study was asked for trials the Nth time, before their FineTuneJobs
+    are made."""
     fault_exit_after_creates: int = 0
     """KUBETUNE_FAULT_EXIT_AFTER_CREATES (fault injection for tests): the process dies
     (exit code 3) right after its Nth successful child creation, before anything else."""
@@ -79,5 +83,6 @@ class OperatorConfig:
             launcher_debounce=_float(env, "KUBETUNE_LAUNCHER_DEBOUNCE_SECONDS", 0.5),
             sweep_storage=env.get("KUBETUNE_SWEEP_STORAGE", ""),
             sweep_debounce=_float(env, "KUBETUNE_SWEEP_DEBOUNCE_SECONDS", 1.0),
+            fault_exit_after_asks=int(env.get("KUBETUNE_FAULT_EXIT_AFTER_ASKS", "0")),
             fault_exit_after_creates=int(env.get("KUBETUNE_FAULT_EXIT_AFTER_CREATES", "0")),
         )

@@ -15,6 +15,8 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,6 +31,7 @@ from kubetune.controller.config import OperatorConfig
 from kubetune.controller.lifecycle import Delete, Event
 from kubetune.controller.peering import Peering
 from kubetune.controller.sweep_lifecycle import (
+    Ask,
     CreateTrial,
     DeleteTrial,
     StopTrial,
@@ -140,7 +143,12 @@ def post_event(api: ApiClient, sweep: dict[str, Any], event: Event) -> None:
 
 
 def execute(
-    api: ApiClient, study: Any, model: FineTuneSweep | None, sweep: dict[str, Any], d: SweepDecision
+    api: ApiClient,
+    study: Any,
+    model: FineTuneSweep | None,
+    sweep: dict[str, Any],
+    d: SweepDecision,
+    after_study: Callable[[SweepDecision], None] = lambda d: None,
 ) -> list[str]:
     """Carry out a decision: the study's actions, then the trial FineTuneJobs, then the
     status patch (events are posted by the caller). Returns log lines."""
@@ -149,6 +157,7 @@ def execute(
     done: list[str] = []
     if study is not None and model is not None:
         done += apply(study, model.spec, d.actions)
+        after_study(d)
     jobs = api.resource(API_VERSION, KIND)
     for action in d.actions:
         if isinstance(action, CreateTrial):
@@ -193,6 +202,17 @@ class SweepScheduler:
         self.timers: dict[SweepKey, asyncio.TimerHandle] = {}
         self.failures: dict[SweepKey, int] = {}
         self.tasks: set[asyncio.Task[None]] = set()
+        self._asks = 0
+
+    def _count_asks(self, decision: SweepDecision) -> None:
+        if not decision.of(Ask):
+            return
+        self._asks += 1
+        limit = self.config.fault_exit_after_asks
+        if limit and self._asks >= limit:
+            log.warning("fault injection: exiting after asking a study for trials")
+            logging.shutdown()
+            os._exit(3)
 
     def reset(self) -> None:
         self.locks.clear()
@@ -234,7 +254,11 @@ class SweepScheduler:
             datetime.now(UTC),
             self.settings,
         )
-        return sweep, decision, execute(self.api, study, model, sweep, decision)
+        return (
+            sweep,
+            decision,
+            execute(self.api, study, model, sweep, decision, after_study=self._count_asks),
+        )
 
     def _pass(
         self, namespace: str, name: str

@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 from kubetune.api import API_VERSION, KIND, Phase
 from kubetune.builders import names
+from kubetune.builders.common import POD_ANNOTATIONS
 from kubetune.controller.lifecycle import Event, rfc3339
 from kubetune.reasons import ConditionType, Reason
 from kubetune.sweep_api import (
@@ -518,9 +519,12 @@ def _params_text(params: dict[str, Any]) -> str:
 
 
 def trial_manifest(sweep: Manifest, number: int, params: dict[str, Any]) -> Manifest:
-    """The FineTuneJob of a trial: the template with the trial's values, owned by the sweep."""
+    """The FineTuneJob of a trial: the template with the trial's values, owned by the sweep.
+    The sweep's kubetune.io/pod-annotations annotation (annotations for the trainer pods)
+    reaches every trial."""
     meta = sweep["metadata"]
     name = meta["name"]
+    pod_annotations = (meta.get("annotations") or {}).get(POD_ANNOTATIONS)
     owner = {
         "apiVersion": API_VERSION,
         "kind": SWEEP_KIND,
@@ -540,6 +544,7 @@ def trial_manifest(sweep: Manifest, number: int, params: dict[str, Any]) -> Mani
                 names.LABEL_MANAGED_BY: names.MANAGER,
             },
             "ownerReferences": [owner],
+            **({"annotations": {POD_ANNOTATIONS: pod_annotations}} if pod_annotations else {}),
         },
         "spec": trial_spec(sweep["spec"]["template"], params),
     }
