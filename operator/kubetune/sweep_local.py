@@ -54,6 +54,7 @@ from kubetune_trainer.plan import Scaling
 from kubetune_trainer.training.checkpoints import CheckpointStore
 
 LOCAL_UID = "local"
+EVAL_TIMINGS = ("eval_runtime", "eval_samples_per_second", "eval_steps_per_second")
 EXIT_SWEEP_FAILED = 1
 EXIT_INTERRUPTED = 130
 MANIFEST = "trial.json"
@@ -82,7 +83,7 @@ def history_values(run_dir: Path) -> tuple[int | None, dict[str, float]]:
             continue  # a line being written
         step = entry.get("step", step)
         for key, value in entry.items():
-            usable = key == TRAINING_LOSS or (key.startswith("eval_") and "runtime" not in key)
+            usable = key == TRAINING_LOSS or (key.startswith("eval_") and key not in EVAL_TIMINGS)
             if usable and isinstance(value, int | float):
                 metrics[key] = float(value)
     return step, metrics
@@ -170,6 +171,7 @@ class LocalSweep:
         name = manifest["metadata"]["name"]
         stopped = (run_dir / STOPPED_FILE).exists()
         exit_file = run_dir / EXIT_FILE
+        # Running: its process runs, or it was interrupted and resumes (see run()).
         phase, message, output = Phase.running.value, "", None
         if number not in self.running and exit_file.is_file():
             code = int(exit_file.read_text())
@@ -181,6 +183,8 @@ class LocalSweep:
             else:
                 phase = Phase.failed.value
                 message = f"kubetune-train exited with {code} (see {run_dir / 'trainer.log'})"
+        elif number not in self.running and stopped:
+            phase = Phase.suspended.value
         return TrialJob(
             number=number,
             name=name,
@@ -209,7 +213,11 @@ class LocalSweep:
         command = [sys.executable, "-m", "kubetune_trainer.cli", "--plan", str(plan_path)]
         command += ["--local", "--mode", "single"]
         log = (run_dir / "trainer.log").open("ab")
-        process = subprocess.Popen(command, env=trainer_env(run_dir), stdout=log, stderr=log)
+        # A session of its own: Ctrl-C reaches this process only, which passes SIGTERM on
+        # (the trainer then saves a checkpoint before it stops).
+        process = subprocess.Popen(
+            command, env=trainer_env(run_dir), stdout=log, stderr=log, start_new_session=True
+        )
         self.running[number] = _Running(process, log)
 
     def stop(self, name: str) -> None:
@@ -226,7 +234,7 @@ class LocalSweep:
                 continue
             run.log.close()
             del self.running[number]
-            if not self.interrupted:
+            if not self.interrupted or code == EXIT_OK:  # an interrupted one resumes later
                 (self.trial_dir(number) / EXIT_FILE).write_text(str(code))
 
     def execute(self, study: Any, decision: SweepDecision) -> None:
@@ -292,8 +300,7 @@ class LocalSweep:
         )
         for run in self.running.values():
             run.process.wait()
-            run.log.close()
-        self.running.clear()
+        self.reap()
         print("run the same command again to resume the sweep", file=self.out)
         return EXIT_INTERRUPTED
 

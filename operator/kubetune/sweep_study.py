@@ -76,7 +76,8 @@ def make_sampler(spec: FineTuneSweepSpec, asked: int) -> optuna.samplers.BaseSam
     so a seeded sweep is reproducible and two asks never draw alike. The grid sampler numbers
     its points in an order its seed shuffles: every instance needs the same seed."""
     algorithm = spec.algorithm
-    seed = None if algorithm.seed is None else algorithm.seed + asked
+    # Distinct streams per sweep seed: seed+asked would make sweeps with seeds 1 and 2 overlap.
+    seed = None if algorithm.seed is None else (algorithm.seed * 1_000_003 + asked) % 2**32
     match algorithm.name:
         case "random":
             return optuna.samplers.RandomSampler(seed=seed)
