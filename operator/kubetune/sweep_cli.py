@@ -35,7 +35,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(problem, file=sys.stderr)
     if sweep is None:
         return EXIT_INVALID
-    from kubetune.sweep_local import LocalSweep, summary
+    from kubetune.sweep_local import LocalSweep, shown, summary
     from kubetune.sweep_study import Studies
 
     local = LocalSweep(raw=raw, storage=Path(args.storage), parallel=args.parallel)
@@ -56,7 +56,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(
             f"== sweep {local.namespace}/{local.name}: {spec.max_trials} trials, "
             f"{args.parallel} at a time, {spec.algorithm.name}, {pruner}; "
-            f"study {local.dir / 'study.db'}",
+            f"study {shown(local.dir / 'study.db')}",
             flush=True,
         )
         code = local.run(Studies(f"sqlite:///{local.dir / 'study.db'}"))

@@ -142,8 +142,8 @@ class LocalSweep:
             before = json.loads(recorded.read_text())
             if before != spec:
                 return (
-                    f"{self.dir} holds a sweep {self.name} with another spec; resume it with "
-                    "its own file, or start over with --fresh"
+                    f"{shown(self.dir)} holds a sweep {self.name} with another spec; resume it "
+                    "with its own file, or start over with --fresh"
                 )
             return None
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -182,7 +182,9 @@ class LocalSweep:
                 phase = Phase.suspended.value
             else:
                 phase = Phase.failed.value
-                message = f"kubetune-train exited with {code} (see {run_dir / 'trainer.log'})"
+                message = (
+                    f"kubetune-train exited with {code} (see {shown(run_dir / 'trainer.log')})"
+                )
         elif number not in self.running and stopped:
             phase = Phase.suspended.value
         return TrialJob(
@@ -338,6 +340,16 @@ def _without_owner(manifest: dict[str, Any]) -> dict[str, Any]:
     return {**manifest, "metadata": meta}
 
 
+def shown(path: str | Path | None) -> str:
+    """A path as the user gave it: relative to the working directory when under it."""
+    if path is None:
+        return "-"
+    try:
+        return str(Path(path).relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def _clock() -> str:
     return datetime.now().strftime("%H:%M:%S")
 
@@ -377,8 +389,10 @@ def summary(sweep: LocalSweep, status: dict[str, Any], write: Callable[[str], No
         text = yaml.safe_dump(job, sort_keys=False)
         path.write_text(text)
         link = sweep.link_best(status)
-        write(f"model: {best.get('output')} (finetunejob://{sweep.name}/best: {link})")
-        write(f"\nThe best trial as a FineTuneJob ({path}):\n\n{text}")
+        write(
+            f"model: {shown(best.get('output'))} (finetunejob://{sweep.name}/best: {shown(link)})"
+        )
+        write(f"\nThe best trial as a FineTuneJob ({shown(path)}):\n\n{text}")
     for entry in status.get("paretoFront") or []:
         values = ", ".join(f"{k}={v}" for k, v in entry["values"].items())
         write(f"pareto front: {entry['name']} ({values})")
@@ -389,4 +403,4 @@ def summary(sweep: LocalSweep, status: dict[str, Any], write: Callable[[str], No
             write(f"{condition['type']}: {condition['message']}")
 
 
-__all__ = ["LocalSweep", "history_values", "summary", "trials_table"]
+__all__ = ["LocalSweep", "history_values", "shown", "summary", "trials_table"]

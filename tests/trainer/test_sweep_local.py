@@ -67,9 +67,9 @@ SWEEP = {
 HELD_OUT = 100
 
 
-def sweep_command(path: Path, storage: Path) -> list[str]:
-    return [sys.executable, "-m", "kubetune.cli", "sweep", str(path), "--local",
-            "--parallel", "2", "--storage", str(storage)]  # fmt: skip
+# Run in the sweep's directory, as a user would (docs/sweeps.md shows this output).
+SWEEP_COMMAND = [sys.executable, "-m", "kubetune.cli", "sweep", "sweep.yaml", "--local",
+                 "--parallel", "2"]  # fmt: skip
 
 
 def correct_answers(model_source: str) -> list[float]:
@@ -97,12 +97,12 @@ def test_local_sweep_resumes_prunes_and_beats_the_default_learning_rate(tmp_path
     started = time.monotonic()
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(SWEEP, sort_keys=False))
-    storage = tmp_path / "runs"
+    storage = tmp_path / "runs"  # the default, ./runs
     sweep_dir = storage / "default" / "add-one-lr"
     env = os.environ | {"KUBETUNE_METRICS_PORT": "0"}
 
     # Interrupted while the first two trials run (after their first evaluation)...
-    first = subprocess.Popen(sweep_command(path, storage), env=env, stdout=subprocess.PIPE,
+    first = subprocess.Popen(SWEEP_COMMAND, env=env, cwd=tmp_path, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)  # fmt: skip
     deadline = time.monotonic() + 240
     while not any(
@@ -113,14 +113,16 @@ def test_local_sweep_resumes_prunes_and_beats_the_default_learning_rate(tmp_path
         time.sleep(0.5)
     first.send_signal(signal.SIGINT)
     out, _ = first.communicate(timeout=180)
+    sys.stderr.write(f"\n$ kubetune sweep sweep.yaml --local --parallel 2\n{out}^C\n")
     assert first.returncode == 130, out
     assert "run the same command again to resume" in out
     interrupted = json.loads((sweep_dir / "status.json").read_text())
     assert interrupted["phase"] == "Running"
 
     # ...and resumed: the same command finishes it.
-    second = subprocess.run(sweep_command(path, storage), env=env, capture_output=True,
+    second = subprocess.run(SWEEP_COMMAND, env=env, cwd=tmp_path, capture_output=True,
                             text=True, timeout=900)  # fmt: skip
+    sys.stderr.write(f"\n$ kubetune sweep sweep.yaml --local --parallel 2\n{second.stdout}\n")
     assert second.returncode == 0, second.stdout + second.stderr
     assert "add-one-lr-t0: resumed" in second.stdout or "add-one-lr-t1: resumed" in second.stdout
     status = json.loads((sweep_dir / "status.json").read_text())
