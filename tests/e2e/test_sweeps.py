@@ -311,3 +311,84 @@ def test_sweep_prunes_marks_the_best_and_survives_three_operator_kills(
         f"\n[sweeps] {len(GRID)} trials, {len(pruned)} pruned, 3 operator kills, "
         f"{time.monotonic() - started:.1f}s\n{printed}"
     )
+
+
+# --------------------------------------------------------------------------- the CRD alone
+
+
+def _apply(cluster, namespace: str, obj: dict[str, Any], *extra: str):
+    return cluster.kubectl_proc("apply", "-n", namespace, *extra, "-f", "-", input=json.dumps(obj))
+
+
+def _variant(**spec: Any) -> dict[str, Any]:
+    obj = sweep_manifest()
+    obj["spec"].update(spec)
+    return obj
+
+
+LR_FLOAT = {"path": "training.learningRate", "type": "float", "min": 1e-5, "max": 1e-2}
+
+
+@pytest.mark.parametrize(
+    ("obj", "message"),
+    [
+        (
+            _variant(algorithm={"name": "cmaes"}),
+            "algorithm cmaes samples float and int parameters only",
+        ),
+        (
+            _variant(parameters=[{"path": "peft.r", "type": "categorical"}]),
+            "a categorical parameter needs values",
+        ),
+        (
+            _variant(parameters=[{**LR_FLOAT, "min": 0, "log": True}]),
+            "a log-scale parameter needs min above 0",
+        ),
+        (
+            _variant(parameters=[LR_FLOAT], algorithm={"name": "cmaes"},
+                     objectives=[{"metric": "loss", "direction": "minimize"},
+                                 {"metric": "eval_loss", "direction": "minimize"}]),
+            "algorithm cmaes optimises one objective",
+        ),
+        (
+            _variant(template={**sweep_manifest()["spec"]["template"], "dpo": {"beta": 0.1}}),
+            "spec.dpo is only allowed when method is dpo",
+        ),
+        (_variant(maxTrials=0), "spec.maxTrials"),
+    ],
+    ids=["cmaes-categorical", "no-values", "log-from-zero", "cmaes-two-objectives",
+         "template-rule", "bounds"],
+)  # fmt: skip
+def test_api_server_refuses_a_bad_sweep(cluster, namespace, obj, message):
+    result = _apply(cluster, namespace, obj, "--dry-run=server")
+    assert result.returncode != 0, f"accepted: {obj['spec']}"
+    assert message in result.stderr, result.stderr
+
+
+def test_sweep_name_length_search_immutable_once_started_and_kubectl_explain(cluster, namespace):
+    long = sweep_manifest()
+    long["metadata"]["name"] = "x" * 43
+    result = _apply(cluster, namespace, long, "--dry-run=server")
+    assert result.returncode != 0 and "at most 42 characters" in result.stderr
+
+    assert _apply(cluster, namespace, sweep_manifest()).returncode == 0
+    cluster.kubectl(
+        "patch", "finetunesweep", SWEEP, "-n", namespace, "--subresource=status",
+        "--type=merge", "-p", json.dumps({"status": {"phase": "Running"}}),
+    )  # fmt: skip
+    result = _apply(cluster, namespace, _variant(parameters=[LR_FLOAT]))
+    assert "spec.parameters cannot change once the sweep has started" in result.stderr
+    assert _apply(cluster, namespace, _variant(maxTrials=12)).returncode == 0  # a budget can
+
+    explained = " ".join(cluster.kubectl("explain", "finetunesweep.spec").split())
+    for words in (
+        "The search space: fields of the template",
+        "What to optimise. Several objectives search for the Pareto front",
+        "Trials running at once.",
+    ):
+        assert words in explained, explained
+    explained = " ".join(cluster.kubectl("explain", "finetunesweep.spec.parameters.path").split())
+    assert "by its camelCase path, e.g. training.learningRate" in explained, explained
+    printed = cluster.kubectl("get", "fts", "-n", namespace)
+    assert printed.split()[:8] == ["NAME", "PHASE", "COMPLETED", "RUNNING", "PRUNED", "FAILED",
+                                   "BEST", "AGE"], printed  # fmt: skip
