@@ -247,7 +247,7 @@ def test_sweep_prunes_marks_the_best_and_survives_three_operator_kills(
         operator.start(**env)
 
         # Kill 3: SIGKILL right after a trial's pods succeeded, before the sweep saw it.
-        run_until(trials, lambda: len(trials.finished) >= 3, 120, "three trials to finish")
+        run_until(trials, lambda: len(trials.finished) >= 2, 120, "two trials to finish")
         operator.kill()
         operator.start(**env)
 
@@ -286,9 +286,9 @@ def test_sweep_prunes_marks_the_best_and_survives_three_operator_kills(
         n: {"COMPLETE": "Completed", "PRUNED": "Pruned"}[s] for n, s in states.items()
     }
     pruned = [r for r in rows.values() if r["state"] == "Pruned"]
-    assert pruned, rows
+    assert any(r["step"] < MAX_STEPS for r in pruned), rows  # stopped before its last step
     for row in pruned:
-        assert row["step"] < MAX_STEPS and row["message"].startswith("pruned at step")
+        assert row["message"].startswith(f"pruned at step {row['step']}: loss="), row
         job = custom.get_namespaced_custom_object(
             GROUP, VERSION, namespace, "finetunejobs", row["name"]
         )
