@@ -457,3 +457,34 @@ def test_a_job_on_the_best_of_a_sweep_waits_for_the_sweep_then_starts_from_its_b
 def test_the_best_of_an_unfinished_sweep_is_not_ready(phase: str):
     dep = best_dependency(make_sweep({"phase": phase}))
     assert dep is not None and dep["status"]["phase"] == phase and dep["status"]["output"] is None
+
+
+def test_a_trial_is_read_from_its_finetunejob_status():
+    from kubetune.controller.sweep_io import trial_job
+
+    obj = {
+        "metadata": {"name": "lr-t3", "labels": {LABEL_SWEEP: "lr", LABEL_TRIAL: "3"}},
+        "spec": {"runtime": {"suspend": True}},
+        "status": {
+            "phase": "Failed",
+            "progress": {
+                "step": 47,
+                "loss": "1.2500",
+                "evalMetrics": {"eval_loss": "1.61", "eval_perplexity": "5.0", "eval_x": "nan"},
+            },
+            "conditions": [{"type": "Failed", "status": "True", "message": "exit code 1"}],
+            "output": "s3://b/lr-t3/output",
+        },
+    }
+    job = trial_job(obj)
+    assert job == TrialJob(
+        number=3,
+        name="lr-t3",
+        phase="Failed",
+        suspended=True,
+        step=47,
+        metrics={"loss": 1.25, "eval_loss": 1.61, "eval_perplexity": 5.0},  # nan left out
+        output="s3://b/lr-t3/output",
+        message="exit code 1",
+    )
+    assert trial_job({"metadata": {"name": "x", "labels": {}}}) is None  # not a trial
