@@ -257,9 +257,11 @@ class LocalSweep:
     def run(self, studies: Studies) -> int:
         status = self.load_status()
         study = studies.open(self.model.spec, study_name(self.namespace, self.name, LOCAL_UID))
-        # Trials that were running when an earlier run stopped resume from their checkpoints.
+        # Trials that were running when an earlier run stopped resume from their checkpoints
+        # (those the study had ended meanwhile are left to the decision, which stops them).
+        asked = {t.number for t in view(study).trials if t.state == "RUNNING"}
         for job in self.trial_jobs():
-            if job.phase == Phase.running.value and job.number not in self.running:
+            if job.phase == Phase.running.value and job.number in asked:
                 manifest = json.loads((self.trial_dir(job.number) / MANIFEST).read_text())
                 print(f"{_clock()} {job.name}: resumed", file=self.out, flush=True)
                 self.start(job.number, manifest)
