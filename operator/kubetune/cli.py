@@ -20,6 +20,8 @@ from kubetune.inference_cli import add_inference_commands
 from kubetune.manifest_yaml import Document
 from kubetune.planner import LOCAL_STORAGE, dependency_output, make_plan
 from kubetune.runs_cli import add_run_commands
+from kubetune.sweep_cli import add_sweep_command
+from kubetune.sweep_validation import load_sweeps
 from kubetune.validation import (
     job_key,
     load_jobs,
@@ -36,6 +38,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     paths = [Path(p) for p in args.files]
     jobs, problems = load_jobs(paths)
     problems += pipeline_problems(jobs) + local_data_problems(jobs)
+    sweeps, sweep_problems = load_sweeps(paths)
+    problems += sweep_problems
     for problem in problems:
         print(problem, file=sys.stderr)
     if problems:
@@ -62,6 +66,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     else:
         for doc, job in jobs:
             print(f"{doc.file}: {'/'.join(job_key(job))} ({job.spec.method}) is valid")
+        for doc, sweep in sweeps:
+            print(f"{doc.file}: {sweep.namespace}/{sweep.metadata.name} (FineTuneSweep) is valid")
     return 0
 
 
@@ -159,9 +165,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_crd(args: argparse.Namespace) -> int:
-    from kubetune.crd import render
+    from kubetune.crd import render, render_sweep
 
-    sys.stdout.write(render())
+    sys.stdout.write(render() + "---\n" + render_sweep())
     return 0
 
 
@@ -236,11 +242,14 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--html", metavar="FILE", help="also write the HTML report here")
     compare.set_defaults(func=cmd_compare)
 
-    crd = commands.add_parser("crd", help="print the FineTuneJob CustomResourceDefinition")
+    crd = commands.add_parser(
+        "crd", help="print the FineTuneJob and FineTuneSweep CustomResourceDefinitions"
+    )
     crd.set_defaults(func=cmd_crd)
     add_inference_commands(commands)
     add_checkpoint_commands(commands)
     add_run_commands(commands)
+    add_sweep_command(commands)
     for command in commands.choices.values():
         add_debug_option(command, default=argparse.SUPPRESS)
     return parser

@@ -1,10 +1,10 @@
-"""The FineTuneJob CustomResourceDefinition, generated from the pydantic models.
+"""The FineTuneJob and FineTuneSweep CustomResourceDefinitions, generated from the pydantic models.
 
 pydantic emits JSON Schema 2020-12; a CRD needs a structural OpenAPI v3 schema: no $ref, no
 anyOf for optionals, exclusive bounds as booleans, free-form maps marked
 x-kubernetes-preserve-unknown-fields. Cross-field rules the API server can enforce are added as
 CEL (x-kubernetes-validations) so a bad spec is refused at `kubectl apply`. Run
-``python -m kubetune.crd`` to rewrite crds/finetunejob.yaml.
+``python -m kubetune.crd`` to rewrite crds/finetunejob.yaml and crds/finetunesweep.yaml.
 """
 
 from __future__ import annotations
@@ -27,8 +27,19 @@ from kubetune.api import (
     FineTuneJobSpec,
     FineTuneJobStatus,
 )
+from kubetune.sweep_api import (
+    SWEEP_KIND,
+    SWEEP_NAME_MAX,
+    SWEEP_PLURAL,
+    SWEEP_SHORT_NAMES,
+    SWEEP_SINGULAR,
+    FineTuneSweepSpec,
+    FineTuneSweepStatus,
+    TrialState,
+)
 
 CRD_PATH = Path(__file__).resolve().parents[2] / "crds" / "finetunejob.yaml"
+SWEEP_CRD_PATH = CRD_PATH.with_name("finetunesweep.yaml")
 
 # Keys of JSON Schema that carry over to a CRD schema unchanged.
 _KEPT = {
@@ -291,6 +302,142 @@ def crd() -> dict[str, Any]:
     }
 
 
+# --------------------------------------------------------------------------- FineTuneSweep
+
+# What a sweep's study is made from: changing it once trials ran would mix two searches.
+SWEEP_IMMUTABLE_ONCE_STARTED = ("template", "parameters", "objectives", "algorithm", "pruner")
+
+
+def sweep_parameter_rules() -> list[dict[str, str]]:
+    """CEL rules on one search-space parameter, mirroring SweepParameter's validation."""
+    return [
+        _rule(
+            "self.type != 'categorical' || (has(self.values) && size(self.values) > 0)",
+            "a categorical parameter needs values",
+        ),
+        _rule(
+            "self.type == 'categorical' || (has(self.min) && has(self.max) && self.min < self.max)",
+            "a float or int parameter needs min below max",
+        ),
+        _rule(
+            "!has(self.log) || !self.log || (has(self.min) && self.min > 0.0)",
+            "a log-scale parameter needs min above 0",
+            ".min",
+        ),
+    ]
+
+
+def sweep_spec_rules() -> list[dict[str, str]]:
+    cmaes = "has(self.algorithm) && has(self.algorithm.name) && self.algorithm.name == 'cmaes'"
+    return [
+        _rule(
+            f"!({cmaes}) || self.parameters.all(p, p.type != 'categorical')",
+            "algorithm cmaes samples float and int parameters only",
+            ".parameters",
+        ),
+        _rule(
+            f"!({cmaes}) || size(self.objectives) == 1",
+            "algorithm cmaes optimises one objective",
+            ".objectives",
+        ),
+    ]
+
+
+def sweep_root_rules() -> list[dict[str, str]]:
+    started = (
+        "!has(oldSelf.status) || !has(oldSelf.status.phase) || oldSelf.status.phase == 'Pending'"
+    )
+    rules = [
+        _rule(
+            f"size(self.metadata.name) <= {SWEEP_NAME_MAX}",
+            f"metadata.name must be at most {SWEEP_NAME_MAX} characters (trial names derive "
+            "from it)",
+        )
+    ]
+    for field in SWEEP_IMMUTABLE_ONCE_STARTED:
+        same = (
+            f"(has(self.spec.{field}) == has(oldSelf.spec.{field}) && "
+            f"(!has(self.spec.{field}) || self.spec.{field} == oldSelf.spec.{field}))"
+        )
+        rules.append(
+            _rule(
+                f"{started} || {same}",
+                f"spec.{field} cannot change once the sweep has started",
+                f".spec.{field}",
+            )
+        )
+    return rules
+
+
+def sweep_crd() -> dict[str, Any]:
+    spec = _schema_of(FineTuneSweepSpec)
+    spec["x-kubernetes-validations"] = sweep_spec_rules()
+    spec["properties"]["template"]["x-kubernetes-validations"] = spec_rules()
+    spec["properties"]["parameters"]["items"]["x-kubernetes-validations"] = sweep_parameter_rules()
+    status = _schema_of(FineTuneSweepStatus)
+    columns = [
+        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+        # Trials per state (status.running counts the pending ones too).
+        *(
+            {"name": state.value, "type": "integer", "jsonPath": f".status.{state.name}"}
+            for state in (
+                TrialState.completed,
+                TrialState.running,
+                TrialState.pruned,
+                TrialState.failed,
+            )
+        ),
+        {"name": "Best", "type": "string", "jsonPath": ".status.bestValue"},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ]
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{SWEEP_PLURAL}.{GROUP}"},
+        "spec": {
+            "group": GROUP,
+            "names": {
+                "kind": SWEEP_KIND,
+                "listKind": f"{SWEEP_KIND}List",
+                "plural": SWEEP_PLURAL,
+                "singular": SWEEP_SINGULAR,
+                "shortNames": SWEEP_SHORT_NAMES,
+                "categories": ["kubetune", "all"],
+            },
+            "scope": "Namespaced",
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": columns,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": (
+                                f"A {SWEEP_KIND} ({API_VERSION}) searches hyperparameters: each "
+                                f"trial is a {KIND} made from spec.template with the values "
+                                "Optuna asks for, stopped early when unpromising; the best "
+                                f"trial's model is finetunejob://<sweep>/best."
+                            ),
+                            "required": ["spec"],
+                            "properties": {
+                                "apiVersion": {"type": "string"},
+                                "kind": {"type": "string"},
+                                "metadata": {"type": "object"},
+                                "spec": spec,
+                                "status": status,
+                            },
+                            "x-kubernetes-validations": sweep_root_rules(),
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
 class _NoAliasDumper(yaml.SafeDumper):
     """Writes repeated sub-schemas out in full: anchors make a CRD hard to read."""
 
@@ -298,20 +445,35 @@ class _NoAliasDumper(yaml.SafeDumper):
         return True
 
 
-def render() -> str:
-    header = "# Generated by `python -m kubetune.crd` from kubetune.api. Do not edit.\n"
-    body = yaml.dump(crd(), Dumper=_NoAliasDumper, sort_keys=False, width=100, allow_unicode=True)
+def _render(definition: dict[str, Any], source: str) -> str:
+    header = f"# Generated by `python -m kubetune.crd` from {source}. Do not edit.\n"
+    body = yaml.dump(
+        definition, Dumper=_NoAliasDumper, sort_keys=False, width=100, allow_unicode=True
+    )
     return header + body
 
 
+def render() -> str:
+    return _render(crd(), "kubetune.api")
+
+
+def render_sweep() -> str:
+    return _render(sweep_crd(), "kubetune.sweep_api")
+
+
 def main() -> None:
+    rendered = {CRD_PATH: render(), SWEEP_CRD_PATH: render_sweep()}
     if "--check" in sys.argv:
-        stale = not CRD_PATH.exists() or CRD_PATH.read_text() != render()
-        print(f"{CRD_PATH.name}: {'stale' if stale else 'up to date'}")
+        stale = False
+        for path, text in rendered.items():
+            stale_file = not path.exists() or path.read_text() != text
+            print(f"{path.name}: {'stale' if stale_file else 'up to date'}")
+            stale = stale or stale_file
         sys.exit(1 if stale else 0)
     CRD_PATH.parent.mkdir(parents=True, exist_ok=True)
-    CRD_PATH.write_text(render())
-    print(f"wrote {CRD_PATH}")
+    for path, text in rendered.items():
+        path.write_text(text)
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":

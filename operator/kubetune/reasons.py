@@ -1,5 +1,6 @@
-"""The one table of a FineTuneJob's condition types and of the reasons the operator writes: on
-conditions, on events, and as the ``reason`` label of ``kubetune_job_restarts_total``.
+"""The one table of the condition types (of FineTuneJobs and FineTuneSweeps) and of the reasons
+the operator writes: on conditions, on events, and as the ``reason`` label of
+``kubetune_job_restarts_total``.
 
 Every reason the operator writes is a :class:`Reason` member; nothing else in the operator
 spells one (tests/unit/test_reasons.py holds this). docs/conditions.md is this table as
@@ -39,6 +40,9 @@ class ConditionType(_Documented):
         "False while the current attempt's pods cannot run (set after a grace; the scheduler's or "
         "the Job controller's message), True once they run again; absent when they ran in time",
     )
+    # FineTuneSweep (with InvalidSpec, Succeeded and Failed above)
+    STUDY_READY = "StudyReady", "sweep: whether its Optuna study is in the operator's storage"
+    PRUNING = "Pruning", "sweep: whether unpromising trials are stopped early, and why not"
 
 
 class Reason(_Documented):
@@ -146,6 +150,38 @@ class Reason(_Documented):
     COMPLETED = "Completed", "Running, Resuming: the job finished"
     SUCCEEDED = "Succeeded", "event: the job succeeded (phase Succeeded)"
     TTL_EXPIRED = "TTLExpired", "event: ttlSecondsAfterFinished passed; the job is deleted"
+    # FineTuneSweep (also Accepted, InvalidSpec, Valid, Running, Succeeded, NotRequested)
+    STORAGE_NOT_CONFIGURED = (
+        "StorageNotConfigured",
+        "StudyReady: the operator has no study storage (KUBETUNE_SWEEP_STORAGE); nothing runs",
+    )
+    STUDY_LOADED = "StudyLoaded", "StudyReady: the study is created or found again"
+    PRUNER_ACTIVE = "PrunerActive", "Pruning: the pruner judges every value the trials report"
+    MULTI_OBJECTIVE = (
+        "MultiObjective",
+        "Pruning: several objectives; Optuna's pruners judge one, so trials run to the end",
+    )
+    TRIAL_CREATED = "TrialCreated", "event: a trial's FineTuneJob was made (or made again)"
+    TRIAL_COMPLETED = "TrialCompleted", "event: a trial succeeded and reported every objective"
+    TRIAL_PRUNED = "TrialPruned", "event: the pruner stopped a trial (suspended)"
+    TRIAL_FAILED = "TrialFailed", "event: a trial failed, or succeeded without its objectives"
+    TRIAL_ABANDONED = (
+        "TrialAbandoned",
+        "event: a trial asked of the study was failed without running: the sweep had ended",
+    )
+    TRIAL_UNKNOWN = (
+        "TrialUnknown",
+        "event: a trial FineTuneJob the study does not know (a lost study) was deleted",
+    )
+    TOO_MANY_FAILED_TRIALS = (
+        "TooManyFailedTrials",
+        "Failed, event: more trials failed than spec.maxFailedTrials; running ones are stopped",
+    )
+    NO_TRIAL_COMPLETED = "NoTrialCompleted", "Failed, event: every trial was pruned or failed"
+    BEST_TRIAL_FOUND = (
+        "BestTrialFound",
+        "Succeeded: every trial finished; status.bestTrial (or paretoFront) holds the best",
+    )
 
 
 RESTART_REASONS = (Reason.APPLICATION_FAILURE, Reason.DISRUPTION, Reason.UNSUSPENDED)

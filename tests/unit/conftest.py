@@ -10,7 +10,12 @@ import yaml
 from kubetune.manifest_yaml import ManifestDumper
 
 REPO = Path(__file__).resolve().parents[2]
-EXAMPLES = sorted((REPO / "manifests" / "examples").glob("*.yaml"))
+EXAMPLES = [
+    path
+    for path in sorted((REPO / "manifests" / "examples").glob("*.yaml"))
+    if all(doc["kind"] == "FineTuneJob" for doc in yaml.safe_load_all(path.read_text()))
+]
+"""The FineTuneJob examples (sweep.yaml holds a FineTuneSweep too)."""
 
 BASE_JOB: dict[str, Any] = {
     "apiVersion": "kubetune.io/v1alpha1",

@@ -60,7 +60,7 @@ def _examples() -> dict[str, dict[str, Any]]:
     out = {}
     for path in sorted((REPO / "manifests" / "examples").glob("*.yaml")):
         docs = list(yaml.safe_load_all(path.read_text()))
-        if len(docs) == 1:
+        if len(docs) == 1 and docs[0]["kind"] == "FineTuneJob":
             out[docs[0]["spec"]["method"]] = docs[0]
     return out
 

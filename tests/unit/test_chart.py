@@ -28,7 +28,9 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from kubetune.controller import api_client
 from kubetune.controller.metrics import OperatorMetrics
+from kubetune.controller.sweep_lifecycle import CreateTrial, DeleteTrial, StopTrial
 from kubetune.crd import render as render_crd
+from kubetune.crd import render_sweep
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "kubetune"
@@ -118,6 +120,9 @@ def test_chart_crds_are_the_generated_crds():
     copied = sorted(p.name for p in (CHART / "crds").glob("*.yaml"))
     assert copied == sorted(p.name for p in (REPO / "crds").glob("*.yaml"))
     assert (CHART / "crds" / "finetunejob.yaml").read_text() == render_crd(), (
+        "charts/kubetune/crds is stale: run `make install-manifest`"
+    )
+    assert (CHART / "crds" / "finetunesweep.yaml").read_text() == render_sweep(), (
         "charts/kubetune/crds is stale: run `make install-manifest`"
     )
 
@@ -226,8 +231,16 @@ def test_cluster_role_grants_exactly_what_the_operator_uses(helm):
     from kubetune.builders.rbac import STATUS_RESOURCE, TRAINER_VERBS
 
     assert set(TRAINER_VERBS) <= granted[("kubetune.io", STATUS_RESOURCE)]
-    # kopf writes nothing on jobs (event handlers only): no patch.
-    assert granted[("kubetune.io", "finetunejobs")] == {"get", "list", "watch", "delete"}
+    # kopf writes nothing on jobs (event handlers only): the lifecycle deletes a job past its
+    # TTL; a sweep's trials are FineTuneJobs it creates, stops (a merge patch of
+    # spec.runtime.suspend) and deletes (a trial its study does not know). kopf's handlers on
+    # sweeps patch their annotations.
+    trial_verbs = {CreateTrial: "create", StopTrial: "patch", DeleteTrial: "delete"}
+    assert granted[("kubetune.io", "finetunejobs")] == {"get", "list", "watch", "delete"} | set(
+        trial_verbs.values()
+    )
+    assert granted[("kubetune.io", "finetunesweeps")] == {"get", "list", "watch", "patch"}
+    assert granted[("kubetune.io", "finetunesweeps/status")] == {"patch"}
     assert granted[("", "events")] == {"create", "list"}
     assert granted[("", "pods")] == {"list"}  # no get/watch/create, no exec, no logs
     assert granted[("apiextensions.k8s.io", "customresourcedefinitions")] == {
@@ -302,6 +315,23 @@ def test_operator_pod_is_locked_down_and_configured_from_values(helm):
     digest = "sha256:" + "a" * 64
     pinned = one(render(helm, f"image.digest={digest}"), "Deployment")
     assert pinned["spec"]["template"]["spec"]["containers"][0]["image"].endswith("@" + digest)
+
+
+def test_sweep_storage_url_comes_from_a_secret(helm):
+    def storage_env(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        container = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+        return [e for e in container["env"] if e["name"] == "KUBETUNE_SWEEP_STORAGE"]
+
+    assert storage_env(render(helm)) == []  # sweeps then wait with StudyReady=False
+    docs = render(helm, "sweeps.storage.secretName=studio-db", "sweeps.storage.secretKey=uri")
+    assert storage_env(docs) == [
+        {
+            "name": "KUBETUNE_SWEEP_STORAGE",
+            "valueFrom": {"secretKeyRef": {"name": "studio-db", "key": "uri"}},
+        }
+    ]
+    # The pod gets the URL from the kubelet: the operator itself still reads no Secret.
+    assert not [k for k in grants(rules_of(docs, "ClusterRole")) if k[1] == "secrets"]
 
 
 def test_optional_monitoring_objects(helm):

@@ -68,6 +68,10 @@ _S3_BUCKET = re.compile(r"^[A-Za-z0-9._-]{1,255}$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 JOB_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 JOB_NAME_MAX = 49
+SWEEP_NAME_MAX = 42
+"""A sweep's name leaves room for ``-t<N>`` within a FineTuneJob name's 49 characters."""
+SWEEP_BEST_SUFFIX = "/best"
+"""``finetunejob://<sweep>/best``: the output of a finished sweep's best trial."""
 
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 
@@ -170,10 +174,17 @@ def check_uri(uri: str, allowed: tuple[str, ...], what: str) -> str:
         check_hub_repo_id(rest.strip("/"), uri)
     elif scheme == "finetunejob":
         name = rest.strip("/")
-        if not JOB_NAME.match(name) or len(name) > JOB_NAME_MAX:
+        sweep = name.removesuffix(SWEEP_BEST_SUFFIX)
+        if sweep != name:  # finetunejob://SWEEP/best: the best trial of a FineTuneSweep
+            if not JOB_NAME.match(sweep) or len(sweep) > SWEEP_NAME_MAX:
+                raise ValueError(
+                    f"'{uri}': '{sweep}' is not a FineTuneSweep name (a DNS label of at most "
+                    f"{SWEEP_NAME_MAX} characters)"
+                )
+        elif not JOB_NAME.match(name) or len(name) > JOB_NAME_MAX:
             raise ValueError(
                 f"'{uri}': '{name}' is not a FineTuneJob name (a DNS label of at most "
-                f"{JOB_NAME_MAX} characters)"
+                f"{JOB_NAME_MAX} characters), nor SWEEP/best"
             )
     return uri
 

@@ -60,6 +60,11 @@ What the operator does in the namespaces it serves, and nothing more (a Role or 
 holds these rules). Derived from kubetune.controller (api_client, handlers, peering):
 - finetunejobs: kopf lists and watches them (event handlers only: it writes nothing on them);
   the operator reads each job fresh and deletes a finished one (ttlSecondsAfterFinished).
+  A FineTuneSweep's trials are FineTuneJobs: the operator creates them, patches a trial's
+  spec.runtime.suspend to stop it (pruned), deletes one its study does not know.
+- finetunesweeps: kopf lists and watches them and patches its annotations; the operator reads
+  each sweep fresh (also for finetunejob://SWEEP/best).
+- finetunesweeps/status: the operator writes a sweep's status.
 - finetunejobs/status: the operator writes status. It also creates, per job, a Role granting
   get + patch on that job's status to the trainer; Kubernetes only lets it grant what it holds
   itself, hence get here.
@@ -77,10 +82,16 @@ No Secrets: pods reference them by name (secretKeyRef); the operator never reads
 {{- define "kubetune.namespacedRules" -}}
 - apiGroups: [kubetune.io]
   resources: [finetunejobs]
-  verbs: [get, list, watch, delete]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [kubetune.io]
   resources: [finetunejobs/status]
   verbs: [get, patch]
+- apiGroups: [kubetune.io]
+  resources: [finetunesweeps]
+  verbs: [get, list, watch, patch]
+- apiGroups: [kubetune.io]
+  resources: [finetunesweeps/status]
+  verbs: [patch]
 - apiGroups: [batch]
   resources: [jobs]
   verbs: [get, list, watch, create, delete]

@@ -34,6 +34,7 @@ from kubetune.builders import names
 from kubetune.controller import lifecycle
 from kubetune.controller.config import OperatorConfig
 from kubetune.controller.lifecycle import Child, Create, Decision, Delete, Event, Observed
+from kubetune.sweep_api import SWEEP_KIND, best_dependency, sweep_of_dependency
 
 log = logging.getLogger("kubetune.operator")
 
@@ -405,7 +406,11 @@ def observe(
     except ValueError:
         deps = []
     for dep in deps:
-        dependencies[dep] = api.get_job(namespace, dep)
+        sweep = sweep_of_dependency(dep)  # finetunejob://<sweep>/best
+        if sweep is None:
+            dependencies[dep] = api.get_job(namespace, dep)
+        else:
+            dependencies[dep] = best_dependency(api.get(API_VERSION, SWEEP_KIND, sweep, namespace))
     return Observed(
         launcher=launcher,
         children=tuple(children),

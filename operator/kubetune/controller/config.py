@@ -50,6 +50,17 @@ class OperatorConfig:
     """KUBETUNE_PODS_GRACE_SECONDS: how long an attempt's pods may take to run before the job's
     PodsReady condition says why they do not (the scheduler's or the Job controller's word)."""
     crd_refresh: float = 300.0  # how often to look for the RayJob CRD again
+    sweep_storage: str = ""
+    """KUBETUNE_SWEEP_STORAGE: the SQLAlchemy URL of the database holding FineTuneSweeps'
+    Optuna studies, e.g. postgresql+psycopg://USER:PASSWORD@HOST/DB (the chart reads it from a
+    Secret). Unset: sweeps wait with StudyReady=False."""
+    sweep_debounce: float = 1.0
+    """KUBETUNE_SWEEP_DEBOUNCE_SECONDS: a sweep's trials change status in bursts (progress
+    reports); changes within this window end in one pass of the sweep."""
+    fault_exit_after_asks: int = 0
+    """KUBETUNE_FAULT_EXIT_AFTER_ASKS (fault injection for tests): the process dies (exit code
+    3) right after a sweep's study was asked for trials the Nth time, before their FineTuneJobs
+    are made."""
     fault_exit_after_creates: int = 0
     """KUBETUNE_FAULT_EXIT_AFTER_CREATES (fault injection for tests): the process dies
     (exit code 3) right after its Nth successful child creation, before anything else."""
@@ -76,5 +87,8 @@ class OperatorConfig:
             api_workers=int(env.get("KUBETUNE_API_WORKERS", "32")),
             launcher_debounce=_float(env, "KUBETUNE_LAUNCHER_DEBOUNCE_SECONDS", 0.5),
             pods_grace=_float(env, "KUBETUNE_PODS_GRACE_SECONDS", 30.0),
+            sweep_storage=env.get("KUBETUNE_SWEEP_STORAGE", ""),
+            sweep_debounce=_float(env, "KUBETUNE_SWEEP_DEBOUNCE_SECONDS", 1.0),
+            fault_exit_after_asks=int(env.get("KUBETUNE_FAULT_EXIT_AFTER_ASKS", "0")),
             fault_exit_after_creates=int(env.get("KUBETUNE_FAULT_EXIT_AFTER_CREATES", "0")),
         )

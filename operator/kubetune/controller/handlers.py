@@ -22,6 +22,8 @@ from kubetune.controller.config import OperatorConfig
 from kubetune.controller.metrics import OperatorMetrics
 from kubetune.controller.peering import Peering
 from kubetune.controller.scheduling import Scheduler
+from kubetune.controller.sweep_io import SweepScheduler
+from kubetune.sweep_api import LABEL_SWEEP, SWEEP_PLURAL
 
 
 def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
@@ -30,6 +32,7 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     metrics = OperatorMetrics()
     peering = Peering(config, api)
     scheduler = Scheduler(config, api, metrics, peering)
+    sweeps = SweepScheduler(config, api, peering)
     registry = kopf.OperatorRegistry()
     served_metrics: set[int] = set()
     resync: list[asyncio.Task[None]] = []
@@ -51,6 +54,7 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         peering.configure(settings)
         # A new run (a restart, or a second runner in one process) starts with no state.
         scheduler.reset()
+        sweeps.reset()
         api.reset()
         # asyncio.to_thread's default pool has min(32, CPUs + 4) threads: 6 on a 2-core node,
         # which would cap concurrent reconciles far below what the API server serves.
@@ -61,6 +65,7 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
             start_http_server(config.metrics_port, registry=metrics.registry)
             served_metrics.add(config.metrics_port)
         resync.append(asyncio.get_running_loop().create_task(scheduler.resync_loop()))
+        resync.append(asyncio.get_running_loop().create_task(sweeps.resync_loop()))
 
     # Event handlers only (no kopf create/update/resume handlers): kopf then writes nothing on
     # the jobs (no annotations: one request per job less), and the scheduler decides from each
@@ -82,6 +87,34 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         """A launcher or export Job (or RayJob when KubeRay is installed; kopf serves only
         resources the cluster has) changed: a pass for its job when its state changed."""
         scheduler.child_event(event.get("type"), dict(body))
+
+    # FineTuneSweeps: their own scheduler (kubetune.controller.sweep_io).
+
+    @kopf.on.resume(GROUP, VERSION, SWEEP_PLURAL, registry=registry, id="on_sweep_change")
+    @kopf.on.create(GROUP, VERSION, SWEEP_PLURAL, registry=registry, id="on_sweep_change")
+    @kopf.on.update(GROUP, VERSION, SWEEP_PLURAL, registry=registry, id="on_sweep_change")
+    async def on_sweep_change(name: str, namespace: str, **_: Any) -> None:
+        await sweeps.handler_pass(namespace, name)
+
+    @kopf.on.event(GROUP, VERSION, SWEEP_PLURAL, registry=registry, id="on_sweep_event")
+    async def on_sweep_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+        if event.get("type") == "DELETED":
+            meta = body.get("metadata") or {}
+            sweeps.forget(meta.get("namespace", ""), meta.get("name", ""))
+
+    @kopf.on.event(
+        GROUP,
+        VERSION,
+        PLURAL,
+        labels={LABEL_SWEEP: kopf.PRESENT},
+        registry=registry,
+        id="on_trial_event",
+    )
+    async def on_trial_event(body: kopf.Body, namespace: str, **_: Any) -> None:
+        """A trial FineTuneJob changed (phase, reported progress): its sweep looks again."""
+        sweep = (body.get("metadata", {}).get("labels") or {}).get(LABEL_SWEEP)
+        if sweep:
+            sweeps.schedule(namespace, sweep, config.sweep_debounce)
 
     @kopf.on.cleanup(registry=registry, id="stop_resync")
     async def stop_resync(**_: Any) -> None:
