@@ -95,15 +95,13 @@ def cohen_kappa(first: Sequence[str], second: Sequence[str]) -> float | None:
 
 def krippendorff_alpha(votes: Iterable[VoteRecord]) -> float | None:
     """Nominal α over the given votes (labelers × items, missing where a labeler did not vote);
-    None when no item has two votes or every vote is the same choice."""
-    votes = list(votes)
+    None when no item has two votes or every pairable vote is the same choice."""
+    per_item = Counter(v.item_id for v in votes)
+    votes = [v for v in votes if per_item[v.item_id] >= 2]  # only pairable values count
+    if len({v.choice for v in votes}) < 2:
+        return None  # no votes to pair, or no variation: expected disagreement is 0
     items = sorted({v.item_id for v in votes})
     labelers = sorted({v.labeler_id for v in votes})
-    per_item = Counter(v.item_id for v in votes)
-    if len(labelers) < 2 or not any(n >= 2 for n in per_item.values()):
-        return None
-    if len({v.choice for v in votes}) < 2:
-        return None
     code = {c: i for i, c in enumerate(CHOICES)}
     column = {item: j for j, item in enumerate(items)}
     row = {labeler: i for i, labeler in enumerate(labelers)}

@@ -31,9 +31,10 @@ class Pairing:
 class WinRate:
     model: str
     baseline: str
-    win_rate: float
-    low: float
-    high: float
+    win_rate: float | None
+    """None when no item has an included vote."""
+    low: float | None
+    high: float | None
     items: int
     votes: int
     wins: int
@@ -97,11 +98,13 @@ def win_rate(
     )
 
 
-def _bootstrap_mean(scores: Sequence[float], seed: int) -> tuple[float, float, float]:
+def _bootstrap_mean(
+    scores: Sequence[float], seed: int
+) -> tuple[float, float, float] | tuple[None, None, None]:
     import numpy as np
 
     if not scores:
-        return float("nan"), float("nan"), float("nan")
+        return None, None, None
     values = np.asarray(scores, dtype=float)
     rng = np.random.default_rng(seed)
     means = values[rng.integers(0, len(values), size=(2000, len(values)))].mean(axis=1)
