@@ -4,13 +4,16 @@
 #
 #   tests/cluster/build.sh               build (blocks; waits for a concurrent build via a lock)
 #   tests/cluster/build.sh --background  start the build detached, log to <cache>/build.log, return
-#   tests/cluster/build.sh --wait        wait for a background build, fail if it failed
+#   tests/cluster/build.sh --wait [tools] wait for a background build (or only its first stage,
+#                                        helm + kubeconform); fail at once, naming the step, when it
+#                                        failed, or after KUBETUNE_BUILD_LIMIT seconds (default 2700)
+#   tests/cluster/build.sh status        print building | failed <step> | done | absent (exit 0)
 #   tests/cluster/build.sh bin-dir       print the bin directory (whether or not it is built)
 #   tests/cluster/build.sh gen-mod       regenerate k8s/go.mod (+go.sum) and etcd/go.mod from versions.env
 #
 # Environment: KUBETUNE_CACHE (default $HOME/.cache/kubetune), KUBETUNE_BUILD_JOBS (go build -p,
 # default: number of CPUs, max 4), GO (go binary), GOCACHE/GOMODCACHE (shared with the user's).
-set -euo pipefail
+set -Eeuo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=versions.env
@@ -34,6 +37,9 @@ CACHE_ROOT="${KUBETUNE_CACHE:-$HOME/.cache/kubetune}/cluster"
 DEST="$CACHE_ROOT/$(cache_key)"
 BIN="$DEST/bin"
 STAMP="$DEST/.complete"
+TOOLS_STAMP="$DEST/.tools-complete"   # first stage: what the unit tier needs (helm, kubeconform)
+FAILED="$DEST/build.failed"           # written by a failed build: the step it failed in
+STEP_FILE="$DEST/build.step"
 LOCK="$CACHE_ROOT/.build.lock"
 TOOLS=(kube-multi kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok kwokctl helm kubeconform)
 
@@ -92,10 +98,16 @@ MOD
 
 timed() {
   # timed NAME CMD...: run CMD, then print how long it took (the build budget is per binary).
+  # The step's name is kept in a file so a failure can be reported by the step it happened in.
   local name="$1" t=$SECONDS
   shift
+  echo "$name" >"$STEP_FILE"
   "$@"
   echo "build.sh: step $name took $((SECONDS - t))s"
+}
+
+tools_up_to_date() {
+  [[ -f "$TOOLS_STAMP" && -x "$BIN/helm" && -x "$BIN/kubeconform" ]]
 }
 
 build() {
@@ -109,7 +121,35 @@ build() {
   local strip="-s -w"
   local t0=$SECONDS
   mkdir -p "$BIN"
-  rm -f "$STAMP"
+  rm -f "$STAMP" "$FAILED"
+  # A failing step leaves its name behind for --wait and the test runner to report.
+  trap 'echo "$(cat "$STEP_FILE" 2>/dev/null || echo setup)" >"$FAILED"' ERR
+
+  # Stage 1, what the unit tier needs (seconds to a few minutes): helm and kubeconform.
+  local helm_major="${HELM_VERSION%%.*}"
+  local helm_mod="helm.sh/helm"
+  [[ "$helm_major" != v2 && "$helm_major" != v1 ]] && helm_mod="helm.sh/helm/${helm_major}"
+  if ! tools_up_to_date; then
+    echo "build.sh: helm ${HELM_VERSION}; kubeconform ${KUBECONFORM_VERSION} (go install -p $jobs)"
+    timed helm env GOBIN="$BIN" "$GO" install "${flags[@]}" \
+        -ldflags "$strip -X helm.sh/helm/${helm_major}/internal/version.version=${HELM_VERSION}" \
+        "${helm_mod}/cmd/helm@${HELM_VERSION}"
+    timed kubeconform env GOBIN="$BIN" "$GO" install "${flags[@]}" \
+        -ldflags "$strip -X main.version=${KUBECONFORM_VERSION}" \
+        "github.com/yannh/kubeconform/cmd/kubeconform@${KUBECONFORM_VERSION}"
+    date -u +%FT%TZ >"$TOOLS_STAMP"
+  fi
+
+  # Stage 2, the control plane the e2e tier needs.
+  echo "build.sh: kwok, kwokctl ${KWOK_VERSION}"
+  timed kwok env GOBIN="$BIN" "$GO" install "${flags[@]}" -ldflags "$strip" \
+      "sigs.k8s.io/kwok/cmd/kwok@${KWOK_VERSION}"
+  timed kwokctl env GOBIN="$BIN" "$GO" install "${flags[@]}" -ldflags "$strip" \
+      "sigs.k8s.io/kwok/cmd/kwokctl@${KWOK_VERSION}"
+
+  echo "build.sh: etcd ${ETCD_VERSION}"
+  timed etcd-download bash -c "cd '$HERE/etcd' && '$GO' mod download"
+  timed etcd bash -c "cd '$HERE/etcd' && '$GO' build ${modflags[*]} ${flags[*]} -ldflags '$strip' -o '$BIN/etcd' ."
 
   local major minor
   major="$(echo "${KUBERNETES_VERSION#v}" | cut -d. -f1)"
@@ -126,29 +166,12 @@ build() {
     ln -sfn kube-multi "$BIN/$c"
   done
 
-  echo "build.sh: etcd ${ETCD_VERSION}"
-  timed etcd-download bash -c "cd '$HERE/etcd' && '$GO' mod download"
-  timed etcd bash -c "cd '$HERE/etcd' && '$GO' build ${modflags[*]} ${flags[*]} -ldflags '$strip' -o '$BIN/etcd' ."
-
-  # Tools installed straight from their modules at pinned versions (their own go.sum applies).
-  echo "build.sh: kwok, kwokctl ${KWOK_VERSION}; helm ${HELM_VERSION}; kubeconform ${KUBECONFORM_VERSION}"
-  local helm_major="${HELM_VERSION%%.*}"
-  local helm_mod="helm.sh/helm"
-  [[ "$helm_major" != v2 && "$helm_major" != v1 ]] && helm_mod="helm.sh/helm/${helm_major}"
-  timed kwok env GOBIN="$BIN" "$GO" install "${flags[@]}" -ldflags "$strip" \
-      "sigs.k8s.io/kwok/cmd/kwok@${KWOK_VERSION}"
-  timed kwokctl env GOBIN="$BIN" "$GO" install "${flags[@]}" -ldflags "$strip" \
-      "sigs.k8s.io/kwok/cmd/kwokctl@${KWOK_VERSION}"
-  timed helm env GOBIN="$BIN" "$GO" install "${flags[@]}" \
-      -ldflags "$strip -X helm.sh/helm/${helm_major}/internal/version.version=${HELM_VERSION}" \
-      "${helm_mod}/cmd/helm@${HELM_VERSION}"
-  timed kubeconform env GOBIN="$BIN" "$GO" install "${flags[@]}" -ldflags "$strip -X main.version=${KUBECONFORM_VERSION}" \
-      "github.com/yannh/kubeconform/cmd/kubeconform@${KUBECONFORM_VERSION}"
-
   "$BIN/kube-apiserver" --version
   "$BIN/etcd" --version | head -1
   cp "$HERE/versions.env" "$DEST/versions.env"
   date -u +%FT%TZ >"$STAMP"
+  trap - ERR
+  rm -f "$STEP_FILE"
   echo "build.sh: done in $((SECONDS - t0))s -> $BIN"
 }
 
@@ -178,6 +201,42 @@ locked_build() {
   build
 }
 
+status() {
+  # building | failed <step> | done | absent: what the test runner polls while tiers run.
+  if up_to_date; then echo done; return; fi
+  if [[ -f "$FAILED" ]]; then echo "failed $(cat "$FAILED")"; return; fi
+  local pid
+  pid="$(cat "$DEST/build.pid" 2>/dev/null || true)"
+  if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then echo building; return; fi
+  if [[ -f "$DEST/build.log" ]]; then echo "failed $(cat "$STEP_FILE" 2>/dev/null || echo unknown)"; return; fi
+  echo absent
+}
+
+wait_for() {
+  # wait_for [tools]: block until the background build has the stage, fails, or runs out of time.
+  local stage="${1:-all}" limit="${KUBETUNE_BUILD_LIMIT:-2700}" state started
+  started="$(stat -c %Y "$DEST/build.pid" 2>/dev/null || date +%s)"
+  while true; do
+    if [[ "$stage" == tools ]] && tools_up_to_date; then echo "build.sh: tools ready: $BIN"; return 0; fi
+    state="$(status)"
+    case "$state" in
+      done) echo "build.sh: up to date: $BIN"; return 0 ;;
+      failed*)
+        echo "build.sh: FAILED in step '${state#failed }' (log: $DEST/build.log); its tail:" >&2
+        tail -n 40 "$DEST/build.log" >&2 || true
+        return 1 ;;
+      absent) echo "build.sh: no build started (run tests/cluster/build.sh)" >&2; return 1 ;;
+    esac
+    if (( $(date +%s) - started > limit )); then
+      echo "build.sh: FAILED: the build outlasted its limit of ${limit}s in step" \
+           "'$(cat "$STEP_FILE" 2>/dev/null || echo unknown)' (KUBETUNE_BUILD_LIMIT); its tail:" >&2
+      tail -n 20 "$DEST/build.log" >&2 || true
+      return 1
+    fi
+    sleep 2
+  done
+}
+
 main() {
   case "${1:-build}" in
     build)
@@ -190,25 +249,19 @@ main() {
       fetch_prometheus
       fetch_kuberay_crds
       if up_to_date; then echo "build.sh: up to date: $BIN"; exit 0; fi
+      if [[ "$(status)" == building ]]; then echo "build.sh: already building (log: $DEST/build.log)"; exit 0; fi
       mkdir -p "$DEST"
-      # Low priority so unit tests running meanwhile keep the CPU they need.
+      rm -f "$FAILED"
+      # Low priority so the tests running meanwhile keep the CPU they need.
       nohup nice -n 10 "$0" build >"$DEST/build.log" 2>&1 &
       echo $! >"$DEST/build.pid"
       echo "build.sh: building in background (pid $!), log: $DEST/build.log; finish with: $0 --wait"
       ;;
-    --wait)
-      if [[ -f "$DEST/build.pid" ]]; then
-        pid="$(cat "$DEST/build.pid")"
-        while kill -0 "$pid" 2>/dev/null; do sleep 2; done
-      fi
-      if up_to_date; then echo "build.sh: up to date: $BIN"; exit 0; fi
-      echo "build.sh: background build did not complete; log follows" >&2
-      tail -n 50 "$DEST/build.log" >&2 || true
-      exit 1
-      ;;
+    --wait) wait_for "${2:-all}" ;;
+    status) status ;;
     bin-dir) echo "$BIN" ;;
     gen-mod) gen_mod ;;
-    *) sed -n '2,12p' "$0" >&2; exit 2 ;;
+    *) sed -n '2,16p' "$0" >&2; exit 2 ;;
   esac
 }
 

@@ -103,17 +103,6 @@ def background_build_running(directory: Path | None = None) -> bool:
     return True
 
 
-def wait_for_background_build(directory: Path | None = None, timeout: float = 3600) -> bool:
-    """Wait for a running ``build.sh --background`` (never builds). Returns False on timeout."""
-    directory = directory or bin_dir()
-    deadline = time.monotonic() + timeout
-    while background_build_running(directory):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(2)
-    return True
-
-
 def missing_binaries(directory: Path | None = None) -> list[str]:
     directory = directory or bin_dir()
     return [name for name in REQUIRED_BINARIES if not os.access(directory / name, os.X_OK)]

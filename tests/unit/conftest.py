@@ -26,6 +26,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/unit/" in str(item.fspath):
             item.add_marker(pytest.mark.unit)
+            if "helm" in getattr(item, "fixturenames", ()):
+                # Needs the helm binary of the control-plane build: the `chart` tier runs these
+                # once that build stage is done, the rest of the unit tier runs at once.
+                item.add_marker(pytest.mark.helm)
 
 
 @pytest.fixture

@@ -187,9 +187,7 @@ def test_helm_lint_strict(helm):
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-def test_install_manifest_is_current():
-    if _helm() is None:
-        pytest.skip("helm is not built: run `make cluster-build` (tests/cluster/build.sh)")
+def test_install_manifest_is_current(helm):
     out = subprocess.run(
         ["bash", str(RENDER_SCRIPT), "--check"],
         capture_output=True,
