@@ -22,6 +22,8 @@ from fastapi.templating import Jinja2Templates
 from limits import parse
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -75,7 +77,20 @@ def create_app(settings: Settings, sessions: sessionmaker[Session] | None = None
     app.include_router(api.router)
     app.include_router(pages.router)
     app.add_exception_handler(StudioError, _refused)
+    app.add_api_route("/healthz", _health, methods=["GET"], include_in_schema=False)
     return app
+
+
+async def _health(request: Request) -> JSONResponse:
+    """Ready when the database answers (the probes of the chart's Deployment)."""
+    try:
+        with studio_of(request).sessions() as session:
+            session.execute(text("SELECT 1"))
+    except SQLAlchemyError as exc:
+        first = str(exc).strip().splitlines()[0]
+        log.warning("event=unhealthy reason=%s", first)
+        return JSONResponse({"ok": False, "error": "database unreachable"}, status_code=503)
+    return JSONResponse({"ok": True})
 
 
 async def _refused(request: Request, exc: Exception) -> JSONResponse:
@@ -152,7 +167,11 @@ class RateLimit:
         self.studio = studio
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"].startswith("/static/"):
+        if (
+            scope["type"] != "http"
+            or scope["path"].startswith("/static/")
+            or scope["path"] == "/healthz"
+        ):
             await self.app(scope, receive, send)
             return
         request = Request(scope)
