@@ -92,6 +92,13 @@ def get_campaign(session: Session, slug: str) -> Campaign:
     return campaign
 
 
+def find_labeler(session: Session, email: str) -> Labeler:
+    labeler = session.scalar(select(Labeler).where(Labeler.email == email.strip().lower()))
+    if labeler is None:
+        raise NotFound(f"email: no labeler '{email}'")
+    return labeler
+
+
 def create_labeler(
     session: Session, email: str, password: str, *, name: str = "", is_admin: bool = False
 ) -> Labeler:

@@ -36,6 +36,7 @@ from kubetune_studio.store.database import (
     transaction,
     upgrade,
 )
+from kubetune_studio.web.auth import create_login
 
 EXIT_REFUSED = 1
 EXIT_DATA = 65
@@ -103,6 +104,15 @@ def cmd_add_labeler(args: argparse.Namespace, settings: Settings) -> int:
         print(f"labeler {labeler.email} added")
         if not os.environ.get("KUBETUNE_STUDIO_NEW_PASSWORD"):
             print(f"password (shown once): {password}")
+    return 0
+
+
+def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
+    """A bearer token for scripts and training jobs (``studio://`` sources), printed once."""
+    with store(settings) as session:
+        labeler = campaigns.find_labeler(session, args.email)
+        token = create_login(session, labeler, args.hours)
+    print(token)
     return 0
 
 
@@ -301,6 +311,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     admin.add_argument("email")
     admin.set_defaults(func=cmd_add_admin)
+
+    token = commands.add_parser(
+        "token", help="print a new API token for a labeler or admin (for scripts and jobs)"
+    )
+    token.add_argument("email")
+    token.add_argument("--hours", type=float, default=24.0 * 30, help="valid for (default 720)")
+    token.set_defaults(func=cmd_token)
 
     labeler = commands.add_parser(
         "add-labeler",

@@ -74,7 +74,8 @@ def fill_missing(
     progress: Callable[[int], None] | None = None,
 ) -> GenerationOutcome:
     """Asks each model with an endpoint for the prompts it has not answered; stores the
-    answers (failures are counted and reported, the rest kept) and makes the new items."""
+    answers (failures are counted and reported, the rest kept) and, while the campaign
+    collects votes, makes the new items."""
     outcome = GenerationOutcome()
     prompts = list(session.scalars(select(Prompt).where(Prompt.campaign_id == campaign.id)))
     for model in campaign.models:
@@ -87,7 +88,8 @@ def fill_missing(
         if todo:
             _generate(session, model, todo, outcome, max_tokens, temperature, progress)
     session.flush()
-    outcome.items_made = build_items(session, campaign)
+    if campaign.state == "collecting":
+        outcome.items_made = build_items(session, campaign)
     return outcome
 
 

@@ -46,18 +46,26 @@ def log_in(session: Session, email: str, password: str, hours: float) -> tuple[L
     stored = labeler.password_hash if labeler is not None else UNKNOWN_EMAIL_HASH
     if not verify_password(stored, password) or labeler is None or not labeler.active:
         raise Unauthenticated(BAD_LOGIN)
-    token, csrf = new_token(), new_token()
+    token = create_login(session, labeler, hours)
+    login = session.scalar(select(LoginSession).where(LoginSession.token_hash == token_hash(token)))
+    assert login is not None
+    return labeler, token, login.csrf_token
+
+
+def create_login(session: Session, labeler: Labeler, hours: float) -> str:
+    """A new login session for the labeler; its token (the store keeps only the hash)."""
+    token = new_token()
     session.execute(delete(LoginSession).where(LoginSession.expires_at < now()))
     session.add(
         LoginSession(
             labeler_id=labeler.id,
             token_hash=token_hash(token),
-            csrf_token=csrf,
+            csrf_token=new_token(),
             expires_at=now() + timedelta(hours=hours),
         )
     )
     session.flush()
-    return labeler, token, csrf
+    return token
 
 
 def log_out(session: Session, login: LoginSession) -> None:
