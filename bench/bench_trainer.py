@@ -88,12 +88,13 @@ def plan_for(
 
 
 def run_kubetune_sft(plan: Plan, tmp: Path, extra: list[Any]) -> None:
-    """kubetune's SFT recipe in this process, with the context run_single gives it."""
-    from kubetune_trainer.hardware import Hardware
-    from kubetune_trainer.metrics import TrainMetrics
-    from kubetune_trainer.progress import Throttled, reporter_from_env
+    """kubetune's SFT recipe in this process, with the single-process path's context."""
     from kubetune_trainer.recipes import sft
     from kubetune_trainer.recipes.common import RunContext
+    from kubetune_trainer.reporting.progress import Throttled
+    from kubetune_trainer.reporting.train_metrics import TrainMetrics
+    from kubetune_trainer.runtime.context import reporter_from_env
+    from kubetune_trainer.training.hardware import Hardware
 
     run_dir = Path(plan.storage.root) / plan.storage.run_name
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -202,7 +203,7 @@ def variable_length_data(path: Path, rows: int = 512) -> str:
 
 def padding_share(tmp: Path, steps: int = 12) -> dict[str, Any]:
     """Non-padding share of the fed token slots, from kubetune's own data trace."""
-    from kubetune_trainer.callbacks import DataTraceCallback
+    from kubetune_trainer.training.callbacks import DataTraceCallback
 
     data = variable_length_data(tmp / "variable.jsonl")
     found: dict[str, Any] = {}

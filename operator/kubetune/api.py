@@ -8,7 +8,9 @@ from typing import Annotated, Literal
 
 from pydantic import Field, StringConstraints, model_validator
 
+from kubetune.reasons import ConditionType, Reason
 from kubetune_trainer.plan import (
+    FieldError,
     JobRef,
     ModelSpec,
     Name,
@@ -16,7 +18,6 @@ from kubetune_trainer.plan import (
     SecretKeyRef,
     Section,
     ShortText,
-    _FieldError,
 )
 
 GROUP = "kubetune.io"
@@ -124,13 +125,13 @@ class FineTuneJobSpec(RecipeSpec):
     @model_validator(mode="after")
     def _platform_rules(self) -> FineTuneJobSpec:
         if self.peft.type == "qlora" and self.resources.gpus_per_node == 0:
-            raise _FieldError(
+            raise FieldError(
                 ("peft", "type"),
                 "qlora needs GPUs (resources.gpusPerNode > 0): bitsandbytes "
                 "4-bit kernels do not run on CPU",
             )
         if self.resume.max_backoff_seconds < self.resume.backoff_seconds:
-            raise _FieldError(
+            raise FieldError(
                 ("resume", "maxBackoffSeconds"), "must be at least resume.backoffSeconds"
             )
         return self
@@ -312,12 +313,14 @@ __all__ = [
     "Artifact",
     "CheckpointRef",
     "Condition",
+    "ConditionType",
     "FineTuneJob",
     "FineTuneJobSpec",
     "FineTuneJobStatus",
     "ModelSpec",
     "Phase",
     "Progress",
+    "Reason",
     "ResourcesSpec",
     "ResumeSpec",
     "RuntimeSpec",

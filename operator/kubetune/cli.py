@@ -11,67 +11,9 @@ from kubetune import __version__
 from kubetune.api import FineTuneJob, model_dependencies
 from kubetune.inference_cli import add_inference_commands
 from kubetune.planner import LOCAL_STORAGE, dependency_output, make_plan
-from kubetune.validation import Document, Problem, load_jobs
+from kubetune.validation import job_key, load_jobs, pipeline_problems
 
 DEMO_PIPELINE = Path(__file__).with_name("demo") / "pipeline.yaml"
-
-
-def _job_key(job: FineTuneJob) -> tuple[str, str]:
-    ref = job.job_ref()
-    return ref.namespace, ref.name
-
-
-def pipeline_problems(jobs: list[tuple[Document, FineTuneJob]]) -> list[Problem]:
-    """Problems that only show across documents: duplicate names, self-references and cycles
-    among finetunejob:// dependencies."""
-    problems: list[Problem] = []
-    by_key: dict[tuple[str, str], tuple[Document, FineTuneJob]] = {}
-    for doc, job in jobs:
-        key = _job_key(job)
-        if key in by_key:
-            first = by_key[key][0]
-            problems.append(
-                Problem(
-                    doc.file,
-                    doc.line_of(("metadata", "name")),
-                    "metadata.name",
-                    f"job {key[0]}/{key[1]} is also defined in {first.file}",
-                )
-            )
-        by_key.setdefault(key, (doc, job))
-    for doc, job in jobs:
-        namespace, name = _job_key(job)
-        for path, target in model_dependencies(job.spec):
-            if target == name:
-                loc = ("spec", *path, "source")
-                problems.append(
-                    Problem(
-                        doc.file,
-                        doc.line_of(loc),
-                        ".".join(loc),
-                        "a job cannot use its own output as a model",
-                    )
-                )
-                continue
-            seen, frontier = {name}, [target]
-            while frontier:
-                current = frontier.pop()
-                if current == name:
-                    loc = ("spec", *path, "source")
-                    problems.append(
-                        Problem(
-                            doc.file,
-                            doc.line_of(loc),
-                            ".".join(loc),
-                            f"dependency cycle through finetunejob://{target}",
-                        )
-                    )
-                    break
-                if current in seen or (namespace, current) not in by_key:
-                    continue
-                seen.add(current)
-                frontier += [t for _, t in model_dependencies(by_key[(namespace, current)][1].spec)]
-    return problems
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -84,7 +26,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(f"{len(problems)} problem(s) in {len(paths)} file(s)", file=sys.stderr)
         return 1
     if args.plan:
-        by_name = {_job_key(job): job for _, job in jobs}
+        by_name = {job_key(job): job for _, job in jobs}
         plans = {}
         for _, job in jobs:
             namespace = job.job_ref().namespace
@@ -98,12 +40,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 default_storage=args.storage,
                 resolve_job_output=resolve if _all_resolvable(job, by_name) else None,
             )
-            plans["/".join(_job_key(job))] = json.loads(plan.to_json())
+            plans["/".join(job_key(job))] = json.loads(plan.to_json())
         out = next(iter(plans.values())) if len(plans) == 1 else plans
         print(json.dumps(out, indent=2))
     else:
         for doc, job in jobs:
-            print(f"{doc.file}: {'/'.join(_job_key(job))} ({job.spec.method}) is valid")
+            print(f"{doc.file}: {'/'.join(job_key(job))} ({job.spec.method}) is valid")
     return 0
 
 

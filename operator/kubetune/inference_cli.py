@@ -76,7 +76,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     except ModelNotFound as err:
         print(f"kubetune generate: {err}", file=sys.stderr)
         return 2
-    from kubetune_trainer.inference import ChatModel
+    from kubetune_trainer.serving.inference import ChatModel
 
     chat = ChatModel.load(source, device=args.device)
     system = [{"role": "system", "content": args.system}] if args.system else []
@@ -118,8 +118,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if not api_key:
             print(f"kubetune serve: ${args.api_key_env} is empty or unset", file=sys.stderr)
             return 2
-    from kubetune_trainer.inference import ChatModel
-    from kubetune_trainer.serve import serve
+    from kubetune_trainer.serving.inference import ChatModel
+    from kubetune_trainer.serving.openai_server import serve
 
     chat = ChatModel.load(source, device=args.device, name=args.served_name or args.model)
     serve(chat, host=args.host, port=args.port, api_key=api_key)

@@ -19,9 +19,9 @@ from pathlib import Path
 
 from kubetune.api import FineTuneJob, model_dependencies
 from kubetune.planner import dependency_output, make_plan
-from kubetune_trainer.checkpoints import CheckpointStore
 from kubetune_trainer.exit_codes import EXIT_FAILED, EXIT_GATE_NOT_MET, EXIT_OK
 from kubetune_trainer.plan import Plan, Scaling, uri_scheme
+from kubetune_trainer.training.checkpoints import CheckpointStore
 
 
 @dataclass
@@ -259,7 +259,7 @@ def export_state(code: int | None) -> str:
 def heldout_accuracy(model_source: str, rows: int = 100) -> float:
     """Exact match of greedy answers on the held-out split of the builtin arithmetic task."""
     from kubetune_trainer.data import load_data
-    from kubetune_trainer.evaluation import answer_accuracy
+    from kubetune_trainer.evaluation.measures import answer_accuracy
     from kubetune_trainer.models import load_model_and_tokenizer
     from kubetune_trainer.plan import DataSpec
 

@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 
 import kopf
+
+from kubetune.controller.config import OperatorConfig
+from kubetune.controller.handlers import build_registry
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,9 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
         stream=sys.stderr,
     )
-    from kubetune.controller import handlers  # reads the environment
-
-    config = handlers.CONFIG
+    config = OperatorConfig.from_env()
     logging.getLogger("kubetune.operator").info(
         "starting namespace=%s ha=%s metrics_port=%s trainer_image=%s",
         config.namespace or "*",
@@ -45,9 +45,11 @@ def main(argv: list[str] | None = None) -> int:
         config.metrics_port,
         config.trainer_image,
     )
-    health_port = int(os.environ.get("KUBETUNE_HEALTH_PORT", "8081"))
     kopf.run(
-        liveness_endpoint=f"http://0.0.0.0:{health_port}/healthz" if health_port else None,
+        registry=build_registry(config),
+        liveness_endpoint=(
+            f"http://0.0.0.0:{config.health_port}/healthz" if config.health_port else None
+        ),
         standalone=not config.ha,
         namespaces=[config.namespace] if config.namespace else (),
         clusterwide=config.namespace is None,

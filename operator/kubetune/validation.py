@@ -11,8 +11,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from kubetune.api import KIND, FineTuneJob
-from kubetune_trainer.plan import _FieldError
+from kubetune.api import KIND, FineTuneJob, model_dependencies
+from kubetune_trainer.plan import FieldError
 
 
 @dataclass(frozen=True)
@@ -150,7 +150,7 @@ def problems_from_error(doc: Document, error: ValidationError) -> list[Problem]:
         loc = _clean_loc(item["loc"])
         message = item["msg"]
         cause = (item.get("ctx") or {}).get("error")
-        if isinstance(cause, _FieldError):
+        if isinstance(cause, FieldError):
             loc = loc + cause.loc
             message = cause.message
         elif item["type"] == "extra_forbidden":
@@ -197,3 +197,62 @@ def load_jobs(paths: list[Path]) -> tuple[list[tuple[Document, FineTuneJob]], li
             if job is not None:
                 jobs.append((doc, job))
     return jobs, problems
+
+
+def job_key(job: FineTuneJob) -> tuple[str, str]:
+    """(namespace, name) of a job."""
+    ref = job.job_ref()
+    return ref.namespace, ref.name
+
+
+def pipeline_problems(jobs: list[tuple[Document, FineTuneJob]]) -> list[Problem]:
+    """Problems that only show across documents: duplicate names, self-references and cycles
+    among finetunejob:// dependencies."""
+    problems: list[Problem] = []
+    by_key: dict[tuple[str, str], tuple[Document, FineTuneJob]] = {}
+    for doc, job in jobs:
+        key = job_key(job)
+        if key in by_key:
+            first = by_key[key][0]
+            problems.append(
+                Problem(
+                    doc.file,
+                    doc.line_of(("metadata", "name")),
+                    "metadata.name",
+                    f"job {key[0]}/{key[1]} is also defined in {first.file}",
+                )
+            )
+        by_key.setdefault(key, (doc, job))
+    for doc, job in jobs:
+        namespace, name = job_key(job)
+        for path, target in model_dependencies(job.spec):
+            if target == name:
+                loc = ("spec", *path, "source")
+                problems.append(
+                    Problem(
+                        doc.file,
+                        doc.line_of(loc),
+                        ".".join(loc),
+                        "a job cannot use its own output as a model",
+                    )
+                )
+                continue
+            seen, frontier = {name}, [target]
+            while frontier:
+                current = frontier.pop()
+                if current == name:
+                    loc = ("spec", *path, "source")
+                    problems.append(
+                        Problem(
+                            doc.file,
+                            doc.line_of(loc),
+                            ".".join(loc),
+                            f"dependency cycle through finetunejob://{target}",
+                        )
+                    )
+                    break
+                if current in seen or (namespace, current) not in by_key:
+                    continue
+                seen.add(current)
+                frontier += [t for _, t in model_dependencies(by_key[(namespace, current)][1].spec)]
+    return problems

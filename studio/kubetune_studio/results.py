@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from kubetune_studio.agreement import VoteRecord
+from kubetune_trainer.evaluation.statistics import bootstrap_mean
 
 OUTCOME = {"tie": 0.5, "both_bad": 0.5}
 
@@ -83,30 +84,16 @@ def win_rate(
     seed: int = 0,
 ) -> WinRate:
     scores, tally = item_scores(pairings, votes, model, baseline, excluded)
-    mean, low, high = _bootstrap_mean(scores, seed)
+    estimate = bootstrap_mean(scores, seed=seed) if scores else None
     return WinRate(
         model=model,
         baseline=baseline,
-        win_rate=mean,
-        low=low,
-        high=high,
+        win_rate=estimate.value if estimate else None,
+        low=estimate.low if estimate else None,
+        high=estimate.high if estimate else None,
         items=len(scores),
         votes=tally["votes"],
         wins=tally["wins"],
         ties=tally["ties"],
         losses=tally["losses"],
     )
-
-
-def _bootstrap_mean(
-    scores: Sequence[float], seed: int
-) -> tuple[float, float, float] | tuple[None, None, None]:
-    import numpy as np
-
-    if not scores:
-        return None, None, None
-    values = np.asarray(scores, dtype=float)
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), size=(2000, len(values)))].mean(axis=1)
-    low, high = np.percentile(means, [2.5, 97.5])
-    return float(values.mean()), float(low), float(high)

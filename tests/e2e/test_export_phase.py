@@ -31,7 +31,7 @@ from test_operator import (
 
 from kubetune.builders import names
 from kubetune_trainer.exit_codes import EXIT_GATE_NOT_MET
-from kubetune_trainer.kube_progress import ApiTarget, KubernetesReporter
+from kubetune_trainer.reporting.kube_status import ApiTarget, KubernetesReporter
 
 pytestmark = pytest.mark.e2e
 

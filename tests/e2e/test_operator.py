@@ -35,8 +35,8 @@ from kubetune.api import FineTuneJob
 from kubetune.builders import ClusterFacts, build_children, names
 from kubetune.builders.common import POD_ANNOTATIONS
 from kubetune.planner import make_plan
-from kubetune_trainer.kube_progress import ApiTarget, KubernetesReporter, ReportError
-from kubetune_trainer.progress import ProgressRecord
+from kubetune_trainer.reporting.kube_status import ApiTarget, KubernetesReporter, ReportError
+from kubetune_trainer.reporting.progress import ProgressRecord
 
 pytestmark = pytest.mark.e2e
 

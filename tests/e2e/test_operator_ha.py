@@ -24,7 +24,7 @@ from test_operator import Operator, create, ftj, outcome, wait_phase
 pytestmark = pytest.mark.e2e
 
 NODE_GROUP = "ha"
-PEERING = "kubetune"  # kubetune.controller.handlers.PEERING
+PEERING = "kubetune"  # kubetune.controller.peering.PEERING
 LIFETIME_SECONDS = 10
 
 

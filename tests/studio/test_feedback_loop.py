@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import yaml
 
-from kubetune_trainer.synthetic import DATA_DIR
+from kubetune_trainer.data.synthetic import DATA_DIR
 from tests.studio.conftest import RunningStudio
 from tests.studio.studio_support import Api, admin_api, set_up_campaign
 
@@ -99,7 +99,7 @@ def implicit_reward_wins(model_dir: Path, reference: str, rows: list[dict]) -> n
     beta * (log pi(y|x) - log pi_ref(y|x)), is higher for the concise answer."""
     import torch
 
-    from kubetune_trainer.evaluation import loss_tokens
+    from kubetune_trainer.evaluation.measures import loss_tokens
     from kubetune_trainer.models import load_model_and_tokenizer
 
     def logps(source: str) -> np.ndarray:

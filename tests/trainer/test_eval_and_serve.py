@@ -30,12 +30,12 @@ from kubetune.api import FineTuneJob
 from kubetune.cli import main as kubetune_main
 from kubetune.planner import make_plan
 from kubetune_trainer.data import load_data
-from kubetune_trainer.evaluation import IGNORE_INDEX, loss_tokens
-from kubetune_trainer.inference import ChatModel
+from kubetune_trainer.evaluation.measures import IGNORE_INDEX, loss_tokens
+from kubetune_trainer.evaluation.suite import RESULTS_FILE, evaluate_metrics
 from kubetune_trainer.models import load_model_and_tokenizer, load_tokenizer, resolve_model_dir
 from kubetune_trainer.plan import DataSpec, EvalSpec, ModelSpec, Scaling, secret_env_name
-from kubetune_trainer.recipes.evaluate import RESULTS_FILE, evaluate_metrics
-from kubetune_trainer.serve import ChatCompletionServer
+from kubetune_trainer.serving.inference import ChatModel
+from kubetune_trainer.serving.openai_server import ChatCompletionServer
 
 pytestmark = pytest.mark.trainer
 
@@ -220,7 +220,7 @@ def test_perplexity_is_exp_of_the_token_weighted_loss_and_falls_with_training(
 def test_eval_job_writes_results_and_a_table(
     parrot: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
 ) -> None:
-    from kubetune_trainer.runner import run_single
+    from kubetune_trainer.runtime.single import run_single
 
     accuracy_rows = [{"prompt": q, "answer": a} for q, a in zip(
         ["What is 3 + 1?", "Add 3 and 1.", "2 + 2 = ?", "What is 8 + 1?", "Say four."],
@@ -537,7 +537,7 @@ def test_the_judge_endpoint_needs_the_key(judge_server: ChatCompletionServer) ->
 def test_win_rate_scores_both_sides_with_the_reward_model(parrot: str, tmp_path: Path) -> None:
     from transformers import AutoModelForSequenceClassification
 
-    from kubetune_trainer.rewards import RewardModelScorer
+    from kubetune_trainer.evaluation.rewards import RewardModelScorer
 
     torch.manual_seed(0)
     reward_dir = tmp_path / "reward"

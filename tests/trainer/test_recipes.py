@@ -71,7 +71,7 @@ def history(run_dir: Path) -> dict[int, float]:
 
 def accuracy_of(model_source: str, limit: int = 100) -> float:
     from kubetune_trainer.data import load_data
-    from kubetune_trainer.evaluation import answer_accuracy
+    from kubetune_trainer.evaluation.measures import answer_accuracy
     from kubetune_trainer.models import load_model_and_tokenizer
     from kubetune_trainer.plan import DataSpec
 

@@ -31,7 +31,7 @@ def even_answer_pairs(path: Path, split: str, count: int, seed: int) -> list[dic
     numbers: of two adjacent numbers near the answer, the even one is chosen. Both responses
     have the same form, so a random score head ranks them about at chance; a from-scratch tiny
     model cannot learn arithmetic correctness itself within a CPU budget."""
-    source = Path(__file__).resolve().parents[2] / "trainer_image/kubetune_trainer"
+    source = Path(__file__).resolve().parents[2] / "trainer_image/kubetune_trainer/data"
     lines = (source / f"synthetic_data/arithmetic-preference/{split}.jsonl").read_text()
     rng = random.Random(seed)
     rows = []
@@ -49,8 +49,8 @@ def even_answer_pairs(path: Path, split: str, count: int, seed: int) -> list[dic
 def pairwise_accuracy(model_source: str, rows: list[dict[str, Any]]) -> float:
     """Share of pairs the RewardModelScorer ranks chosen above rejected."""
     from kubetune_trainer.data.conversations import parse_hh
+    from kubetune_trainer.evaluation.rewards import RewardModelScorer
     from kubetune_trainer.plan import ModelSpec
-    from kubetune_trainer.rewards import RewardModelScorer
 
     scorer = RewardModelScorer(ModelSpec(source=model_source))
     prompts = [parse_hh(r["chosen"], "chosen")[:-1] for r in rows]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kubetune_trainer import synthetic
+from kubetune_trainer.data import synthetic
 from kubetune_trainer.plan import BUILTIN_DATASETS
 
 pytestmark = pytest.mark.trainer
@@ -30,7 +30,8 @@ def test_generator_reproduces_the_committed_files(tmp_path: Path) -> None:
     assert len(committed) == 2 * len(BUILTIN_DATASETS)
     for relative in committed:
         assert (tmp_path / relative).read_bytes() == (synthetic.DATA_DIR / relative).read_bytes(), (
-            f"{relative} differs: run python -m kubetune_trainer.synthetic and commit the result"
+            f"{relative} differs: run python -m kubetune_trainer.data.synthetic and commit "
+            "the result"
         )
     total = sum((synthetic.DATA_DIR / r).stat().st_size for r in committed)
     assert total < 2_000_000

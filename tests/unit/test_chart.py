@@ -26,7 +26,8 @@ from packaging.tags import Tag, compatible_tags, cpython_tags
 from packaging.utils import canonicalize_name, parse_wheel_filename
 from prometheus_client import Counter, Gauge, Histogram
 
-from kubetune.controller import handlers, metrics
+from kubetune.controller import api_client
+from kubetune.controller.metrics import OperatorMetrics
 from kubetune.crd import render as render_crd
 
 REPO = Path(__file__).resolve().parents[2]
@@ -124,7 +125,7 @@ def test_chart_crds_are_the_generated_crds():
 def _exported_metric_names() -> set[str]:
     """Every series name the operator's registry can expose, suffixes included."""
     names: set[str] = set()
-    for collector in metrics.REGISTRY._collector_to_names:
+    for collector in OperatorMetrics().registry._collector_to_names:
         name = collector._name
         if isinstance(collector, Counter):
             names |= {f"{name}_total", f"{name}_created"}
@@ -219,7 +220,7 @@ def test_cluster_role_grants_exactly_what_the_operator_uses(helm):
     # No power over RBAC beyond creating the trainer's Role/RoleBinding.
     assert not {"escalate", "bind", "impersonate"} & set().union(*granted.values())
     # Every child kind the operator observes is created, listed, read and deleted.
-    for api_version, kind in [*handlers.CHILD_KINDS, handlers.RAYJOB]:
+    for api_version, kind in [*api_client.CHILD_KINDS, api_client.RAYJOB]:
         verbs = granted[(_group(api_version), _plural(kind))]
         assert {"create", "list", "get", "delete"} <= verbs, (kind, verbs)
     # The trainer's per-job Role is only grantable if the operator holds what it grants.
@@ -340,7 +341,7 @@ def test_high_availability_runs_a_peered_pair(helm):
     assert operator_env(docs)["KUBETUNE_HA"] == "1"
     crds = {d["metadata"]["name"] for d in docs if d["kind"] == "CustomResourceDefinition"}
     assert crds == {"clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"}
-    # The peering object kubetune.controller.handlers joins (settings.peering.name).
+    # The peering object kubetune.controller.peering joins (settings.peering.name).
     peering = one(docs, "ClusterKopfPeering")
     assert peering["metadata"]["name"] == "kubetune"
     assert grants(rules_of(docs, "ClusterRole"))[("kopf.dev", "clusterkopfpeerings")] == {

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kubetune_trainer.checkpoints import MANIFEST, CheckpointStore, StaleAttempt
+from kubetune_trainer.training.checkpoints import MANIFEST, CheckpointStore, StaleAttempt
 
 
 def fake_checkpoint(tmp: Path, step: int, size: int = 100) -> Path:

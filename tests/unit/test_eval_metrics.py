@@ -15,15 +15,8 @@ from typing import Any
 
 import pytest
 
-from kubetune_trainer.evaluation import (
-    extract_answer,
-    extract_code,
-    mean_pass_at_k,
-    pass_at_k,
-    score_answers,
-    win_rate,
-)
-from kubetune_trainer.judge import (
+from kubetune_trainer.evaluation.gate import check_gate
+from kubetune_trainer.evaluation.judge import (
     ChatClient,
     JudgeError,
     api_key_from_env,
@@ -32,8 +25,16 @@ from kubetune_trainer.judge import (
     parse_score,
     parse_verdict,
 )
+from kubetune_trainer.evaluation.measures import (
+    extract_answer,
+    extract_code,
+    mean_pass_at_k,
+    pass_at_k,
+    score_answers,
+    win_rate,
+)
+from kubetune_trainer.evaluation.suite import results_table
 from kubetune_trainer.plan import ExportGate, JudgeSpec, SecretKeyRef, secret_env_name
-from kubetune_trainer.recipes.evaluate import check_gate, results_table
 
 # --------------------------------------------------------------------------- pass@k
 
@@ -386,8 +387,8 @@ def test_results_table_is_readable() -> None:
 
 
 def test_a_dataset_without_answers_is_refused_naming_the_field(tmp_path) -> None:
+    from kubetune_trainer.evaluation.suite import EvalError, evaluate_metrics
     from kubetune_trainer.plan import EvalSpec, ModelSpec
-    from kubetune_trainer.recipes.evaluate import EvalError, evaluate_metrics
 
     data = tmp_path / "qa.jsonl"
     data.write_text('{"prompt": "What is 1 + 1?", "answer": "2"}\n{"prompt": "And 2 + 2?"}\n')

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from kubetune.controller.handlers import peering_acting
+from kubetune.controller.peering import peering_acting
 
 NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 

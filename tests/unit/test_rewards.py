@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from kubetune_trainer.evaluation.rewards import RewardError, build_reward
 from kubetune_trainer.plan import RewardSource
-from kubetune_trainer.rewards import RewardError, build_reward
 
 
 class WordTokenizer:
@@ -117,7 +117,7 @@ def test_mismatched_batch_sizes_are_refused() -> None:
 
 
 def test_trl_adapter_reads_conversational_completions_and_columns() -> None:
-    from kubetune_trainer.rewards import TrlReward
+    from kubetune_trainer.evaluation.rewards import TrlReward
 
     logged: dict[str, float] = {}
     reward = TrlReward(reward_of([{"type": "answerMatch", "match": "numeric"}]))

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from kubetune_trainer.sandbox import (
+from kubetune_trainer.evaluation.sandbox import (
     SandboxLimits,
     network_isolation,
     run_program,

@@ -185,7 +185,8 @@ def test_snapshot_writes_the_manifest_last(tmp_path: Path) -> None:
 
 
 def test_the_studio_imports_without_torch() -> None:
-    """Every studio module, and the app, with torch made unimportable."""
+    """Every studio module, and the app, with torch made unimportable; from the trainer only
+    the shared statistics, and nothing of the operator."""
     program = textwrap.dedent(
         """
         import importlib, pkgutil, sys
@@ -206,6 +207,12 @@ def test_the_studio_imports_without_torch() -> None:
         create_app(Settings(database_url="sqlite://"))
         assert "torch" not in sys.modules
         assert not any(m.startswith("kubetune.") or m == "kubetune" for m in sys.modules)
+        trainer = sorted(m for m in sys.modules if m.startswith("kubetune_trainer"))
+        assert trainer == [
+            "kubetune_trainer",
+            "kubetune_trainer.evaluation",
+            "kubetune_trainer.evaluation.statistics",
+        ], trainer
         print("ok")
         """
     )

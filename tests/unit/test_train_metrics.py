@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import urllib.request
 
-from kubetune_trainer.metrics import TrainMetrics
+from kubetune_trainer.reporting.train_metrics import TrainMetrics
 
 
 def free_port() -> int:

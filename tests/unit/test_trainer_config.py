@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from kubetune_trainer.deepspeed_config import deepspeed_config
-from kubetune_trainer.hardware import Hardware, PrecisionError, choose_precision
 from kubetune_trainer.plan import DeepSpeedSpec
-from kubetune_trainer.progress import FileReporter, ProgressRecord, Throttled
+from kubetune_trainer.reporting.progress import FileReporter, ProgressRecord, Throttled
+from kubetune_trainer.training.deepspeed_config import deepspeed_config
+from kubetune_trainer.training.hardware import Hardware, PrecisionError, choose_precision
 
 CPU = Hardware(cuda=False, bf16_supported=False, device_count=0)
 A100 = Hardware(cuda=True, bf16_supported=True, device_count=8)

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
-    from kubetune_trainer.runner import run_plan
+    from kubetune_trainer.runtime.launch import run_plan
 
     try:
         return run_plan(plan, mode=args.mode, local_run=args.local)

@@ -80,6 +80,17 @@ def pvc_path(uri: str) -> Path:
     return mount / inner if inner else mount
 
 
+def local_storage(uri: str) -> Path | None:
+    """The filesystem path of a storage URI (a local path or a mounted ``pvc://`` claim), or
+    None for remote (``s3://``) storage."""
+    scheme = uri_scheme(uri)
+    if scheme == "pvc":
+        return pvc_path(uri)
+    if scheme == "file":
+        return local_path(uri).resolve()
+    return None
+
+
 def split_s3(uri: str) -> tuple[str, str]:
     """``s3://BUCKET/PREFIX`` as (bucket, prefix without a leading slash)."""
     bucket, _, prefix = uri_rest(uri).partition("/")

@@ -57,7 +57,7 @@ app.kubernetes.io/component: operator
 
 {{/*
 What the operator does in the namespaces it serves, and nothing more (a Role or a ClusterRole
-holds these rules). Derived from kubetune.controller.handlers:
+holds these rules). Derived from kubetune.controller (api_client, handlers, peering):
 - finetunejobs: kopf lists and watches them and patches its annotations (handler progress);
   the operator reads each job fresh and deletes a finished one (ttlSecondsAfterFinished).
 - finetunejobs/status: the operator writes status. It also creates, per job, a Role granting

@@ -46,7 +46,8 @@ EXIT_PREEMPTED). Exposed to the trainer as KUBETUNE_GRACE_SECONDS."""
 GPU_RESOURCE = "nvidia.com/gpu"
 
 PROGRESS_KUBERNETES = "kubernetes"
-"""KUBETUNE_PROGRESS value selecting the trainer's status reporter (kube_progress)."""
+"""KUBETUNE_PROGRESS value selecting the trainer's status reporter
+(kubetune_trainer.reporting.kube_status)."""
 
 POD_ANNOTATIONS = "kubetune.io/pod-annotations"
 """Opt-in annotation of a FineTuneJob: a JSON object of annotations copied onto every trainer

@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from kubetune.reasons import KubernetesReason
 from kubetune_trainer.exit_codes import DISRUPTION_EXIT_CODES, EXIT_INVALID_PLAN
 
 from .job_launcher import POD_FAILURE_RULES
@@ -71,9 +72,9 @@ def _classify_job_condition(cond: dict[str, Any]) -> LauncherFailure:
     reason = cond.get("reason") or ""
     message = cond.get("message") or ""
     code = _exit_code(message)
-    if reason == "DeadlineExceeded":
+    if reason == KubernetesReason.DEADLINE_EXCEEDED:
         return LauncherFailure("deadline", reason, message, code)
-    if reason == "PodFailurePolicy":
+    if reason == KubernetesReason.POD_FAILURE_POLICY:
         match = _RULE_INDEX.search(message)
         if match and int(match.group(1)) < len(POD_FAILURE_RULES):
             kind = POD_FAILURE_RULES[int(match.group(1))][0]
@@ -103,7 +104,7 @@ def rayjob_failure(
     code = _exit_code(message)
     if any(pod_disrupted(p) for p in pods or []) or code in DISRUPTION_EXIT_CODES:
         return LauncherFailure("disruption", reason, message, code)
-    if reason == "DeadlineExceeded":
+    if reason == KubernetesReason.DEADLINE_EXCEEDED:
         return LauncherFailure("deadline", reason, message, code)
     return LauncherFailure("application", reason, message, code)
 

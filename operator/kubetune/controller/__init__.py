@@ -1,2 +1,4 @@
-"""The operator: a pure lifecycle (``lifecycle``), kopf handlers that observe and execute
-(``handlers``), and Prometheus metrics (``metrics``)."""
+"""The operator: a pure lifecycle (``lifecycle``); the API client that observes and executes
+(``api_client``); per-job scheduling, requeues and retries (``scheduling``); HA peering
+(``peering``); Prometheus metrics (``metrics``); configuration (``config``); and the kopf
+wiring that puts them together at start-up (``handlers``)."""

@@ -5,7 +5,7 @@ the handler observed about its children and dependencies, and returns a :class:`
 status fields the operator owns (a merge patch), the actions that move the world one step
 toward the spec (create children, delete children, post events), and when to look again.
 
-No I/O here; :mod:`kubetune.controller.handlers` observes and executes. Phases::
+No I/O here; :mod:`kubetune.controller.api_client` observes and executes. Phases::
 
     Pending -> WaitingForDependencies -> Running -> Exporting -> Succeeded | Failed
     Suspended from any active phase and back
@@ -21,7 +21,12 @@ runs as its own Job (``<job>-export-a<N>``, N = ``status.exportAttempt``). Its e
 0 exported (Succeeded, Exported=True); EXIT_GATE_NOT_MET the eval gate was not met (Succeeded,
 Exported=False ExportGateNotMet); EXIT_INVALID_PLAN no retry can help (Failed); anything else is
 retried the way training is (``exportRestarts`` against resume.maxRestarts, disruptions not
-counted, the same backoff), in a new export Job: a failed export never retrains.
+counted, the same backoff), in a new export Job: a failed export never retrains. Running and
+Exporting are one attempt machine (:class:`_Attempts`), configured twice (``TRAINING``,
+``EXPORT``).
+
+Condition types and reasons come from :mod:`kubetune.reasons`; an event that starts a new
+attempt records the reason it counts under in kubetune_job_restarts_total (``Event.restart``).
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from kubetune.builders import (
 )
 from kubetune.builders.export_job import EXPORT_CONTAINER
 from kubetune.planner import UnresolvedDependency, make_plan
+from kubetune.reasons import RESTART_REASONS, ConditionType, Reason
 from kubetune.validation import Document, problems_from_error
 from kubetune_trainer.exit_codes import EXIT_GATE_NOT_MET
 
@@ -57,16 +63,16 @@ EXPORT_COMPONENT = "export"
 """app.kubernetes.io/component of the export stage's Job (a Job, but not a launcher)."""
 TERMINATION_MESSAGE_LIMIT = 1000
 
-# Condition types (api.Condition documents them).
-INVALID_SPEC = "InvalidSpec"
-DEPENDENCIES_READY = "DependenciesReady"
-RUNNING = "Running"
-CHECKPOINTED = "Checkpointed"
-RESUMING = "Resuming"
-EXPORTED = "Exported"
-SUCCEEDED = "Succeeded"
-FAILED = "Failed"
-SUSPENDED = "Suspended"
+# Condition types (the table in kubetune.reasons documents them).
+INVALID_SPEC = ConditionType.INVALID_SPEC
+DEPENDENCIES_READY = ConditionType.DEPENDENCIES_READY
+RUNNING = ConditionType.RUNNING
+CHECKPOINTED = ConditionType.CHECKPOINTED
+RESUMING = ConditionType.RESUMING
+EXPORTED = ConditionType.EXPORTED
+SUCCEEDED = ConditionType.SUCCEEDED
+FAILED = ConditionType.FAILED
+SUSPENDED = ConditionType.SUSPENDED
 
 
 # --------------------------------------------------------------------------- inputs
@@ -137,8 +143,11 @@ class Delete:
 @dataclass(frozen=True)
 class Event:
     type: Literal["Normal", "Warning"]
-    reason: str
+    reason: Reason
     message: str
+    restart: Reason | None = None
+    """When this event starts a new attempt after a failed or suspended one: the reason it
+    counts under in kubetune_job_restarts_total (one of reasons.RESTART_REASONS)."""
 
 
 Action = Create | Delete | Event
@@ -276,7 +285,9 @@ class _Pass:
                 self.status[key] = value
                 self.decision.status_patch[key] = value
 
-    def set_condition(self, type_: str, status: bool, reason: str, message: str = "") -> None:
+    def set_condition(
+        self, type_: ConditionType, status: bool, reason: Reason, message: str = ""
+    ) -> None:
         value = "True" if status else "False"
         old = self.condition(type_)
         new = {
@@ -301,16 +312,19 @@ class _Pass:
             self._conditions.append(new)
         self._conditions_changed = True
 
-    def clear_condition(self, type_: str, reason: str, message: str = "") -> None:
+    def clear_condition(self, type_: ConditionType, reason: Reason, message: str = "") -> None:
         """Turn a condition False if it is present and True (absent stays absent)."""
         old = self.condition(type_)
         if old is not None and old.get("status") == "True":
             self.set_condition(type_, False, reason, message)
 
-    def event(self, reason: str, message: str, warning: bool = False) -> None:
-        self.decision.actions.append(Event("Warning" if warning else "Normal", reason, message))
+    def event(
+        self, reason: Reason, message: str, warning: bool = False, restart: Reason | None = None
+    ) -> None:
+        kind: Literal["Normal", "Warning"] = "Warning" if warning else "Normal"
+        self.decision.actions.append(Event(kind, reason, message, restart))
 
-    def transition(self, phase: Phase, reason: str, message: str, warning: bool = False) -> None:
+    def transition(self, phase: Phase, reason: Reason, message: str, warning: bool = False) -> None:
         if self.phase != phase:
             self.set(phase=phase.value)
             self.event(reason, f"{phase.value}: {message}", warning)
@@ -417,19 +431,19 @@ def reconcile(job: Manifest, world: Observed, now: datetime, settings: Settings)
     if problems:
         _invalid(p, problems)
         return p.finish()
-    p.clear_condition(INVALID_SPEC, "Valid", "the spec is valid")
+    p.clear_condition(INVALID_SPEC, Reason.VALID, "the spec is valid")
 
     if phase is None:
-        p.transition(Phase.pending, "Accepted", "the job was accepted")
+        p.transition(Phase.pending, Reason.ACCEPTED, "the job was accepted")
         phase = Phase.pending
 
     match phase:
         case Phase.pending | Phase.waiting_for_dependencies:
             _start(p)
         case Phase.running:
-            _running(p)
+            TRAINING.step(p)
         case Phase.exporting:
-            _exporting(p)
+            EXPORT.step(p)
         case Phase.suspended:
             _suspended(p)
     return p.finish()
@@ -437,12 +451,12 @@ def reconcile(job: Manifest, world: Observed, now: datetime, settings: Settings)
 
 def _invalid(p: _Pass, problems: list[str]) -> None:
     message = "; ".join(problems)
-    p.set_condition(INVALID_SPEC, True, "InvalidSpec", message)
-    p.set_condition(FAILED, True, "InvalidSpec", message)
+    p.set_condition(INVALID_SPEC, True, Reason.INVALID_SPEC, message)
+    p.set_condition(FAILED, True, Reason.INVALID_SPEC, message)
     p.delete_launchers(keep_finished=False)
     p.delete_exporters(keep_finished=False)
     p.set(completionTime=p.status.get("completionTime") or rfc3339(p.now))
-    p.transition(Phase.failed, "InvalidSpec", message, warning=True)
+    p.transition(Phase.failed, Reason.INVALID_SPEC, message, warning=True)
 
 
 def _deadline_passed(p: _Pass) -> bool:
@@ -457,7 +471,7 @@ def _deadline_passed(p: _Pass) -> bool:
     return False
 
 
-def _fail(p: _Pass, reason: str, message: str) -> None:
+def _fail(p: _Pass, reason: Reason, message: str) -> None:
     p.set_condition(FAILED, True, reason, message)
     p.set_condition(RUNNING, False, reason, message)
     p.clear_condition(RESUMING, reason, message)
@@ -483,25 +497,29 @@ def _start(p: _Pass) -> None:
             waiting.append(f"{field_path}: job '{dep}' is {dep_phase}")
     if waiting:
         message = "; ".join(waiting)
-        p.set_condition(DEPENDENCIES_READY, False, "WaitingForJobs", message)
-        p.transition(Phase.waiting_for_dependencies, "WaitingForDependencies", message)
+        p.set_condition(DEPENDENCIES_READY, False, Reason.WAITING_FOR_JOBS, message)
+        p.transition(Phase.waiting_for_dependencies, Reason.WAITING_FOR_DEPENDENCIES, message)
         p.requeue(p.settings.dependency_poll_seconds)
         return
     if model_dependencies(p.model.spec):
-        p.set_condition(DEPENDENCIES_READY, True, "JobsSucceeded", "every input job succeeded")
-    _launch(p, max(p.attempt, 1), "Launched", "attempt {attempt} launched")
+        p.set_condition(
+            DEPENDENCIES_READY, True, Reason.JOBS_SUCCEEDED, "every input job succeeded"
+        )
+    _launch(p, max(p.attempt, 1), Reason.LAUNCHED, "attempt {attempt} launched")
 
 
-def _launch(p: _Pass, attempt: int, reason: str, message: str) -> None:
+def _launch(
+    p: _Pass, attempt: int, reason: Reason, message: str, *, restart: Reason | None = None
+) -> None:
     """Create attempt's children (create-or-adopt by name) and enter Running."""
     try:
         children = p.children_for(attempt)
     except BuildError as err:
-        _fail(p, "BuildFailed", str(err))
+        _fail(p, Reason.BUILD_FAILED, str(err))
         return
     except UnresolvedDependency as err:
-        p.set_condition(DEPENDENCIES_READY, False, "OutputMissing", str(err))
-        p.transition(Phase.waiting_for_dependencies, "WaitingForDependencies", str(err))
+        p.set_condition(DEPENDENCIES_READY, False, Reason.OUTPUT_MISSING, str(err))
+        p.transition(Phase.waiting_for_dependencies, Reason.WAITING_FOR_DEPENDENCIES, str(err))
         p.requeue(p.settings.dependency_poll_seconds)
         return
     text = message.format(attempt=attempt)
@@ -514,9 +532,9 @@ def _launch(p: _Pass, attempt: int, reason: str, message: str) -> None:
     if not p.status.get("startTime"):
         p.set(startTime=rfc3339(p.now))
     p.set_condition(RUNNING, True, reason, text)
-    p.clear_condition(SUSPENDED, "Resumed", text)
-    p.event(reason, text)
-    p.transition(Phase.running, "Running", text)
+    p.clear_condition(SUSPENDED, Reason.RESUMED, text)
+    p.event(reason, text, restart=restart)
+    p.transition(Phase.running, Reason.RUNNING, text)
     _deadline_passed(p)  # only to requeue at the deadline
 
 
@@ -526,9 +544,9 @@ def _suspend(p: _Pass) -> None:
     p.delete_launchers(keep_finished=True)
     p.delete_exporters(keep_finished=True)
     p.set(nextAttemptTime=None)
-    p.set_condition(SUSPENDED, True, "Suspended", "spec.runtime.suspend is true")
-    p.clear_condition(RUNNING, "Suspended", "spec.runtime.suspend is true")
-    p.transition(Phase.suspended, "Suspended", "spec.runtime.suspend is true")
+    p.set_condition(SUSPENDED, True, Reason.SUSPENDED, "spec.runtime.suspend is true")
+    p.clear_condition(RUNNING, Reason.SUSPENDED, "spec.runtime.suspend is true")
+    p.transition(Phase.suspended, Reason.SUSPENDED, "spec.runtime.suspend is true")
 
 
 def _suspended(p: _Pass) -> None:
@@ -536,8 +554,8 @@ def _suspended(p: _Pass) -> None:
         _suspend(p)  # level: keep launchers gone
         return
     if p.attempt == 0:
-        p.set_condition(SUSPENDED, False, "Resumed", "spec.runtime.suspend is false")
-        p.transition(Phase.pending, "Resumed", "spec.runtime.suspend is false")
+        p.set_condition(SUSPENDED, False, Reason.RESUMED, "spec.runtime.suspend is false")
+        p.transition(Phase.pending, Reason.RESUMED, "spec.runtime.suspend is false")
         _start(p)
         return
     if p.export_attempt:
@@ -545,7 +563,7 @@ def _suspended(p: _Pass) -> None:
         _launch_export(
             p,
             _next_export_attempt(p),
-            "ExportResumed",
+            Reason.EXPORT_RESUMED,
             "export attempt {attempt} launched after suspension",
         )
         return
@@ -553,47 +571,14 @@ def _suspended(p: _Pass) -> None:
     # reused: resume in a new one. An attempt still waiting for its backoff was never made.
     made = any(c.attempt == p.attempt for c in p.world.children)
     attempt = p.attempt + 1 if made else p.attempt
-    p.set_condition(RESUMING, True, "Unsuspended", f"attempt {attempt} after suspension")
-    _launch(p, attempt, "Resumed", "attempt {attempt} launched after suspension")
-
-
-def _running(p: _Pass) -> None:
-    spec = p.model.spec
-    if spec.runtime.suspend:
-        _suspend(p)
-        return
-    if _deadline_passed(p):
-        p.delete_launchers(keep_finished=True)  # every attempt's, the current one included
-        _fail(
-            p,
-            "DeadlineExceeded",
-            f"the job was active longer than spec.activeDeadlineSeconds "
-            f"({spec.active_deadline_seconds}s)",
-        )
-        return
-    _checkpointed(p)
-
-    pending = parse_time(p.status.get("nextAttemptTime"))
-    launcher = p.world.launcher
-    if launcher is None:
-        if pending is not None and pending > p.now:
-            p.requeue((pending - p.now).total_seconds())
-            return
-        # Not created yet (first pass after a restart decision, or a crash half-way).
-        reason = "Resumed" if p.attempt > 1 else "Launched"
-        _launch(p, max(p.attempt, 1), reason, "attempt {attempt} launched")
-        return
-
-    state, failure = launcher_state(launcher)
-    if state == "running":
-        p.set_condition(RUNNING, True, "Running", f"attempt {p.attempt} is running")
-        p.clear_condition(RESUMING, "Resumed", f"attempt {p.attempt} is running")
-        return
-    if state == "succeeded":
-        _trained(p)
-        return
-    assert failure is not None
-    _failed_attempt(p, failure)
+    p.set_condition(RESUMING, True, Reason.UNSUSPENDED, f"attempt {attempt} after suspension")
+    _launch(
+        p,
+        attempt,
+        Reason.RESUMED,
+        "attempt {attempt} launched after suspension",
+        restart=Reason.UNSUSPENDED,
+    )
 
 
 def _checkpointed(p: _Pass) -> None:
@@ -602,7 +587,7 @@ def _checkpointed(p: _Pass) -> None:
         p.set_condition(
             CHECKPOINTED,
             True,
-            "CheckpointSaved",
+            Reason.CHECKPOINT_SAVED,
             f"step {checkpoint.get('step')} at {checkpoint['uri']}",
         )
 
@@ -611,46 +596,6 @@ def _failure_text(failure: LauncherFailure) -> str:
     code = f", exit code {failure.exit_code}" if failure.exit_code is not None else ""
     detail = f": {failure.message}" if failure.message else ""
     return f"{failure.kind} failure ({failure.reason}{code}){detail}"
-
-
-def _failed_attempt(p: _Pass, failure: LauncherFailure) -> None:
-    resume = p.model.spec.resume
-    attempt = p.attempt
-    text = f"attempt {attempt} failed: {_failure_text(failure)}"
-    if failure.kind == "deadline":
-        _fail(p, "DeadlineExceeded", text)
-        return
-    if not failure.retryable:
-        _fail(p, "InvalidPlan", text + "; the trainer refused the plan, a restart cannot help")
-        return
-    restarts = int(p.status.get("restarts") or 0)
-    disruptions = int(p.status.get("disruptions") or 0)
-    if failure.counts_as_restart:
-        if restarts >= resume.max_restarts:
-            _fail(
-                p,
-                "RestartsExhausted",
-                f"{text}; resume.maxRestarts ({resume.max_restarts}) exhausted",
-            )
-            return
-        restarts += 1
-        reason = "ApplicationFailure"
-    else:
-        disruptions += 1
-        reason = "Disruption"
-    delay = backoff_seconds(resume.backoff_seconds, resume.max_backoff_seconds, attempt)
-    nxt = attempt + 1
-    p.set(
-        attempt=nxt,
-        restarts=restarts,
-        disruptions=disruptions,
-        nextAttemptTime=rfc3339(p.now + timedelta(seconds=delay)),
-    )
-    message = f"{text}; attempt {nxt} in {delay}s from the latest checkpoint"
-    p.set_condition(RESUMING, True, reason, message)
-    p.set_condition(RUNNING, False, reason, message)
-    p.event(reason, message, warning=True)
-    p.requeue(delay)
 
 
 def _export_formats(p: _Pass) -> list[str]:
@@ -666,11 +611,11 @@ def _trained(p: _Pass) -> None:
         return
     message = f"attempt {p.attempt} succeeded; exporting {', '.join(formats)}"
     p.set(output=p.output_uri())
-    p.set_condition(RUNNING, False, "TrainingSucceeded", message)
-    p.clear_condition(RESUMING, "TrainingSucceeded", message)
-    p.event("TrainingSucceeded", message)
+    p.set_condition(RUNNING, False, Reason.TRAINING_SUCCEEDED, message)
+    p.clear_condition(RESUMING, Reason.TRAINING_SUCCEEDED, message)
+    p.event(Reason.TRAINING_SUCCEEDED, message)
     _launch_export(
-        p, _next_export_attempt(p), "ExportLaunched", "export attempt {attempt} launched"
+        p, _next_export_attempt(p), Reason.EXPORT_LAUNCHED, "export attempt {attempt} launched"
     )
 
 
@@ -684,67 +629,23 @@ def _next_export_attempt(p: _Pass) -> int:
     return current + 1 if any(c.name == made for c in p.world.children) else current
 
 
-def _launch_export(p: _Pass, export_attempt: int, reason: str, message: str) -> None:
+def _launch_export(p: _Pass, export_attempt: int, reason: Reason, message: str) -> None:
     """Create the export Job of export_attempt (create-or-adopt by name), enter Exporting."""
     try:
         manifest = p.export_job_for(export_attempt)
     except BuildError as err:
-        p.set_condition(EXPORTED, False, "BuildFailed", str(err))
-        _fail(p, "BuildFailed", str(err))
+        p.set_condition(EXPORTED, False, Reason.BUILD_FAILED, str(err))
+        _fail(p, Reason.BUILD_FAILED, str(err))
         return
     text = message.format(attempt=export_attempt)
     p.decision.actions.append(Create([manifest]))
     p.delete_exporters(keep=export_attempt)
     p.set(exportAttempt=export_attempt, nextAttemptTime=None)
-    p.set_condition(EXPORTED, False, "ExportRunning", text)
-    p.clear_condition(SUSPENDED, "Resumed", text)
+    p.set_condition(EXPORTED, False, Reason.EXPORT_RUNNING, text)
+    p.clear_condition(SUSPENDED, Reason.RESUMED, text)
     p.event(reason, text)
-    p.transition(Phase.exporting, "Exporting", text)
+    p.transition(Phase.exporting, Reason.EXPORTING, text)
     _deadline_passed(p)  # only to requeue at the deadline
-
-
-def _exporting(p: _Pass) -> None:
-    spec = p.model.spec
-    if spec.runtime.suspend:
-        _suspend(p)
-        return
-    if _deadline_passed(p):
-        p.delete_exporters(keep_finished=True)
-        message = (
-            f"the job was active longer than spec.activeDeadlineSeconds "
-            f"({spec.active_deadline_seconds}s)"
-        )
-        p.set_condition(EXPORTED, False, "DeadlineExceeded", message)
-        _fail(p, "DeadlineExceeded", message)
-        return
-    if not _export_formats(p):
-        p.delete_exporters(keep_finished=True)
-        message = "spec.export no longer asks for artifacts; nothing to export"
-        p.clear_condition(EXPORTED, "NotRequested", message)
-        _succeed(p, message)
-        return
-
-    n = p.export_attempt
-    exporter = p.world.exporter
-    if exporter is None:
-        pending = parse_time(p.status.get("nextAttemptTime"))
-        if pending is not None and pending > p.now:
-            p.requeue((pending - p.now).total_seconds())
-            return
-        # After the backoff, or a crash between the decision and the creation.
-        reason = "ExportRetried" if n > 1 else "ExportLaunched"
-        _launch_export(p, max(n, 1), reason, "export attempt {attempt} launched")
-        return
-
-    state, failure = launcher_state(exporter)
-    if state == "running":
-        p.set_condition(EXPORTED, False, "ExportRunning", f"export attempt {n} is running")
-        return
-    if state == "succeeded":
-        _exported(p)
-        return
-    assert failure is not None
-    _failed_export(p, failure)
 
 
 def _termination_message(pods: tuple[Manifest, ...]) -> str:
@@ -774,10 +675,10 @@ def _exported(p: _Pass) -> None:
         text = f"export attempt {n} succeeded: {_artifact_summary(artifacts)}"
     else:
         text = f"export attempt {n} succeeded but reported no artifacts in status.artifacts"
-        p.event("NoArtifactsReported", text, warning=True)
-    p.set_condition(EXPORTED, True, "Exported", text)
-    p.event("Exported", text)
-    _succeed(p, text, reason="Exported")
+        p.event(Reason.NO_ARTIFACTS_REPORTED, text, warning=True)
+    p.set_condition(EXPORTED, True, Reason.EXPORTED, text)
+    p.event(Reason.EXPORTED, text)
+    _succeed(p, text, reason=Reason.EXPORTED)
 
 
 def _gate_not_met(p: _Pass, detail: str) -> None:
@@ -786,59 +687,17 @@ def _gate_not_met(p: _Pass, detail: str) -> None:
         bounds = [f"{op} {v}" for op, v in ((">=", gate.min), ("<=", gate.max)) if v is not None]
         detail = f"spec.export.gate asks for {gate.metric} {' and '.join(bounds)}"
     text = f"the export gate was not met, nothing was exported: {detail or 'no detail given'}"
-    p.set_condition(EXPORTED, False, "ExportGateNotMet", text)
-    p.event("ExportGateNotMet", text)
-    _succeed(p, f"training succeeded; {text}", reason="ExportGateNotMet")
+    p.set_condition(EXPORTED, False, Reason.EXPORT_GATE_NOT_MET, text)
+    p.event(Reason.EXPORT_GATE_NOT_MET, text)
+    _succeed(p, f"training succeeded; {text}", reason=Reason.EXPORT_GATE_NOT_MET)
 
 
-def _failed_export(p: _Pass, failure: LauncherFailure) -> None:
-    resume = p.model.spec.resume
-    n = p.export_attempt
-    detail = _termination_message(p.world.export_pods)
-    if failure.exit_code == EXIT_GATE_NOT_MET:
-        _gate_not_met(p, detail)
-        return
-    text = f"export attempt {n} failed: {_failure_text(failure)}"
-    if detail:
-        text += f"; the export stage said: {detail}"
-    if not failure.retryable:
-        text += "; the export stage refused the plan, a retry cannot help"
-        p.set_condition(EXPORTED, False, "ExportFailed", text)
-        _fail(p, "ExportInvalidPlan", text)
-        return
-    restarts = int(p.status.get("exportRestarts") or 0)
-    disruptions = int(p.status.get("disruptions") or 0)
-    if failure.counts_as_restart or failure.kind == "deadline":
-        if restarts >= resume.max_restarts:
-            text += f"; resume.maxRestarts ({resume.max_restarts}) exhausted"
-            p.set_condition(EXPORTED, False, "ExportFailed", text)
-            _fail(p, "ExportFailed", text)
-            return
-        restarts += 1
-        reason = "ExportFailure"
-    else:
-        disruptions += 1
-        reason = "ExportDisruption"
-    delay = backoff_seconds(resume.backoff_seconds, resume.max_backoff_seconds, n)
-    nxt = n + 1
-    p.set(
-        exportAttempt=nxt,
-        exportRestarts=restarts,
-        disruptions=disruptions,
-        nextAttemptTime=rfc3339(p.now + timedelta(seconds=delay)),
-    )
-    message = f"{text}; export attempt {nxt} in {delay}s (the trained model is kept)"
-    p.set_condition(EXPORTED, False, reason, message)
-    p.event(reason, message, warning=True)
-    p.requeue(delay)
-
-
-def _succeed(p: _Pass, message: str, reason: str = "TrainingSucceeded") -> None:
+def _succeed(p: _Pass, message: str, reason: Reason = Reason.TRAINING_SUCCEEDED) -> None:
     p.set(output=p.output_uri(), completionTime=rfc3339(p.now), nextAttemptTime=None)
     p.set_condition(SUCCEEDED, True, reason, message)
-    p.set_condition(RUNNING, False, "Completed", message)
-    p.clear_condition(RESUMING, "Completed", message)
-    p.transition(Phase.succeeded, "Succeeded", message)
+    p.set_condition(RUNNING, False, Reason.COMPLETED, message)
+    p.clear_condition(RESUMING, Reason.COMPLETED, message)
+    p.transition(Phase.succeeded, Reason.SUCCEEDED, message)
     _ttl(p)
 
 
@@ -853,10 +712,10 @@ def _terminal(p: _Pass) -> None:
         and invalid.get("observedGeneration") != p.generation
         and not spec_problems(p.raw)
     ):
-        p.set_condition(INVALID_SPEC, False, "Valid", "the spec was corrected")
-        p.set_condition(FAILED, False, "Valid", "the spec was corrected")
+        p.set_condition(INVALID_SPEC, False, Reason.VALID, "the spec was corrected")
+        p.set_condition(FAILED, False, Reason.VALID, "the spec was corrected")
         p.set(completionTime=None)
-        p.transition(Phase.pending, "SpecCorrected", "the spec was corrected")
+        p.transition(Phase.pending, Reason.SPEC_CORRECTED, "the spec was corrected")
         _start(p)
         return
     p.delete_launchers(keep_finished=True)
@@ -875,7 +734,268 @@ def _ttl(p: _Pass) -> None:
         return
     p.decision.actions += [Delete(c.api_version, c.kind, c.name) for c in p.world.children]
     p.decision.actions.append(Delete(API_VERSION, KIND, p.name))
-    p.event("TTLExpired", f"deleting the job {ttl}s after it finished")
+    p.event(Reason.TTL_EXPIRED, f"deleting the job {ttl}s after it finished")
+
+
+# --------------------------------------------------------------------------- attempts
+
+
+class _Attempts:
+    """One machine for the two phases that run numbered attempts of a child until one
+    succeeds: training (phase Running; the launcher of status.attempt) and the export stage
+    (phase Exporting; the export Job of status.exportAttempt). Per pass::
+
+        suspended          -> Suspended
+        deadline passed    -> Failed (DeadlineExceeded)
+        child absent       -> wait out nextAttemptTime, then create it
+        child running      -> say so
+        child succeeded    -> the phase's next step
+        child failed       -> Failed when no retry can help or resume.maxRestarts is used up;
+                              else the next attempt after the backoff, the failure counted once
+                              (the phase's restarts field, or disruptions)
+
+    The subclasses supply the status fields, the reasons, the messages and the hooks.
+    """
+
+    noun: str
+    """How messages name an attempt ("attempt 2", "export attempt 2")."""
+    attempt_field: str
+    restarts_field: str
+    """The status field counting this phase's failures against resume.maxRestarts."""
+    launched: Reason
+    relaunched: Reason
+    failure: Reason
+    disruption: Reason
+    refused: Reason
+    """Failed's reason when the child refused the plan (exit code 78)."""
+    refused_note: str
+    exhausted: Reason
+    """Failed's reason when resume.maxRestarts is used up."""
+    gave_up: Reason
+    """The reason on the phase's own condition when a failure is final."""
+    retry_note: str
+    """What the next attempt starts from (for the message)."""
+    deadline_is_final: bool
+    """A child stopped by its own deadline fails the job (else it is retried)."""
+
+    def attempt(self, p: _Pass) -> int:
+        return int(p.status.get(self.attempt_field) or 0)
+
+    # -- hooks -------------------------------------------------------------------------------
+
+    def child(self, p: _Pass) -> Manifest | None:
+        raise NotImplementedError
+
+    def launch(self, p: _Pass, attempt: int, reason: Reason, message: str) -> None:
+        raise NotImplementedError
+
+    def delete_children(self, p: _Pass) -> None:
+        raise NotImplementedError
+
+    def settled_before(self, p: _Pass) -> bool:
+        """Checks before the child's state is read; True when they decided the pass."""
+        return False
+
+    def running(self, p: _Pass, attempt: int) -> None:
+        raise NotImplementedError
+
+    def succeeded(self, p: _Pass) -> None:
+        raise NotImplementedError
+
+    def settled_failure(self, p: _Pass, failure: LauncherFailure) -> bool:
+        """A failure exit that is not a failure (the export gate); True when handled."""
+        return False
+
+    def failure_detail(self, p: _Pass) -> str:
+        return ""
+
+    def mark_retry(self, p: _Pass, reason: Reason, message: str) -> None:
+        raise NotImplementedError
+
+    def mark_final(self, p: _Pass, reason: Reason, message: str) -> None:
+        """The phase's own condition when the job fails in this phase."""
+
+    # -- the machine -------------------------------------------------------------------------
+
+    def step(self, p: _Pass) -> None:
+        spec = p.model.spec
+        if spec.runtime.suspend:
+            _suspend(p)
+            return
+        if _deadline_passed(p):
+            self.delete_children(p)  # every attempt's, the current one included
+            message = (
+                f"the job was active longer than spec.activeDeadlineSeconds "
+                f"({spec.active_deadline_seconds}s)"
+            )
+            self.mark_final(p, Reason.DEADLINE_EXCEEDED, message)
+            _fail(p, Reason.DEADLINE_EXCEEDED, message)
+            return
+        if self.settled_before(p):
+            return
+
+        attempt = self.attempt(p)
+        child = self.child(p)
+        if child is None:
+            pending = parse_time(p.status.get("nextAttemptTime"))
+            if pending is not None and pending > p.now:
+                p.requeue((pending - p.now).total_seconds())
+                return
+            # After the backoff, or a crash between the decision and the creation.
+            reason = self.relaunched if attempt > 1 else self.launched
+            self.launch(p, max(attempt, 1), reason, f"{self.noun} {{attempt}} launched")
+            return
+
+        state, failure = launcher_state(child)
+        if state == "running":
+            self.running(p, attempt)
+        elif state == "succeeded":
+            self.succeeded(p)
+        else:
+            assert failure is not None
+            self.failed(p, failure)
+
+    def failed(self, p: _Pass, failure: LauncherFailure) -> None:
+        if self.settled_failure(p, failure):
+            return
+        resume = p.model.spec.resume
+        attempt = self.attempt(p)
+        text = f"{self.noun} {attempt} failed: {_failure_text(failure)}{self.failure_detail(p)}"
+        if failure.kind == "deadline" and self.deadline_is_final:
+            _fail(p, Reason.DEADLINE_EXCEEDED, text)
+            return
+        if not failure.retryable:
+            text += self.refused_note
+            self.mark_final(p, self.gave_up, text)
+            _fail(p, self.refused, text)
+            return
+        restarts = int(p.status.get(self.restarts_field) or 0)
+        disruptions = int(p.status.get("disruptions") or 0)
+        if failure.counts_as_restart or failure.kind == "deadline":
+            if restarts >= resume.max_restarts:
+                text += f"; resume.maxRestarts ({resume.max_restarts}) exhausted"
+                self.mark_final(p, self.gave_up, text)
+                _fail(p, self.exhausted, text)
+                return
+            restarts += 1
+            reason = self.failure
+        else:
+            disruptions += 1
+            reason = self.disruption
+        delay = backoff_seconds(resume.backoff_seconds, resume.max_backoff_seconds, attempt)
+        nxt = attempt + 1
+        p.set(
+            **{self.attempt_field: nxt, self.restarts_field: restarts},
+            disruptions=disruptions,
+            nextAttemptTime=rfc3339(p.now + timedelta(seconds=delay)),
+        )
+        message = f"{text}; {self.noun} {nxt} in {delay}s {self.retry_note}"
+        self.mark_retry(p, reason, message)
+        restart = reason if reason in RESTART_REASONS else None
+        p.event(reason, message, warning=True, restart=restart)
+        p.requeue(delay)
+
+
+class _Training(_Attempts):
+    noun = "attempt"
+    attempt_field = "attempt"
+    restarts_field = "restarts"
+    launched = Reason.LAUNCHED
+    relaunched = Reason.RESUMED
+    failure = Reason.APPLICATION_FAILURE
+    disruption = Reason.DISRUPTION
+    refused = Reason.INVALID_PLAN
+    refused_note = "; the trainer refused the plan, a restart cannot help"
+    exhausted = Reason.RESTARTS_EXHAUSTED
+    gave_up = Reason.RESTARTS_EXHAUSTED
+    retry_note = "from the latest checkpoint"
+    deadline_is_final = True
+
+    def child(self, p: _Pass) -> Manifest | None:
+        return p.world.launcher
+
+    def launch(self, p: _Pass, attempt: int, reason: Reason, message: str) -> None:
+        _launch(p, attempt, reason, message)
+
+    def delete_children(self, p: _Pass) -> None:
+        p.delete_launchers(keep_finished=True)
+
+    def settled_before(self, p: _Pass) -> bool:
+        _checkpointed(p)
+        return False
+
+    def running(self, p: _Pass, attempt: int) -> None:
+        p.set_condition(RUNNING, True, Reason.RUNNING, f"attempt {attempt} is running")
+        p.clear_condition(RESUMING, Reason.RESUMED, f"attempt {attempt} is running")
+
+    def succeeded(self, p: _Pass) -> None:
+        _trained(p)
+
+    def mark_retry(self, p: _Pass, reason: Reason, message: str) -> None:
+        p.set_condition(RESUMING, True, reason, message)
+        p.set_condition(RUNNING, False, reason, message)
+
+
+class _Export(_Attempts):
+    noun = "export attempt"
+    attempt_field = "exportAttempt"
+    restarts_field = "exportRestarts"
+    launched = Reason.EXPORT_LAUNCHED
+    relaunched = Reason.EXPORT_RETRIED
+    failure = Reason.EXPORT_FAILURE
+    disruption = Reason.EXPORT_DISRUPTION
+    refused = Reason.EXPORT_INVALID_PLAN
+    refused_note = "; the export stage refused the plan, a retry cannot help"
+    exhausted = Reason.EXPORT_FAILED
+    gave_up = Reason.EXPORT_FAILED
+    retry_note = "(the trained model is kept)"
+    deadline_is_final = False
+
+    def child(self, p: _Pass) -> Manifest | None:
+        return p.world.exporter
+
+    def launch(self, p: _Pass, attempt: int, reason: Reason, message: str) -> None:
+        _launch_export(p, attempt, reason, message)
+
+    def delete_children(self, p: _Pass) -> None:
+        p.delete_exporters(keep_finished=True)
+
+    def settled_before(self, p: _Pass) -> bool:
+        if _export_formats(p):
+            return False
+        p.delete_exporters(keep_finished=True)
+        message = "spec.export no longer asks for artifacts; nothing to export"
+        p.clear_condition(EXPORTED, Reason.NOT_REQUESTED, message)
+        _succeed(p, message)
+        return True
+
+    def running(self, p: _Pass, attempt: int) -> None:
+        p.set_condition(
+            EXPORTED, False, Reason.EXPORT_RUNNING, f"export attempt {attempt} is running"
+        )
+
+    def succeeded(self, p: _Pass) -> None:
+        _exported(p)
+
+    def settled_failure(self, p: _Pass, failure: LauncherFailure) -> bool:
+        if failure.exit_code != EXIT_GATE_NOT_MET:
+            return False
+        _gate_not_met(p, _termination_message(p.world.export_pods))
+        return True
+
+    def failure_detail(self, p: _Pass) -> str:
+        detail = _termination_message(p.world.export_pods)
+        return f"; the export stage said: {detail}" if detail else ""
+
+    def mark_retry(self, p: _Pass, reason: Reason, message: str) -> None:
+        p.set_condition(EXPORTED, False, reason, message)
+
+    def mark_final(self, p: _Pass, reason: Reason, message: str) -> None:
+        p.set_condition(EXPORTED, False, reason, message)
+
+
+TRAINING = _Training()
+EXPORT = _Export()
 
 
 #: Phases each handler may move a job to (documentation and a unit-test oracle).

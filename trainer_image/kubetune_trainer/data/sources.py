@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING
 
 from kubetune_trainer.data.errors import DataError
 from kubetune_trainer.data.readers import data_suffix
+from kubetune_trainer.data.synthetic import DATA_DIR, FORMATS
 from kubetune_trainer.plan import DataSource
-from kubetune_trainer.synthetic import DATA_DIR, FORMATS
 from kubetune_trainer.uris import (
     SourceError,
     fetch_s3,

@@ -30,11 +30,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kubetune_trainer.checkpoints import CheckpointStore
-from kubetune_trainer.export.errors import ExportError, VerificationFailed
+from kubetune_trainer.evaluation.gate import evaluate_gate
+from kubetune_trainer.exit_codes import (
+    EXIT_FAILED,
+    EXIT_GATE_NOT_MET,
+    EXIT_INVALID_PLAN,
+    EXIT_OK,
+    EXIT_PREEMPTED,
+)
+from kubetune_trainer.export.errors import ExportError, UnsupportedArchitecture, VerificationFailed
 from kubetune_trainer.export.manifest import MANIFEST, Artifact, Manifest
 from kubetune_trainer.export.verification import Verification
 from kubetune_trainer.plan import Plan
+from kubetune_trainer.reporting.kube_status import KubernetesReporter, ReportError
+from kubetune_trainer.training.checkpoints import CheckpointStore
+from kubetune_trainer.uris import fetch_s3, local_storage, upload_dir
 
 log = logging.getLogger("kubetune.export")
 
@@ -47,51 +57,19 @@ class ExportOutcome:
     message: str
 
 
-def local_dir(uri: str) -> Path | None:
-    """The filesystem path of a local or pvc:// URI; None for s3://."""
-    from kubetune_trainer.runner import local_storage
-
-    return local_storage(uri)
-
-
 def trained_model_dir(plan: Plan) -> Path:
-    path = local_dir(plan.storage.output_dir)
+    path = local_storage(plan.storage.output_dir)
     if path is not None:
         return path
-    from kubetune_trainer.uris import fetch_s3
-
     return fetch_s3(plan.storage.output_dir)
 
 
 def latest_checkpoint(plan: Plan) -> dict[str, Any] | None:
-    root = local_dir(plan.storage.root)
+    root = local_storage(plan.storage.root)
     if root is None:
         return None
     latest = CheckpointStore(root / plan.storage.run_name).latest()
     return None if latest is None else {"step": latest.step, "attempt": latest.attempt}
-
-
-def evaluate_gate(plan: Plan, model_dir: Path) -> tuple[bool, dict[str, Any]]:
-    """Evaluate the trained model on the gate's metric; whether it passes, and the record the
-    manifest keeps."""
-    from kubetune_trainer.plan import EvalSpec, ModelSpec
-    from kubetune_trainer.recipes.evaluate import check_gate, evaluate_metrics
-
-    assert plan.recipe.export is not None and plan.recipe.eval is not None
-    gate = plan.recipe.export.gate
-    assert gate is not None
-    metric = next(m for m in plan.recipe.eval.metrics if m.name == gate.metric)
-    results = evaluate_metrics(EvalSpec(metrics=[metric]), ModelSpec(source=str(model_dir)))
-    passed, reason = check_gate(results, gate)
-    record = {
-        "metric": gate.metric,
-        "value": results["metrics"].get(gate.metric),
-        "min": gate.min,
-        "max": gate.max,
-        "passed": passed,
-        "message": f"export gate {'met' if passed else 'not met'}: {reason}",
-    }
-    return passed, record
 
 
 def build_artifacts(
@@ -131,10 +109,8 @@ def build_artifacts(
 
 def publish(work: Path, export_uri: str) -> None:
     """Move the verified artifacts (and the manifest, last) into the export location."""
-    target = local_dir(export_uri)
+    target = local_storage(export_uri)
     if target is None:
-        from kubetune_trainer.uris import upload_dir
-
         manifest_dir = Path(tempfile.mkdtemp(prefix="kubetune-manifest-"))
         (work / MANIFEST).replace(manifest_dir / MANIFEST)
         upload_dir(work, export_uri)
@@ -153,7 +129,7 @@ def publish(work: Path, export_uri: str) -> None:
 def scratch_dir(plan: Plan) -> Path:
     """A fresh build directory: beside the export directory when it is local (so publishing is
     a rename on the same filesystem), else in the temp dir."""
-    target = local_dir(plan.storage.export_dir)
+    target = local_storage(plan.storage.export_dir)
     parent = target.parent if target is not None else Path(tempfile.gettempdir())
     parent.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(dir=parent, prefix=f".export-{plan.job.name}-a{plan.attempt}-"))
@@ -215,8 +191,6 @@ def report_to_job(outcome: ExportOutcome) -> None:
     """status.artifacts of the own job, when running in the cluster."""
     if os.environ.get("KUBETUNE_PROGRESS") != "kubernetes":
         return
-    from kubetune_trainer.kube_progress import KubernetesReporter, ReportError
-
     entries = [a.status_entry(outcome.export_uri) for a in outcome.manifest.artifacts]
     try:
         KubernetesReporter().patch({"status": {"artifacts": entries}})
@@ -250,15 +224,6 @@ def main(plan: Plan) -> int:
     """The stage's process: exit 0 exported, 79 gate not met, 78 cannot export this model,
     75 interrupted by SIGTERM (a disruption), 1 failed (the operator retries the export
     alone). Every non-zero exit leaves its reason as the pod's termination message."""
-    from kubetune_trainer.exit_codes import (
-        EXIT_FAILED,
-        EXIT_GATE_NOT_MET,
-        EXIT_INVALID_PLAN,
-        EXIT_OK,
-        EXIT_PREEMPTED,
-    )
-    from kubetune_trainer.export.errors import UnsupportedArchitecture
-
     started = time.monotonic()
 
     def step(name: str) -> None:

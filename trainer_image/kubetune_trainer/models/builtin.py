@@ -1,7 +1,7 @@
 """kubetune's builtin tiny models: builtin://tiny-llama, tiny-qwen2, tiny-mistral.
 
 Real Llama, Qwen2 and Mistral architectures at about four million parameters, with a byte-level
-BPE tokenizer trained by ``tokenizers`` on :func:`kubetune_trainer.synthetic.tokenizer_corpus`,
+BPE tokenizer trained by ``tokenizers`` on :func:`kubetune_trainer.data.synthetic.tokenizer_corpus`,
 the family's control tokens, and kubetune's chat template for the family. Demos and tests use
 them without any download.
 
@@ -124,7 +124,7 @@ def recipe_hash(name: str) -> str:
     """The content hash of a builtin's recipe: family, shape, corpus, template, versions."""
     import tokenizers
 
-    from kubetune_trainer.synthetic import tokenizer_corpus
+    from kubetune_trainer.data.synthetic import tokenizer_corpus
 
     family = FAMILIES[name]
     recipe = {
@@ -198,7 +198,7 @@ def build_tokenizer(name: str):
     )
     from transformers import PreTrainedTokenizerFast
 
-    from kubetune_trainer.synthetic import tokenizer_corpus
+    from kubetune_trainer.data.synthetic import tokenizer_corpus
 
     family = FAMILIES[name]
     specials = _special_tokens(family)

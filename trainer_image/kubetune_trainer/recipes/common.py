@@ -10,26 +10,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kubetune_trainer.callbacks import (
+from kubetune_trainer.models.adapters import is_adapter_dir, write_base_record
+from kubetune_trainer.plan import PeftSpec, Plan
+from kubetune_trainer.reporting.progress import Throttled
+from kubetune_trainer.reporting.train_metrics import TrainMetrics
+from kubetune_trainer.training.callbacks import (
     DataTraceCallback,
     IntervalSaveCallback,
     PreemptionCallback,
     ProgressCallback,
     Publisher,
 )
-from kubetune_trainer.deepspeed_config import deepspeed_config
-from kubetune_trainer.hardware import Hardware, Precision, choose_precision, precision_args
-from kubetune_trainer.metrics import TrainMetrics
-from kubetune_trainer.models.adapters import is_adapter_dir, write_base_record
-from kubetune_trainer.plan import PeftSpec, Plan
-from kubetune_trainer.progress import Throttled
+from kubetune_trainer.training.deepspeed_config import deepspeed_config
+from kubetune_trainer.training.hardware import Hardware, Precision, choose_precision, precision_args
 
 log = logging.getLogger("kubetune.trainer")
 
 
 @dataclass
 class RunContext:
-    """What a recipe needs besides the plan, supplied by the runner (single-process or Ray)."""
+    """What a recipe needs besides the plan, assembled by kubetune_trainer.runtime.context for
+    the single-process and the Ray path alike."""
 
     plan: Plan
     hardware: Hardware
@@ -117,7 +118,7 @@ def deepspeed_setup(ctx: RunContext) -> dict[str, Any] | None:
     """The DeepSpeed config for the run. On CPU, DeepSpeed must use its CPU accelerator
     (DS_ACCELERATOR=cpu, read when deepspeed is first imported) and gloo; ZeRO-3 needs its
     communication layer set up before the Trainer's arguments (and with them the config) are
-    built, so it is initialised here on the process group the runner made."""
+    built, so it is initialised here on the process group the runtime made."""
     config = deepspeed_config(ctx.plan.recipe.deepspeed, ctx.precision)
     if config is None or ctx.hardware.cuda:
         return config

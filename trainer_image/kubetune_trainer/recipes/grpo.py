@@ -3,14 +3,15 @@ of completions of the same prompt) or RLOOTrainer (variant rloo: leave-one-out b
 
 Each prompt of the data (kind "prompt": conversations ending with a user turn, plus the
 answer/score columns) is completed spec.grpo.numGenerations times; the completions are scored by
-the spec's reward sources (:func:`kubetune_trainer.rewards.build_reward`, blended by blendAlpha)
-and the policy is updated toward the better ones, with a KL penalty of strength beta against the
-starting model (beta 0 loads no reference).
+the spec's reward sources (:func:`kubetune_trainer.evaluation.rewards.build_reward`, blended by
+blendAlpha) and the policy is updated toward the better ones, with a KL penalty of strength beta
+against the starting model (beta 0 loads no reference).
 """
 
 from __future__ import annotations
 
 from kubetune_trainer.data import load_data
+from kubetune_trainer.evaluation.rewards import TrlReward, build_reward
 from kubetune_trainer.models import load_model, load_tokenizer
 from kubetune_trainer.plan import GrpoSpec
 from kubetune_trainer.recipes.common import (
@@ -23,7 +24,6 @@ from kubetune_trainer.recipes.common import (
     train_and_save,
     trl_args,
 )
-from kubetune_trainer.rewards import TrlReward, build_reward
 
 
 def check_batch(ctx: RunContext, options: GrpoSpec) -> None:

@@ -5,7 +5,8 @@ One PPO step:
 1. rollout: each rank takes its share of ``ppo.rolloutBatchSize`` prompts and samples one
    response per prompt from the policy (``ppo.temperature``, at most ``ppo.responseLength``
    tokens, stopping at end-of-sequence);
-2. score: the reward sources (:mod:`kubetune_trainer.rewards`) score the decoded responses;
+2. score: the reward sources (:mod:`kubetune_trainer.evaluation.rewards`) score the decoded
+   responses;
 3. KL penalty: every response token is charged ``klCoef * (log pi - log pi_ref)`` against the
    frozen reference (``ppo.referenceModel``; default the starting model, with LoRA the policy
    with its adapters disabled); the score lands on the response's last token;
@@ -42,8 +43,8 @@ from typing import Any
 import torch
 from transformers import TrainerControl, TrainerState, get_scheduler, set_seed
 
-from kubetune_trainer.callbacks import any_rank
 from kubetune_trainer.data import load_data
+from kubetune_trainer.evaluation.rewards import build_reward
 from kubetune_trainer.models import load_model, load_tokenizer
 from kubetune_trainer.plan import PpoSpec
 from kubetune_trainer.ppo import state as checkpoint_state
@@ -75,7 +76,7 @@ from kubetune_trainer.recipes.common import (
     quantization_config,
     torch_dtype,
 )
-from kubetune_trainer.rewards import build_reward
+from kubetune_trainer.training.callbacks import any_rank
 
 log = logging.getLogger("kubetune.trainer")
 

@@ -5,8 +5,8 @@ The model is the starting model with a one-output classification head on the las
 loss is -log σ(r_chosen - r_rejected - margin), with spec.reward.marginColumn supplying per-pair
 margins and centerRewardsCoefficient adding a penalty on (r_chosen + r_rejected)². The output
 directory is an ordinary sequence-classification model (or LoRA adapters with their base
-record) that :class:`kubetune_trainer.rewards.RewardModelScorer` loads: reward sources of ppo
-and grpo jobs name it with finetunejob://JOB or its path.
+record) that :class:`kubetune_trainer.evaluation.rewards.RewardModelScorer` loads: reward sources
+of ppo and grpo jobs name it with finetunejob://JOB or its path.
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ re-checked when listing, so a checkpoint damaged later (a truncated file) is ski
 resumed from. An attempt that finds a newer attempt registered refuses to publish: a stale pod
 left behind by a partition can never replace the newer attempt's checkpoints.
 
-Under Ray Train the checkpoints go through Ray's own storage instead (see ray_runner); this
-store serves the single-process path.
+Under Ray Train the checkpoints go through Ray's own storage instead (see
+kubetune_trainer.runtime.ray_train); this store serves the single-process path.
 """
 
 from __future__ import annotations

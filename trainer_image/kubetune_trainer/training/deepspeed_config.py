@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from kubetune_trainer.hardware import Precision
 from kubetune_trainer.plan import DeepSpeedSpec
+from kubetune_trainer.training.hardware import Precision
 
 
 def deepspeed_config(spec: DeepSpeedSpec, precision: Precision) -> dict[str, Any] | None:

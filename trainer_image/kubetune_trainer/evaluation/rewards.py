@@ -14,7 +14,7 @@ Terms:
   with ^…$ to require the whole completion), else 0.
 - ``answerMatch``: 1 when the completion's answer equals the row's answer column: ``exact``
   compares the stripped text, ``numeric`` the value of the last number (extractors of
-  :mod:`kubetune_trainer.evaluation`).
+  :mod:`kubetune_trainer.evaluation.measures`).
 - ``externalColumn``: the row's score column.
 
 Blending (ADLF): reward = (1-α)·external + α·internal, where external is the weighted sum of the
@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from statistics import fmean
 from typing import TYPE_CHECKING, Any
 
-from kubetune_trainer.evaluation import answers_match, extract_answer
+from kubetune_trainer.evaluation.measures import answers_match, extract_answer
 from kubetune_trainer.plan import ModelSpec, RewardSource, RewardSourceType
 
 if TYPE_CHECKING:

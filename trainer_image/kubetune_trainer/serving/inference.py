@@ -8,7 +8,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from kubetune_trainer.evaluation import Completion, Messages, generate_completions
+from kubetune_trainer.evaluation.measures import Completion, Messages, generate_completions
 from kubetune_trainer.plan import ModelSpec
 
 

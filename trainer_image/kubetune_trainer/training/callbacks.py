@@ -15,8 +15,8 @@ from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from kubetune_trainer.metrics import TrainMetrics
-from kubetune_trainer.progress import ProgressRecord, Throttled, now_rfc3339
+from kubetune_trainer.reporting.progress import ProgressRecord, Throttled, now_rfc3339
+from kubetune_trainer.reporting.train_metrics import TrainMetrics
 
 log = logging.getLogger("kubetune.trainer")
 
@@ -43,7 +43,7 @@ def any_rank(local: bool) -> bool:
 
 class PreemptionCallback(TrainerCallback):
     """SIGTERM (pod eviction, preemption, node drain) → save at the next step boundary, then
-    stop. The runner turns `preempted` into the documented exit code.
+    stop. The runtime turns `preempted` into the documented exit code.
 
     Under Ray the signal reaches the driver, not the workers: `stop_requested` polls the
     driver's stop flag. With several ranks the decision is all-reduced every step so that all

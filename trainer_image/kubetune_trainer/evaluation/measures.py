@@ -8,10 +8,10 @@
 - :func:`token_perplexity`: exp of the token-weighted mean loss over a dataset, on exactly the
   tokens SFT trains on (see :func:`loss_tokens`);
 - :func:`pass_at_k` and :func:`extract_code`: the unbiased pass@k estimator and the program a
-  generation holds (run by :mod:`kubetune_trainer.sandbox`);
+  generation holds (run by :mod:`kubetune_trainer.evaluation.sandbox`);
 - :func:`win_rate`: model against baseline, per prompt, ties counting half.
 
-:mod:`kubetune_trainer.recipes.evaluate` puts them together per spec.eval metric.
+:mod:`kubetune_trainer.evaluation.suite` puts them together per spec.eval metric.
 """
 
 from __future__ import annotations

@@ -18,22 +18,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kubetune_trainer.checkpoints import CheckpointStore
 from kubetune_trainer.exit_codes import EXIT_OK, EXIT_PREEMPTED
 from kubetune_trainer.plan import Plan
+from kubetune_trainer.recipes import recipe_for
+from kubetune_trainer.runtime.context import run_context
+from kubetune_trainer.runtime.layout import publish_output, ray_storage, run_dir_of
+from kubetune_trainer.training.checkpoints import MANIFEST, CheckpointStore
 
 log = logging.getLogger("kubetune.trainer")
-
-
-def ray_storage(plan: Plan) -> tuple[str, str]:
-    """(storage_path, name) for RunConfig: the run directory split so Ray's layout matches the
-    single-process one (<root>/<namespace>/<job>)."""
-    from kubetune_trainer.runner import local_storage
-
-    root = local_storage(plan.storage.root)
-    base = str(root) if root is not None else plan.storage.root.rstrip("/")
-    namespace, name = plan.storage.run_name.split("/", 1)
-    return f"{base}/{namespace}", name
 
 
 def run_on_ray(plan: Plan, *, local_run: bool) -> int:
@@ -109,34 +101,9 @@ def _request_stop(flag: Any) -> None:
     flag.request.remote()
 
 
-def _staging_dir(plan: Plan) -> Path:
-    """Shared by the ranks of one node (the same path on each), so HF's per-rank files of a
-    checkpoint land together."""
-    from kubetune_trainer.runner import local_storage
-
-    root = local_storage(plan.storage.root)
-    if root is not None:
-        return root / plan.storage.run_name / "staging" / f"attempt-{plan.attempt}"
-    safe = plan.storage.run_name.replace("/", "_")
-    return Path(tempfile.gettempdir()) / "kubetune-staging" / safe / f"attempt-{plan.attempt}"
-
-
 def _worker(config: dict[str, Any]) -> dict[str, Any]:
     import ray.train
     import torch.distributed as dist
-
-    from kubetune_trainer.hardware import Hardware
-    from kubetune_trainer.metrics import TrainMetrics
-    from kubetune_trainer.progress import NullReporter, Throttled, reporter_from_env
-    from kubetune_trainer.recipes import recipe_for
-    from kubetune_trainer.recipes.common import RunContext
-    from kubetune_trainer.runner import (
-        local_storage,
-        metrics_port,
-        output_path,
-        progress_interval,
-        publish_output,
-    )
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     plan = Plan.from_json(config["plan"])
@@ -149,9 +116,9 @@ def _worker(config: dict[str, Any]) -> dict[str, Any]:
     storage_path, name = ray_storage(plan)
 
     fence = None
-    root = local_storage(plan.storage.root)
-    if root is not None:
-        fence = CheckpointStore(root / plan.storage.run_name)
+    run_dir = run_dir_of(plan)
+    if run_dir is not None:
+        fence = CheckpointStore(run_dir)
         if rank == 0:
             fence.register_attempt(plan.attempt)
 
@@ -177,7 +144,7 @@ def _worker(config: dict[str, Any]) -> dict[str, Any]:
         if fence is not None:
             fence.check_attempt(plan.attempt)
         manifest = {"step": step, "attempt": plan.attempt, "time": time.time()}
-        (path / "kubetune.json").write_text(json.dumps(manifest))
+        (path / MANIFEST).write_text(json.dumps(manifest))
         dir_name = f"checkpoint-{step:08d}"
         ray.train.report(
             metrics,
@@ -187,25 +154,13 @@ def _worker(config: dict[str, Any]) -> dict[str, Any]:
         shutil.rmtree(path, ignore_errors=True)
         return f"{storage_path}/{name}/{dir_name}"
 
-    metrics = TrainMetrics(plan.job.namespace, plan.job.name, plan.recipe.method)
-    if rank == 0:
-        metrics.serve(metrics_port(plan))
-    staging = _staging_dir(plan)
-    ctx = RunContext(
-        plan=plan,
-        hardware=Hardware.detect(),
-        staging_dir=staging,
-        output_dir=output_path(plan),
+    ctx = run_context(
+        plan,
         publish=publish,
-        progress=Throttled(
-            reporter_from_env() if rank == 0 else NullReporter(), progress_interval()
-        ),
-        metrics=metrics if rank == 0 else None,
         resume_from=resume_from,
-        world_size=world,
-        rank=rank,
         local_run=config.get("local_run", False),
-        history=root / plan.storage.run_name / "history.jsonl" if root is not None else None,
+        rank=rank,
+        world_size=world,
         stop_requested=stop_requested,
     )
     result = recipe_for(plan.recipe.method)(ctx)

@@ -13,7 +13,7 @@ answer makes rewards and accuracy evals exact. Three datasets, each with a train
 - ``arithmetic-prompts`` (format prompt-only): ``prompt`` messages and ``answer``.
 
 Every row is drawn from a seeded generator, and the (a, b) pairs of the test splits never occur in
-any train split. ``python -m kubetune_trainer.synthetic`` rewrites the committed files under
+any train split. ``python -m kubetune_trainer.data.synthetic`` rewrites the committed files under
 ``synthetic_data/``; a test checks they are reproduced byte for byte.
 """
 

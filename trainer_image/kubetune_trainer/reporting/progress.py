@@ -1,9 +1,10 @@
 """Progress records and where they go.
 
 The trainer reports progress (step, total, epoch, percent, ETA, loss, tokens/s, latest
-checkpoint) through a reporter chosen by the environment: a JSON file for local runs, the
-job's status in Kubernetes when the operator runs it (``kube_progress``). Reports are
-throttled; the operator owns phase and conditions, the trainer only progress.
+checkpoint) through a reporter the runtime chooses from the environment
+(:func:`kubetune_trainer.runtime.context.reporter_from_env`): a JSON file for local runs, the
+job's status in Kubernetes when the operator runs it (``kube_status``). Reports are throttled;
+the operator owns phase and conditions, the trainer only progress.
 """
 
 from __future__ import annotations
@@ -78,16 +79,3 @@ class Throttled:
         self._last = now
         self.reporter.report(record)
         return True
-
-
-def reporter_from_env() -> ProgressReporter:
-    """KUBETUNE_PROGRESS_FILE selects the file reporter; KUBETUNE_PROGRESS=kubernetes (set by
-    the operator's builders) the job-status reporter; without either progress is only logged."""
-    path = os.environ.get("KUBETUNE_PROGRESS_FILE")
-    if path:
-        return FileReporter(path)
-    if os.environ.get("KUBETUNE_PROGRESS") == "kubernetes":
-        from kubetune_trainer.kube_progress import KubernetesReporter
-
-        return KubernetesReporter()
-    return NullReporter()

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kubetune_trainer.progress import ProgressRecord
+from kubetune_trainer.reporting.progress import ProgressRecord
 
 log = logging.getLogger(__name__)
 

@@ -25,8 +25,8 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from kubetune_trainer.evaluation import Messages
-from kubetune_trainer.inference import ChatModel
+from kubetune_trainer.evaluation.measures import Messages
+from kubetune_trainer.serving.inference import ChatModel
 
 log = logging.getLogger("kubetune.serve")
 
