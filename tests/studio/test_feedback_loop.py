@@ -1,8 +1,9 @@
 """The loop, proven: simulated labelers with a planted preference (concise answers over chatty
 ones) and one noisy labeler vote on 260 pairs through the API; the noisy labeler is excluded;
-the snapshot trains a DPO model (``kubetune run --local``, an unmodified FineTuneJob reading
-the snapshot directory); on held-out prompts the model's implicit reward prefers the concise
-answer with a bootstrap 95% interval above 0.5."""
+the snapshot trains a DPO model (``kubetune run --local``, an unmodified FineTuneJob whose data
+source is ``studio://HOST/CAMPAIGN@VERSION``; the written snapshot directory reads the same);
+on held-out prompts the model's implicit reward prefers the concise answer with a bootstrap
+95% interval above 0.5."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import pytest
 import yaml
 
 from kubetune_trainer.data.synthetic import DATA_DIR
+from kubetune_trainer.evaluation.statistics import bootstrap_mean
 from tests.studio.conftest import RunningStudio
 from tests.studio.studio_support import Api, admin_api, set_up_campaign
 
@@ -92,6 +94,15 @@ def vote_once(api: Api, slug: str, rng: np.random.Generator, noisy: bool) -> boo
         },
     )
     return True
+
+
+def read_preferences(uri: str) -> list[dict]:
+    """The rows a DPO job reads from ``uri`` (the trainer's own data loading)."""
+    from kubetune_trainer.data import load_data
+    from kubetune_trainer.plan import DataSpec
+
+    spec = DataSpec.model_validate({"sources": [{"uri": uri, "format": "preference"}]})
+    return list(load_data(spec, kind="preference").train)
 
 
 def implicit_reward_wins(model_dir: Path, reference: str, rows: list[dict]) -> np.ndarray:
@@ -179,6 +190,15 @@ def test_votes_with_a_planted_preference_train_a_dpo_model_that_holds_it(
     chosen_concise = np.mean([r["chosen_model"] == "concise" for r in rows])
     assert chosen_concise > 0.9
 
+    # The snapshot as the studio serves it (studio://) and as written (a path, or a PVC mount).
+    host = studio.url.removeprefix("http://")
+    source = f"studio://{host}/concise@{made['version']}"
+    token = admin.http.headers["Authorization"].removeprefix("Bearer ")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("KUBETUNE_STUDIO_TOKEN", token)
+        served = read_preferences(source)
+    assert served == read_preferences(str(snapshot_dir)) and len(served) == len(rows)
+
     job = {
         "apiVersion": "kubetune.io/v1alpha1",
         "kind": "FineTuneJob",
@@ -186,7 +206,7 @@ def test_votes_with_a_planted_preference_train_a_dpo_model_that_holds_it(
         "spec": {
             "method": "dpo",
             "model": {"source": "builtin://tiny-llama"},
-            "data": {"sources": [{"uri": str(snapshot_dir), "format": "preference"}]},
+            "data": {"sources": [{"uri": source, "format": "preference"}]},
             "training": {
                 "epochs": 1,
                 "learningRate": 1e-3,
@@ -200,7 +220,11 @@ def test_votes_with_a_planted_preference_train_a_dpo_model_that_holds_it(
     job_file = tmp_path / "dpo.yaml"
     job_file.write_text(yaml.safe_dump(job))
     storage = tmp_path / "runs"
-    env = os.environ | {"OMP_NUM_THREADS": "1", "KUBETUNE_METRICS_PORT": "0"}
+    env = os.environ | {
+        "OMP_NUM_THREADS": "1",
+        "KUBETUNE_METRICS_PORT": "0",
+        "KUBETUNE_STUDIO_TOKEN": token,
+    }
     command = [sys.executable, "-m", "kubetune.cli", "run", "--local", str(job_file)]
     done = subprocess.run([*command, "--storage", str(storage), "--mode", "single"], env=env)
     assert done.returncode == 0
@@ -217,6 +241,5 @@ def test_votes_with_a_planted_preference_train_a_dpo_model_that_holds_it(
     wins = implicit_reward_wins(
         storage / "studio" / "dpo-from-studio" / "output", "builtin://tiny-llama", held_out
     )
-    boot = np.random.default_rng(1).integers(0, len(wins), size=(2000, len(wins)))
-    low, high = np.percentile(wins[boot].mean(axis=1), [2.5, 97.5])
-    assert low > 0.5, (wins.mean(), low, high)
+    accuracy = bootstrap_mean(wins)
+    assert accuracy.low > 0.5, accuracy.format()
