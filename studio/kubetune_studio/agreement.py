@@ -11,7 +11,9 @@ A labeler is excluded, in this order, when (1) their gold agreement is below the
 threshold after at least ``min_gold_votes`` gold votes; (2) they are suspiciously fast and the
 campaign excludes for speed (otherwise speed is only flagged); (3) their agreement with the
 consensus of the labelers still included is below its threshold after ``min_consensus_votes``
-comparisons. Each reason is kept as a sentence for the admin.
+comparisons. "Below" means the whole 95% Wilson interval of the agreement is below: on six
+gold items a careful labeler who misses two (0.67) is not excluded for bad luck, one who misses
+all of them is. Each reason is kept as a sentence for the admin.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import krippendorff
 import numpy as np
 
 from kubetune_studio.store.schema import CHOICES
+from kubetune_trainer.evaluation.statistics import wilson_interval
 
 MIN_KAPPA_SHARED = 5
 """Fewest items two labelers must share for their κ to be reported."""
@@ -117,6 +120,13 @@ def krippendorff_alpha(votes: Iterable[VoteRecord]) -> float | None:
     )
 
 
+def clearly_below(rate: float, n: int, threshold: float) -> float | None:
+    """The upper end of the rate's 95% Wilson interval when even that is below the threshold
+    (the labeler is below it beyond chance); None otherwise."""
+    upper = wilson_interval(round(rate * n), n)[1]
+    return upper if upper < threshold else None
+
+
 def plurality(choices: Iterable[str]) -> str | None:
     """The single most frequent choice, or None when there is none (no votes, or a tie)."""
     counts = Counter(choices).most_common()
@@ -182,14 +192,15 @@ def assess(votes: Sequence[VoteRecord], gold: Mapping[int, str], thresholds: Thr
             quality.fast = quality.median_seconds < thresholds.min_median_seconds
 
     for quality in labelers.values():
-        if (
-            quality.gold_agreement is not None
-            and quality.gold_votes >= thresholds.min_gold_votes
-            and quality.gold_agreement < thresholds.min_gold_agreement
-        ):
+        if quality.gold_agreement is None or quality.gold_votes < thresholds.min_gold_votes:
+            continue
+        upper = clearly_below(
+            quality.gold_agreement, quality.gold_votes, thresholds.min_gold_agreement
+        )
+        if upper is not None:
             quality.excluded = True
             quality.reasons.append(
-                f"gold agreement {quality.gold_agreement:.2f} < "
+                f"gold agreement {quality.gold_agreement:.2f} (95% CI up to {upper:.2f}) < "
                 f"{thresholds.min_gold_agreement:.2f} on {quality.gold_votes} gold items"
             )
         if quality.fast:
@@ -206,11 +217,14 @@ def assess(votes: Sequence[VoteRecord], gold: Mapping[int, str], thresholds: Thr
         quality.consensus_comparisons, quality.consensus_agreement = count, rate
         if quality.excluded or rate is None:
             continue
-        if count >= thresholds.min_consensus_votes and rate < thresholds.min_consensus_agreement:
+        if count < thresholds.min_consensus_votes:
+            continue
+        upper = clearly_below(rate, count, thresholds.min_consensus_agreement)
+        if upper is not None:
             quality.excluded = True
             quality.reasons.append(
-                f"consensus agreement {rate:.2f} < {thresholds.min_consensus_agreement:.2f} "
-                f"over {count} items"
+                f"consensus agreement {rate:.2f} (95% CI up to {upper:.2f}) < "
+                f"{thresholds.min_consensus_agreement:.2f} over {count} items"
             )
 
     kept = [v for v in regular if not labelers[v.labeler_id].excluded]

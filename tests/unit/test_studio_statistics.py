@@ -187,3 +187,24 @@ def test_win_rate_interval_covers_the_planted_rate_at_its_level() -> None:
         result = win_rate(pairings, votes, "tuned", "base", set(), seed=seed)
         covered += result.low <= planted <= result.high
     assert 0.90 <= covered / trials <= 0.99, covered / trials
+
+
+def test_exclusion_rule_spares_careful_labelers_and_catches_careless_ones() -> None:
+    """Over seeded labelers with 6 gold items: a careful one (right 88%) is excluded by bad luck
+    rarely (under 5%), a careless one (uniform over the 4 choices) after 20 gold items almost
+    always (over 90%)."""
+
+    def excluded_share(accuracy: float, gold_items: int, trials: int = 400) -> float:
+        rng = random.Random(42)
+        out = 0
+        for trial in range(trials):
+            gold = {i: "a" for i in range(gold_items)}
+            votes = [
+                VoteRecord(i, trial, "a" if rng.random() < accuracy else rng.choice("b"))
+                for i in gold
+            ]
+            out += trial in assess(votes, gold, Thresholds()).excluded
+        return out / trials
+
+    assert excluded_share(0.88, gold_items=6) < 0.05
+    assert excluded_share(0.25, gold_items=20) > 0.90
