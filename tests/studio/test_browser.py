@@ -176,6 +176,9 @@ def test_two_labelers_vote_in_the_browser_and_the_admin_sees_agreement_and_win_r
     log_in(browser, base, ADMIN_EMAIL, ADMIN_PASSWORD)
     browser.find_element(By.ID, "admin-link").click()
     browser.find_element(By.LINK_TEXT, "ui").click()
+    overview = browser.find_element(By.ID, "overview").text
+    assert f"{PROMPTS} items (+2 gold)" in overview, overview
+    assert f"{PROMPTS} of {PROMPTS} items at 3 labels" not in overview  # ann skipped one
     careless_row = browser.find_element(By.CSS_SELECTOR, f"tr[data-email='{CARELESS[0]}']")
     assert "excluded" in careless_row.get_attribute("class")
     status = careless_row.find_element(By.CLASS_NAME, "status").text
