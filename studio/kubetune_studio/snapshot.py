@@ -174,6 +174,8 @@ def write(root: str, campaign: str, version: int, data: bytes, manifest_: dict[s
 
 def _write_atomic(path: Path, content: bytes) -> None:
     handle, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    # Readable by the training pods, which run as another user on the same volume.
+    os.fchmod(handle, 0o644)
     with os.fdopen(handle, "wb") as out:
         out.write(content)
         out.flush()

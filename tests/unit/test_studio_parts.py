@@ -179,6 +179,7 @@ def test_snapshot_writes_the_manifest_last(tmp_path: Path) -> None:
     where = snapshot.write(str(tmp_path), "c", 3, b'{"x": 1}\n', {"snapshot": 3})
     assert where == f"{tmp_path}/c/v3"
     assert sorted(p.name for p in Path(where).iterdir()) == ["manifest.json", "train.jsonl"]
+    assert all(p.stat().st_mode & 0o044 == 0o044 for p in Path(where).iterdir())  # others read
 
 
 # --------------------------------------------------------------------------- boundaries
