@@ -195,7 +195,8 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
                 raise Invalid(f"--serve {name}: not a model of campaign '{campaign.slug}'")
             print(f"starting kubetune serve {source} as {name} ...", flush=True)
             known[name].endpoint = stack.enter_context(generation.served_locally(source, name))
-        bar = stack.enter_context(tqdm(desc="responses", unit="resp", file=sys.stderr))
+        total = sum(len(todo) for _, todo in generation.missing(session, campaign))
+        bar = stack.enter_context(tqdm(total=total, desc="responses", unit="resp", file=sys.stderr))
         outcome = generation.fill_missing(
             session,
             campaign,

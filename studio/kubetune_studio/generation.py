@@ -65,6 +65,22 @@ def complete(client: openai.OpenAI, model: str, messages: list[dict[str, str]], 
     return reply.choices[0].message.content
 
 
+def missing(session: Session, campaign: Campaign) -> list[tuple[CampaignModel, list[Prompt]]]:
+    """Each model with an endpoint and the prompts it has not answered yet."""
+    prompts = list(session.scalars(select(Prompt).where(Prompt.campaign_id == campaign.id)))
+    work = []
+    for model in campaign.models:
+        if not model.endpoint:
+            continue
+        answered = set(
+            session.scalars(select(Response.prompt_id).where(Response.model_id == model.id))
+        )
+        todo = [p for p in prompts if p.id not in answered]
+        if todo:
+            work.append((model, todo))
+    return work
+
+
 def fill_missing(
     session: Session,
     campaign: Campaign,
@@ -77,16 +93,8 @@ def fill_missing(
     answers (failures are counted and reported, the rest kept) and, while the campaign
     collects votes, makes the new items."""
     outcome = GenerationOutcome()
-    prompts = list(session.scalars(select(Prompt).where(Prompt.campaign_id == campaign.id)))
-    for model in campaign.models:
-        if not model.endpoint:
-            continue
-        answered = set(
-            session.scalars(select(Response.prompt_id).where(Response.model_id == model.id))
-        )
-        todo = [p for p in prompts if p.id not in answered]
-        if todo:
-            _generate(session, model, todo, outcome, max_tokens, temperature, progress)
+    for model, todo in missing(session, campaign):
+        _generate(session, model, todo, outcome, max_tokens, temperature, progress)
     session.flush()
     if campaign.state == "collecting":
         outcome.items_made = build_items(session, campaign)
