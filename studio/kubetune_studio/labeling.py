@@ -183,29 +183,42 @@ def _progress_counts(session: Session, campaign: Campaign, labeler: Labeler) -> 
 
 def progress(session: Session, campaign: Campaign, labeler: Labeler, lease: timedelta) -> Progress:
     regular, gold = _progress_counts(session, campaign, labeler)
+    candidates = _candidates(session, campaign, labeler, now() - lease)
+    return _progress(session, campaign, labeler, regular + gold, candidates)
+
+
+def _progress(
+    session: Session,
+    campaign: Campaign,
+    labeler: Labeler,
+    voted: int,
+    candidates: list[queue.Candidate],
+) -> Progress:
     skipped = session.scalar(
         select(func.count())
         .select_from(Skip)
         .join(Item, Item.id == Skip.item_id)
         .where(Item.campaign_id == campaign.id, Skip.labeler_id == labeler.id)
     )
-    candidates = _candidates(session, campaign, labeler, now() - lease)
     remaining = sum(1 for c in candidates if c.is_gold or c.filled < campaign.labels_per_item)
-    return Progress(voted=regular + gold, skipped=skipped or 0, remaining=remaining)
+    return Progress(voted=voted, skipped=skipped or 0, remaining=remaining)
 
 
 def next_item(
     session: Session, campaign: Campaign, labeler: Labeler, lease: timedelta
-) -> Shown | None:
-    """The labeler's open item, or a newly assigned one; None when nothing is left."""
+) -> tuple[Shown | None, Progress]:
+    """The labeler's open item, or a newly assigned one (None when nothing is left), and the
+    labeler's progress."""
     _require_member(session, campaign, labeler)
     _require_collecting(campaign)
+    regular, gold = _progress_counts(session, campaign, labeler)
+    candidates = _candidates(session, campaign, labeler, now() - lease)
+    done = _progress(session, campaign, labeler, regular + gold, candidates)
     current = open_assignment(session, campaign, labeler)
     if current is not None:
-        return shown(session.get_one(Item, current.item_id))
-    regular, gold = _progress_counts(session, campaign, labeler)
+        return shown(session.get_one(Item, current.item_id)), done
     chosen = queue.next_item(
-        _candidates(session, campaign, labeler, now() - lease),
+        candidates,
         queue.LabelerProgress(regular, gold),
         overlap=campaign.labels_per_item,
         gold_every=campaign.gold_every,
@@ -213,10 +226,10 @@ def next_item(
         labeler_id=labeler.id,
     )
     if chosen is None:
-        return None
+        return None, done
     session.add(Assignment(item_id=chosen, labeler_id=labeler.id))
     session.flush()
-    return shown(session.get_one(Item, chosen))
+    return shown(session.get_one(Item, chosen)), done
 
 
 def shown(item: Item) -> Shown:

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field, ValidationError
+from sqlalchemy.orm import Session
 
 from kubetune_studio import analysis, campaigns, generation, importer, labeling
 from kubetune_studio.errors import Invalid, NotFound
@@ -57,16 +58,16 @@ async def text_body(request: Request) -> str:
         raise Invalid("body: not UTF-8 text") from None
 
 
-def _caller(studio: Studio, session, request: Request, *, admin: bool = False) -> Caller:
+def _caller(session: Session, request: Request, *, admin: bool = False) -> Caller:
     caller = require_caller(session, request)
     if admin:
         require_admin(caller)
     return caller
 
 
-def _change(studio: Studio, session, request: Request, *, admin: bool = False) -> Caller:
+def _change(session: Session, request: Request, *, admin: bool = False) -> Caller:
     """The caller of a request that changes something (CSRF-checked when by cookie)."""
-    caller = _caller(studio, session, request, admin=admin)
+    caller = _caller(session, request, admin=admin)
     check_csrf(caller, request, None)
     return caller
 
@@ -98,7 +99,7 @@ async def login(request: Request) -> JSONResponse:
 async def logout(request: Request) -> JSONResponse:
     studio = studio_of(request)
     with studio.transaction() as session:
-        caller = _change(studio, session, request)
+        caller = _change(session, request)
         log_out(session, caller.login)
     return JSONResponse({"ok": True})
 
@@ -107,7 +108,7 @@ async def logout(request: Request) -> JSONResponse:
 async def my_campaigns(request: Request) -> JSONResponse:
     studio = studio_of(request)
     with studio.transaction() as session:
-        caller = _caller(studio, session, request)
+        caller = _caller(session, request)
         found = labeling.labeler_campaigns(session, caller.labeler)
         return JSONResponse([{"slug": c.slug, "title": c.title, "state": c.state} for c in found])
 
@@ -120,10 +121,9 @@ def _lease(studio: Studio) -> timedelta:
 async def next_item(slug: str, request: Request) -> JSONResponse:
     studio = studio_of(request)
     with studio.transaction() as session:
-        caller = _caller(studio, session, request)
+        caller = _caller(session, request)
         campaign = labeling.member_campaign(session, caller.labeler, slug)
-        shown = labeling.next_item(session, campaign, caller.labeler, _lease(studio))
-        progress = labeling.progress(session, campaign, caller.labeler, _lease(studio))
+        shown, progress = labeling.next_item(session, campaign, caller.labeler, _lease(studio))
         return JSONResponse(
             {
                 "item": None if shown is None else shown.__dict__,
@@ -137,7 +137,7 @@ async def vote(slug: str, request: Request) -> JSONResponse:
     studio = studio_of(request)
     given = validated(labeling.VoteInput, await json_body(request))
     with studio.transaction() as session:
-        caller = _change(studio, session, request)
+        caller = _change(session, request)
         campaign = labeling.member_campaign(session, caller.labeler, slug)
         recorded = labeling.vote(session, campaign, caller.labeler, given)
         return JSONResponse(
@@ -160,7 +160,7 @@ async def skip(slug: str, request: Request) -> JSONResponse:
     studio = studio_of(request)
     given = validated(ItemInput, await json_body(request))
     with studio.transaction() as session:
-        caller = _change(studio, session, request)
+        caller = _change(session, request)
         campaign = labeling.member_campaign(session, caller.labeler, slug)
         labeling.skip(session, campaign, caller.labeler, given.item_id)
     return JSONResponse({"skipped": given.item_id})
@@ -170,7 +170,7 @@ async def skip(slug: str, request: Request) -> JSONResponse:
 async def undo(slug: str, request: Request) -> JSONResponse:
     studio = studio_of(request)
     with studio.transaction() as session:
-        caller = _change(studio, session, request)
+        caller = _change(session, request)
         campaign = labeling.member_campaign(session, caller.labeler, slug)
         item_id = labeling.undo_last(session, campaign, caller.labeler)
     return JSONResponse({"undone": item_id})
@@ -191,7 +191,7 @@ async def add_labeler(request: Request) -> JSONResponse:
     studio = studio_of(request)
     given = validated(LabelerInput, await json_body(request))
     with studio.transaction() as session:
-        _change(studio, session, request, admin=True)
+        _change(session, request, admin=True)
         labeler = campaigns.create_labeler(
             session, given.email, given.password, name=given.name, is_admin=given.is_admin
         )
@@ -203,7 +203,7 @@ async def create_campaign(request: Request) -> JSONResponse:
     studio = studio_of(request)
     spec = validated(campaigns.CampaignSpec, await json_body(request))
     with studio.transaction() as session:
-        _change(studio, session, request, admin=True)
+        _change(session, request, admin=True)
         campaign = campaigns.create_campaign(session, spec)
         return JSONResponse({"slug": campaign.slug, "state": campaign.state}, status_code=201)
 
@@ -217,7 +217,7 @@ async def add_members(slug: str, request: Request) -> JSONResponse:
     studio = studio_of(request)
     given = validated(MembersInput, await json_body(request))
     with studio.transaction() as session:
-        _change(studio, session, request, admin=True)
+        _change(session, request, admin=True)
         campaign = campaigns.get_campaign(session, slug)
         added = campaigns.add_members(session, campaign, given.emails)
         return JSONResponse({"members": sorted(lab.email for lab in added)})
@@ -235,7 +235,7 @@ async def import_responses(slug: str, request: Request) -> JSONResponse:
         (await text_body(request)).splitlines(), origin, importer.response_row
     )
     with studio.transaction() as session:
-        _change(studio, session, request, admin=True)
+        _change(session, request, admin=True)
         campaign = campaigns.get_campaign(session, slug)
         outcome = campaigns.import_responses(session, campaign, rows, origin)
         made = campaigns.build_items(session, campaign) if campaign.state == "collecting" else 0
@@ -250,7 +250,7 @@ async def import_prompts(slug: str, request: Request) -> JSONResponse:
         (await text_body(request)).splitlines(), origin, importer.prompt_row
     )
     with studio.transaction() as session:
-        _change(studio, session, request, admin=True)
+        _change(session, request, admin=True)
         campaign = campaigns.get_campaign(session, slug)
         return JSONResponse({"added": campaigns.add_prompts(session, campaign, rows)})
 
@@ -261,7 +261,7 @@ async def import_gold(slug: str, request: Request) -> JSONResponse:
     origin = _origin(request, "upload")
     rows = importer.parse_lines((await text_body(request)).splitlines(), origin, importer.gold_row)
     with studio.transaction() as session:
-        _change(studio, session, request, admin=True)
+        _change(session, request, admin=True)
         campaign = campaigns.get_campaign(session, slug)
         return JSONResponse({"added": campaigns.add_gold(session, campaign, rows, origin)})
 
@@ -276,7 +276,7 @@ async def generate(slug: str, request: Request) -> JSONResponse:
     studio = studio_of(request)
     given = validated(GenerateInput, await json_body(request))
     with studio.transaction() as session:
-        _change(studio, session, request, admin=True)
+        _change(session, request, admin=True)
         campaign = campaigns.get_campaign(session, slug)
         outcome = generation.fill_missing(
             session, campaign, max_tokens=given.max_tokens, temperature=given.temperature
@@ -293,7 +293,7 @@ async def set_state(slug: str, request: Request) -> JSONResponse:
     studio = studio_of(request)
     given = validated(StateInput, await json_body(request))
     with studio.transaction() as session:
-        _change(studio, session, request, admin=True)
+        _change(session, request, admin=True)
         campaign = campaigns.get_campaign(session, slug)
         campaigns.set_state(session, campaign, given.state)
         return JSONResponse({"slug": slug, "state": campaign.state})
@@ -304,7 +304,7 @@ async def report(slug: str, request: Request) -> JSONResponse:
     """Overview, agreement, per-labeler quality (with exclusion reasons) and win rates."""
     studio = studio_of(request)
     with studio.transaction() as session:
-        _caller(studio, session, request, admin=True)
+        _caller(session, request, admin=True)
         campaign = campaigns.get_campaign(session, slug)
         return JSONResponse(campaign_report(session, campaign))
 
@@ -313,7 +313,7 @@ async def report(slug: str, request: Request) -> JSONResponse:
 async def create_snapshot(slug: str, request: Request) -> JSONResponse:
     studio = studio_of(request)
     with studio.transaction() as session:
-        _change(studio, session, request, admin=True)
+        _change(session, request, admin=True)
         campaign = campaigns.get_campaign(session, slug)
         record = analysis.create_snapshot(session, campaign, studio.settings.snapshot_root)
         return JSONResponse(
@@ -326,7 +326,7 @@ async def create_snapshot(slug: str, request: Request) -> JSONResponse:
 async def list_snapshots(slug: str, request: Request) -> JSONResponse:
     studio = studio_of(request)
     with studio.transaction() as session:
-        _caller(studio, session, request, admin=True)
+        _caller(session, request, admin=True)
         campaign = campaigns.get_campaign(session, slug)
         return JSONResponse(
             [
@@ -352,7 +352,7 @@ def _version(text: str) -> int | None:
 async def snapshot_file(slug: str, version: str, name: str, request: Request):
     studio = studio_of(request)
     with studio.transaction() as session:
-        _caller(studio, session, request, admin=True)
+        _caller(session, request, admin=True)
         campaign = campaigns.get_campaign(session, slug)
         record = analysis.get_snapshot(session, campaign, _version(version))
         if record is None:

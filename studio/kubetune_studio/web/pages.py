@@ -174,8 +174,7 @@ async def label_page(slug: str, request: Request) -> Response:
     with studio.transaction() as session:
         caller = require_caller(session, request)
         campaign = labeling.member_campaign(session, caller.labeler, slug)
-        item = labeling.next_item(session, campaign, caller.labeler, _lease(studio))
-        progress = labeling.progress(session, campaign, caller.labeler, _lease(studio))
+        item, progress = labeling.next_item(session, campaign, caller.labeler, _lease(studio))
         return render(
             request,
             "label.html",
