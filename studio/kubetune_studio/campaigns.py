@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from kubetune_studio.errors import Conflict, Invalid, NotFound
@@ -347,10 +346,3 @@ def _count(session: Session, table, campaign: Campaign) -> int:
         or 0
     )
 
-
-def guard_unique(session: Session, what: str) -> None:
-    """Flush, turning a unique-constraint race into a Conflict naming ``what``."""
-    try:
-        session.flush()
-    except IntegrityError as exc:
-        raise Conflict(f"{what}: exists already") from exc
