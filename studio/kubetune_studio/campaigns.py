@@ -345,4 +345,3 @@ def _count(session: Session, table, campaign: Campaign) -> int:
         )
         or 0
     )
-

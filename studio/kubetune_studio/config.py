@@ -7,7 +7,9 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
+
+from kubetune_studio.errors import Invalid
 
 PREFIX = "KUBETUNE_STUDIO_"
 
@@ -43,4 +45,9 @@ class Settings(BaseModel):
             raw = environ.get(PREFIX + name.upper())
             if raw is not None and raw != "":
                 values[name] = raw
-        return cls.model_validate(values)
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            variable = PREFIX + str(first["loc"][0]).upper()
+            raise Invalid(f"{variable}: {first['msg']}") from None

@@ -16,6 +16,7 @@ from alembic.runtime.migration import MigrationContext
 from kubetune_studio import importer, queue, snapshot
 from kubetune_studio.agreement import VoteRecord
 from kubetune_studio.campaigns import CampaignSpec, model_pairs, swap_positions
+from kubetune_studio.config import Settings
 from kubetune_studio.errors import Invalid
 from kubetune_studio.store.database import current_revision, make_engine, revisions, upgrade
 from kubetune_studio.store.schema import Base
@@ -228,3 +229,11 @@ def test_migrations_build_the_declared_schema(tmp_path: Path) -> None:
     with engine.connect() as connection:
         differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
     assert differences == []
+
+
+def test_settings_come_from_the_environment_and_name_a_bad_variable() -> None:
+    settings = Settings.from_env({"KUBETUNE_STUDIO_RATE_LIMIT": "5/second", "OTHER": "x"})
+    assert settings.rate_limit == "5/second"
+    assert settings.database_url == "sqlite:///studio.db"
+    with pytest.raises(Invalid, match="^KUBETUNE_STUDIO_MAX_BODY_BYTES: Input should be a valid"):
+        Settings.from_env({"KUBETUNE_STUDIO_MAX_BODY_BYTES": "lots"})

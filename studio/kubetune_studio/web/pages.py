@@ -16,7 +16,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
 
 from kubetune_studio import analysis, campaigns, labeling
-from kubetune_studio.errors import StudioError, Unauthenticated
+from kubetune_studio.errors import Invalid, StudioError, Unauthenticated
 from kubetune_studio.store.schema import Vote
 from kubetune_studio.web.api import validated
 from kubetune_studio.web.app import Studio, studio_of
@@ -235,7 +235,7 @@ async def skip(slug: str, request: Request) -> Response:
         caller = _posted_by(session, request, form)
         campaign = labeling.member_campaign(session, caller.labeler, slug)
         if not item_id.isdigit():
-            raise StudioError("item_id: not an item id")
+            raise Invalid("item_id: not an item id")
         labeling.skip(session, campaign, caller.labeler, int(item_id))
     return _redirect(f"/campaigns/{slug}/label?notice=skipped")
 
@@ -303,6 +303,6 @@ async def admin_state(slug: str, request: Request) -> Response:
         campaign = campaigns.get_campaign(session, slug)
         state = form.get("state", "")
         if state not in ("collecting", "closed"):
-            raise StudioError("state: collecting or closed")
+            raise Invalid("state: collecting or closed")
         campaigns.set_state(session, campaign, state)
     return _redirect(f"/admin/campaigns/{slug}?notice={state}")
