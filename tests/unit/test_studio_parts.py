@@ -235,5 +235,5 @@ def test_settings_come_from_the_environment_and_name_a_bad_variable() -> None:
     settings = Settings.from_env({"KUBETUNE_STUDIO_RATE_LIMIT": "5/second", "OTHER": "x"})
     assert settings.rate_limit == "5/second"
     assert settings.database_url == "sqlite:///studio.db"
-    with pytest.raises(Invalid, match="^KUBETUNE_STUDIO_MAX_BODY_BYTES: Input should be a valid"):
+    with pytest.raises(Invalid, match=r"^KUBETUNE_STUDIO_MAX_BODY_BYTES: Input should be a valid"):
         Settings.from_env({"KUBETUNE_STUDIO_MAX_BODY_BYTES": "lots"})
