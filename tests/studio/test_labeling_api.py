@@ -159,6 +159,17 @@ def test_refusals_name_the_problem_and_store_nothing(studio: RunningStudio, camp
     )
     assert no_token.status_code == 403 and "CSRF token" in no_token.json()["error"]
     assert _counts(studio) == before
+    # The same through the labeling page's form.
+    page_form = {"item_id": str(current), "choice": "a"}
+    no_field = httpx.post(f"{studio.url}/campaigns/{campaign}/vote", data=page_form, cookies=cookie)
+    assert no_field.status_code == 403 and "CSRF token missing or wrong" in no_field.text
+    wrong = httpx.post(
+        f"{studio.url}/campaigns/{campaign}/vote",
+        data=page_form | {"csrf_token": "forged"},
+        cookies=cookie,
+    )
+    assert wrong.status_code == 403
+    assert _counts(studio) == before
     with_token = httpx.post(
         f"{studio.url}/api/campaigns/{campaign}/votes",
         json={"item_id": current, "choice": "a"},
