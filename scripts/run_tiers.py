@@ -55,7 +55,7 @@ TIERS: tuple[Tier, ...] = (
     # PostgreSQL and Chromium come from Debian's packages, installed by the tier's fixtures
     # when missing (scripts/install-postgres.sh, install-browser.sh): a cold CI machine pays
     # about a minute of apt-get inside this allowance.
-    Tier("studio", 5, marker="studio"),
+    Tier("studio", 6, marker="studio"),
     Tier("chart", 1, marker="helm", needs_build="tools"),
     Tier("e2e", 12, marker="e2e", needs_build="all"),
 )
