@@ -178,7 +178,6 @@ def create_snapshot(session: Session, campaign: Campaign, root: str) -> Snapshot
         or 0
     ) + 1
     data = snapshot.data_bytes(built.rows)
-    emails = dict(session.execute(select(Labeler.id, Labeler.email)).all())
     document = snapshot.manifest(
         campaign=campaign.slug,
         version=version,
@@ -188,7 +187,6 @@ def create_snapshot(session: Session, campaign: Campaign, root: str) -> Snapshot
         built=built,
         quality=assessed,
         thresholds=thresholds(campaign),
-        emails={i: e for i, e in emails.items() if i in assessed.labelers},
     )
     where = snapshot.write(root, campaign.slug, version, data, document)
     record = Snapshot(

@@ -113,7 +113,6 @@ def manifest(
     built: Built,
     quality: Quality,
     thresholds: Thresholds,
-    emails: Mapping[int, str],
 ) -> dict[str, Any]:
     """What the snapshot holds and how it was filtered (labelers by id; emails stay in the
     studio)."""
@@ -149,7 +148,7 @@ def manifest(
             "excluded_labelers": sorted(
                 str(i) for i, q in quality.labelers.items() if q.excluded
             ),
-            "labelers_total": len(emails),
+            "labelers_total": len(quality.labelers),
         },
     }  # fmt: skip
 
