@@ -36,6 +36,7 @@ class Tier:
     commands: tuple[tuple[str, ...], ...] = ()
     marker: str | None = None
     """A pytest tier: the marker it selects."""
+    pytest_options: tuple[str, ...] = ()
     needs_build: str | None = None
     """The build stage the tier waits for first: 'tools' (helm, kubeconform) or 'all'."""
 
@@ -51,7 +52,9 @@ TIERS: tuple[Tier, ...] = (
         ),
     ),
     Tier("unit", 2, marker="unit and not helm"),
-    Tier("trainer", 18, marker="trainer"),
+    # Two xdist workers, whole modules (and all Ray runs) to one worker: tiny models train on
+    # one thread each, so two workers use both cores once the background build is done.
+    Tier("trainer", 18, marker="trainer", pytest_options=("-n", "2", "--dist", "loadgroup")),
     # PostgreSQL and Chromium come from Debian's packages, installed by the tier's fixtures
     # when missing (scripts/install-postgres.sh, install-browser.sh): a cold CI machine pays
     # about a minute of apt-get inside this allowance.
@@ -152,6 +155,7 @@ def run_tier(tier: Tier, pytest_args: list[str], scratch: Path, watch_build: boo
             tier.marker,
             f"--junitxml={junit}",
             "--durations=10",
+            *tier.pytest_options,
             *pytest_args,
         ]
         code = run_watched(command, env, watch_build)

@@ -11,6 +11,22 @@ import pytest
 # The Hub is never contacted from tests (set before huggingface_hub is imported).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+# One intra-op thread (set before torch is imported; child processes inherit it): the models
+# are tiny, and on a busy 2-core machine a second thread made steps up to 20x slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+# Modules whose runs start local Ray clusters share one xdist group (one worker): two Ray
+# clusters at once would fight over both cores and time out each other's waits.
+RAY_MODULES = frozenset({"test_recipes.py", "test_distributed.py"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under ``pytest -n 2 --dist loadgroup`` (scripts/run_tiers.py) whole modules go to one
+    worker, so a module fixture (a trained model) is built once, not once per worker."""
+    for item in items:
+        name = item.path.name
+        item.add_marker(pytest.mark.xdist_group("ray" if name in RAY_MODULES else name))
 
 
 @pytest.fixture(scope="session")

@@ -182,11 +182,22 @@ def wait_for_step(run_dir: Path, step: int, process: subprocess.Popen, timeout: 
     raise AssertionError(f"step {step} not reached in {timeout}s")
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict[int, float]:
+    """Loss by step of the run both modes' interrupted runs must reproduce. One process and
+    Ray Train with one worker see the same rows in the same order with the same seed, so one
+    uninterrupted run serves both (a Ray run costs a cluster start-up)."""
+    tmp = tmp_path_factory.mktemp("uninterrupted")
+    reference, ref_path = plan_for(tmp, job("ref", "sft", RESUME_SPEC))
+    assert train(ref_path, mode="single").wait() == 0
+    return history(Path(reference.storage.root) / reference.storage.run_name)
+
+
 @pytest.mark.parametrize("mode", ["single", "ray"])
-def test_sigterm_then_resume_matches_uninterrupted_run(tmp_path: Path, mode: str) -> None:
-    reference, ref_path = plan_for(tmp_path / "ref", job("ref", "sft", RESUME_SPEC))
-    assert train(ref_path, mode=mode).wait() == 0
-    expected = history(Path(reference.storage.root) / reference.storage.run_name)
+def test_sigterm_then_resume_matches_uninterrupted_run(
+    tmp_path: Path, mode: str, uninterrupted: dict[int, float]
+) -> None:
+    expected = uninterrupted
 
     plan, path = plan_for(tmp_path / "cut", job("cut", "sft", RESUME_SPEC))
     run_dir = Path(plan.storage.root) / plan.storage.run_name
