@@ -8,6 +8,7 @@ import os
 import re
 from pathlib import Path
 
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
@@ -72,17 +73,33 @@ def type_key(driver, key: str) -> None:
     ActionChains(driver).send_keys(key).perform()
 
 
+def mark_page(driver) -> None:
+    """A mark on the current page's window; a newly loaded page has none."""
+    driver.execute_script("window.kubetuneTestOldPage = true;")
+
+
+def new_page_loaded(driver) -> bool:
+    # While the browser navigates, a script may fail in several ways (Chromium reports a
+    # detached document as an unknown error): the new page is simply not there yet.
+    try:
+        return driver.execute_script(
+            "return window.kubetuneTestOldPage === undefined && document.readyState === 'complete';"
+        )
+    except WebDriverException:
+        return False
+
+
 def press(driver, key: str) -> None:
     """A key that submits a form, then the next page loaded."""
-    before = driver.find_element(By.TAG_NAME, "main")
+    mark_page(driver)
     type_key(driver, key)
-    wait(driver).until(ec.staleness_of(before))
+    wait(driver).until(new_page_loaded)
 
 
 def click(driver, element_id: str) -> None:
-    before = driver.find_element(By.TAG_NAME, "main")
+    mark_page(driver)
     driver.find_element(By.ID, element_id).click()
-    wait(driver).until(ec.staleness_of(before))
+    wait(driver).until(new_page_loaded)
 
 
 def label_all(driver, base: str, careful: bool) -> None:
@@ -174,8 +191,10 @@ def test_two_labelers_vote_in_the_browser_and_the_admin_sees_agreement_and_win_r
     assert by_email[THIRD[0]] == PROMPTS + 2
 
     log_in(browser, base, ADMIN_EMAIL, ADMIN_PASSWORD)
-    browser.find_element(By.ID, "admin-link").click()
+    click(browser, "admin-link")
+    mark_page(browser)
     browser.find_element(By.LINK_TEXT, "ui").click()
+    wait(browser).until(new_page_loaded)
     overview = browser.find_element(By.ID, "overview").text
     assert f"{PROMPTS} items (+2 gold)" in overview, overview
     assert f"{PROMPTS} of {PROMPTS} items at 3 labels" not in overview  # ann skipped one
