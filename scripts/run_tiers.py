@@ -62,6 +62,10 @@ TIERS: tuple[Tier, ...] = (
         pytest_options=("-n", "2", "--dist", "loadgroup"),
         needs_build="s3",
     ),
+    # PostgreSQL and Chromium come from Debian's packages, installed by the tier's fixtures
+    # when missing (scripts/install-postgres.sh, install-browser.sh): a cold CI machine pays
+    # about a minute of apt-get inside this allowance.
+    Tier("studio", 6, marker="studio", needs_build="s3"),  # snapshots on the S3 server
     Tier("chart", 1, marker="helm", needs_build="tools"),
     Tier("e2e", 12, marker="e2e", needs_build="all"),
 )

@@ -20,4 +20,9 @@ fi
 
 start=$(date +%s)
 "$uv_bin" sync --frozen --all-extras --python python3.11 --quiet
+# uv keeps an editable install whose package list changed in pyproject.toml (a new top-level
+# package is then not importable): reinstall the project itself when one of them is missing.
+if ! .venv/bin/python -c "import kubetune, kubetune_trainer, kubetune_studio" 2>/dev/null; then
+  "$uv_bin" sync --frozen --all-extras --python python3.11 --quiet --reinstall-package kubetune
+fi
 echo "setup: environment ready in $(( $(date +%s) - start ))s (.venv)"

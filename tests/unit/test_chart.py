@@ -173,6 +173,7 @@ def test_values_file_satisfies_its_own_schema():
     jsonschema.validate(values, schema)
     # Every object of the schema is closed, except the pass-through Kubernetes ones.
     open_ok = {"global", "affinity", "tolerations[]", "extraEnv[].valueFrom"}
+    open_ok |= {f"studio.{path}" for path in open_ok - {"global"}}
 
     def walk(node: dict[str, Any], path: str) -> None:
         if node.get("type") == "object" and "properties" in node:
@@ -447,6 +448,8 @@ def test_notes_tell_the_user_their_next_commands(helm):
         ("watchNamespace=Team_A", "/watchNamespace"),
         ("highAvailability.replicas=1", "/highAvailability/replicas"),
         ("metrics.prometheusRule.stuckFor=soon", "/metrics/prometheusRule/stuckFor"),
+        ("studio.snapshots.root=relative/dir", "/studio/snapshots/root"),
+        ("studio.database.existingSecret=Not_A_Name", "/studio/database/existingSecret"),
     ],
 )
 def test_schema_rejects_bad_values_naming_the_field(helm, value, message):
@@ -469,6 +472,137 @@ def test_pvc_creation_needs_pvc_default_storage(helm):
     assert "storage.pvc.create needs storage.default to be pvc://" in out.stderr
 
 
+# --------------------------------------------------------------------------- chart: studio
+
+STUDIO_OBJECTS = {"kubetune-studio", "kubetune-studio-postgresql"}
+LOCKED_DOWN = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+    "capabilities": {"drop": ["ALL"]},
+}
+
+
+def named(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(found) == 1, f"{len(found)} {kind}/{name}"
+    return found[0]
+
+
+def env_of(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+def test_studio_is_off_by_default(helm):
+    assert not [d for d in render(helm) if d["metadata"]["name"] in STUDIO_OBJECTS]
+
+
+def test_studio_pod_is_locked_down_and_reads_its_secrets_by_reference(helm):
+    docs = render(
+        helm,
+        "studio.enabled=true",
+        "studio.database.existingSecret=studio-db",
+        "studio.admin.existingSecret=studio-admin",
+        "studio.snapshots.claim=preferences",
+    )
+    deployment = named(docs, "Deployment", "kubetune-studio")
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+    (migrate,) = pod["initContainers"]
+    (studio,) = pod["containers"]
+    assert migrate["command"] == ["kubetune-studio", "migrate"]
+    assert studio["command"][:3] == ["kubetune-studio", "serve", "--no-migrate"]
+    for container in (migrate, studio):
+        assert container["securityContext"] == LOCKED_DOWN, container["name"]
+        assert env_of(container)["KUBETUNE_STUDIO_DATABASE_URL"] == {
+            "secretKeyRef": {"name": "studio-db", "key": "url"}
+        }
+    env = env_of(studio)
+    assert env["KUBETUNE_STUDIO_ADMIN_PASSWORD"] == {
+        "secretKeyRef": {"name": "studio-admin", "key": "password"}
+    }
+    assert env["KUBETUNE_STUDIO_SNAPSHOT_ROOT"] == "/snapshots"
+    claim = next(v for v in pod["volumes"] if v["name"] == "snapshots")
+    assert claim["persistentVolumeClaim"] == {"claimName": "preferences"}
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert studio[probe]["httpGet"] == {"path": "/healthz", "port": "http"}, probe
+    # Its own ServiceAccount, without a token and without any Role.
+    account = named(docs, "ServiceAccount", "kubetune-studio")
+    assert account["automountServiceAccountToken"] is False
+    assert pod["serviceAccountName"] == "kubetune-studio"
+    bound = [
+        s["name"]
+        for d in docs
+        if d["kind"] in ("RoleBinding", "ClusterRoleBinding")
+        for s in d["subjects"]
+    ]
+    assert "kubetune-studio" not in bound
+    service = named(docs, "Service", "kubetune-studio")
+    assert service["spec"]["ports"] == [
+        {"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP"}
+    ]
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    assert studio["image"] == "ghcr.io/kubetune/studio:0.1.0"
+    assert not [d for d in docs if d["kind"] == "StatefulSet"]
+
+
+def test_studio_bundled_postgresql(helm):
+    docs = render(helm, "studio.enabled=true", "studio.postgresql.enabled=true")
+    database = named(docs, "StatefulSet", "kubetune-studio-postgresql")
+    pod = database["spec"]["template"]["spec"]
+    (postgres,) = pod["containers"]
+    assert postgres["securityContext"] == LOCKED_DOWN
+    assert (
+        pod["securityContext"]["runAsNonRoot"] is True
+        and pod["automountServiceAccountToken"] is False
+    )
+    secret = named(docs, "Secret", "kubetune-studio-postgresql")
+    assert len(secret["data"]["password"]) > 20
+    reference = {"secretKeyRef": {"name": "kubetune-studio-postgresql", "key": "password"}}
+    assert env_of(postgres)["POSTGRES_PASSWORD"] == reference
+    studio = named(docs, "Deployment", "kubetune-studio")["spec"]["template"]["spec"]
+    env = studio["containers"][0]["env"]
+    names = [e["name"] for e in env]
+    # The URL is built from the password variable, which must come first to be expanded.
+    assert names.index("KUBETUNE_STUDIO_DB_PASSWORD") < names.index("KUBETUNE_STUDIO_DATABASE_URL")
+    assert env_of(studio["containers"][0])["KUBETUNE_STUDIO_DATABASE_URL"] == (
+        "postgresql://studio:$(KUBETUNE_STUDIO_DB_PASSWORD)@kubetune-studio-postgresql:5432/studio"
+    )
+    assert named(docs, "Service", "kubetune-studio-postgresql")["spec"]["clusterIP"] == "None"
+    given = render(
+        helm,
+        "studio.enabled=true",
+        "studio.postgresql.enabled=true",
+        "studio.postgresql.auth.existingSecret=pg-pass",
+    )
+    assert not [d for d in given if d["kind"] == "Secret"]
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (["studio.enabled=true"], "studio: needs a database"),
+        (
+            [
+                "studio.enabled=true",
+                "studio.postgresql.enabled=true",
+                "studio.database.existingSecret=db",
+            ],
+            "not both",
+        ),
+    ],
+)
+def test_studio_needs_exactly_one_database(helm, sets, message):
+    args = ["template", "kubetune", str(CHART)]
+    for value in sets:
+        args += ["--set", value]
+    out = helm(*args)
+    assert out.returncode != 0 and message in out.stderr, out.stderr
+
+
 # --------------------------------------------------------------------------- images
 
 # Dockerfile -> (glibc of its base, packages its extras must bring, packages they must not).
@@ -482,6 +616,11 @@ IMAGES = {
         (2, 39),  # Ubuntu 24.04
         {"torch", "deepspeed", "trl", "ray", "transformers", "peft", "gguf", "onnxruntime"},
         {"kopf"},
+    ),
+    REPO / "studio" / "Dockerfile": (
+        (2, 36),  # Debian bookworm
+        {"fastapi", "uvicorn", "sqlalchemy", "alembic", "psycopg", "psycopg-binary", "openai"},
+        {"torch", "ray", "kopf", "selenium"},
     ),
 }
 TARGET = {

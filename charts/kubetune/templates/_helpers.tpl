@@ -139,3 +139,77 @@ ClusterKopfPeering of a cluster-wide HA pair.
   verbs: [get, list, watch, patch]
 {{- end }}
 {{- end -}}
+
+{{/* The studio (optional): names and labels. */}}
+{{- define "kubetune.studio.fullname" -}}
+{{- printf "%s-studio" (include "kubetune.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "kubetune.studio.labels" -}}
+{{ include "kubetune.baseLabels" . }}
+app.kubernetes.io/component: studio
+{{- end -}}
+
+{{- define "kubetune.studio.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "kubetune.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: studio
+{{- end -}}
+
+{{- define "kubetune.studio.serviceAccountName" -}}
+{{- if .Values.studio.serviceAccount.create -}}
+{{- default (include "kubetune.studio.fullname" .) .Values.studio.serviceAccount.name -}}
+{{- else -}}
+{{- required "studio.serviceAccount.name is required when studio.serviceAccount.create is false" .Values.studio.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "kubetune.studio.image" -}}
+{{- with .Values.studio.image -}}
+{{- if .digest -}}
+{{- printf "%s@%s" .repository .digest -}}
+{{- else -}}
+{{- printf "%s:%s" .repository (default $.Chart.AppVersion .tag) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "kubetune.studio.postgresql.fullname" -}}
+{{- printf "%s-studio-postgresql" (include "kubetune.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "kubetune.studio.postgresql.labels" -}}
+{{ include "kubetune.baseLabels" . }}
+app.kubernetes.io/component: studio-postgresql
+{{- end -}}
+
+{{- define "kubetune.studio.postgresql.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "kubetune.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: studio-postgresql
+{{- end -}}
+
+{{/* The Secret holding the bundled PostgreSQL's password (given, or made by the chart). */}}
+{{- define "kubetune.studio.postgresql.secretName" -}}
+{{- default (include "kubetune.studio.postgresql.fullname" .) .Values.studio.postgresql.auth.existingSecret -}}
+{{- end -}}
+
+{{/* KUBETUNE_STUDIO_DATABASE_URL: from the given Secret, or built for the bundled PostgreSQL
+(its password from that one's Secret, through Kubernetes' $(VAR) expansion). */}}
+{{- define "kubetune.studio.databaseEnv" -}}
+{{- if .Values.studio.database.existingSecret -}}
+- name: KUBETUNE_STUDIO_DATABASE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.studio.database.existingSecret }}
+      key: {{ .Values.studio.database.existingSecretKey }}
+{{- else -}}
+- name: KUBETUNE_STUDIO_DB_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "kubetune.studio.postgresql.secretName" . }}
+      key: password
+- name: KUBETUNE_STUDIO_DATABASE_URL
+  value: {{ printf "postgresql://studio:$(KUBETUNE_STUDIO_DB_PASSWORD)@%s:5432/studio" (include "kubetune.studio.postgresql.fullname" .) | quote }}
+{{- end -}}
+{{- end -}}

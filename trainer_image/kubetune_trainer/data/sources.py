@@ -10,6 +10,8 @@
   ``SPLIT``. If none match and the split is ``train``, every file is used.
 - ``subset`` (a hub dataset's configuration) selects the sub-folder of that name.
 - ``builtin://NAME`` is kubetune's synthetic dataset NAME (split ``train`` or ``test``).
+- ``studio://HOST[:PORT]/CAMPAIGN[@VERSION]`` is a preference snapshot of kubetune's feedback
+  studio, downloaded into the cache (:mod:`kubetune_trainer.data.studio`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from kubetune_trainer.data import studio
 from kubetune_trainer.data.errors import DataError
 from kubetune_trainer.data.readers import data_suffix
 from kubetune_trainer.data.synthetic import DATA_DIR
@@ -75,6 +78,8 @@ def locate(source: DataSource) -> Located:
             root = fetch_s3(uri)
         elif kind == "hf":
             root = _hf_snapshot(uri_rest(uri).strip("/"))
+        elif kind == "studio":
+            root = studio.fetch(uri)
         else:
             raise DataError(f"{uri}: unsupported data scheme '{kind}://'")
     except SourceError as exc:
