@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,8 @@ from kubetune_trainer.exit_codes import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_PREEMPTED,
+    FINAL_EXIT_CODES,
+    exit_meaning,
 )
 from kubetune_trainer.plan import Plan, Scaling, uri_scheme
 from kubetune_trainer.training.checkpoint_fs import CheckpointStore
@@ -183,7 +186,10 @@ def stop_message(name: str, code: int, run_dir: Path, attempt: int) -> str:
     if code == EXIT_INTERRUPTED or code < 0:
         return f"{name}: stopped at once, without saving; {resume}"
     log = attempt_log(run_dir, attempt)
-    return f"{name}: kubetune-train exited with {code}; its log: {log}; {resume}"
+    if code in FINAL_EXIT_CODES:  # the same input fails the same way: fix it first
+        resume = "fix what the error line above names, then run the same command"
+    exited = f"kubetune-train exited with {code} ({exit_meaning(code)})"
+    return f"{name}: {exited}; its log: {log}; {resume}"
 
 
 def local_plan(
@@ -332,7 +338,7 @@ def run_forwarding_signals(
         env=env | {"PYTHONUNBUFFERED": "1"},
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+        stderr=subprocess.PIPE,
         process_group=0,
     )
     if on_start is not None:
@@ -360,7 +366,17 @@ def run_forwarding_signals(
     previous = {s: signal.signal(s, forward) for s in handled}
     try:
         with open(log_path, "ab") as log:
-            copy_output(child.stdout, sys.stdout.buffer, LogWriter(log))  # type: ignore[arg-type]
+            # Both streams reach the terminal as they are (an error line stays on stderr) and
+            # the one log, line by line.
+            lock = threading.Lock()
+            errors = threading.Thread(
+                target=copy_output,
+                args=(child.stderr, sys.stderr.buffer, LogWriter(log, lock)),
+                daemon=True,
+            )
+            errors.start()
+            copy_output(child.stdout, sys.stdout.buffer, LogWriter(log, lock))  # type: ignore[arg-type]
+            errors.join()
         code = child.wait()
     finally:
         for signum, handler in previous.items():
@@ -372,26 +388,32 @@ class LogWriter:
     """Writes a terminal stream to a log file line by line, keeping only the last state of a
     line redrawn with carriage returns (a progress bar leaves one line, not thousands)."""
 
-    def __init__(self, out: BinaryIO) -> None:
+    def __init__(self, out: BinaryIO, lock: threading.Lock | None = None) -> None:
         self.out = out
+        self.lock = lock or threading.Lock()
+        """Shared by the writers of one file (a child's stdout and stderr)."""
         self._line = b""
 
     def write(self, data: bytes) -> None:
+        lines = []
         for piece in re.split(rb"(\r\n|\n|\r)", data):
             if piece in (b"\n", b"\r\n"):
-                self.out.write(self._line + b"\n")
+                lines.append(self._line + b"\n")
                 self._line = b""
             elif piece == b"\r":
                 self._line = b""
             else:
                 self._line += piece
-        self.out.flush()
+        with self.lock:
+            self.out.writelines(lines)
+            self.out.flush()
 
     def close(self) -> None:
-        if self._line:
-            self.out.write(self._line + b"\n")
-            self._line = b""
-        self.out.flush()
+        with self.lock:
+            if self._line:
+                self.out.write(self._line + b"\n")
+                self._line = b""
+            self.out.flush()
 
 
 def copy_output(source: BinaryIO, terminal: BinaryIO, log: LogWriter) -> None:
