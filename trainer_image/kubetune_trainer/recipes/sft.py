@@ -2,14 +2,14 @@
 
 Conversational rows train on assistant turns only (every assistant turn of a multi-turn
 conversation, via the chat template's generation markers); prompt-completion rows train on the
-completion; packing uses TRL's padding-free best-fit-decreasing strategy.
+completion; packing uses TRL's padding-free best-fit-decreasing strategy. A curriculum and
+score conditioning are applied by :mod:`kubetune_trainer.recipes.sft_techniques`.
 """
 
 from __future__ import annotations
 
 from trl import SFTConfig, SFTTrainer
 
-from kubetune_trainer.data import load_data
 from kubetune_trainer.models import load_model, load_tokenizer
 from kubetune_trainer.recipes.common import (
     RecipeResult,
@@ -21,13 +21,14 @@ from kubetune_trainer.recipes.common import (
     train_and_save,
     trl_args,
 )
+from kubetune_trainer.recipes.sft_techniques import load_sft_data, trainer_class
 
 
 def run(ctx: RunContext) -> RecipeResult:
     recipe = ctx.plan.recipe
     t = recipe.training
     tokenizer = load_tokenizer(recipe.model)
-    data = load_data(recipe.data, kind="sft")
+    data = load_sft_data(ctx, tokenizer)
     conversational = "messages" in data.train.column_names
     args = trl_args(ctx) | {
         "max_length": t.max_length,
@@ -44,7 +45,7 @@ def run(ctx: RunContext) -> RecipeResult:
         **quantization_config(recipe.peft, ctx.hardware),
     )
     found, preemption = callbacks(ctx, skipped_rows=data.skipped_rows)
-    trainer = SFTTrainer(
+    trainer = trainer_class(SFTTrainer, ctx)(
         model=model,
         args=SFTConfig(**args),
         train_dataset=data.train,

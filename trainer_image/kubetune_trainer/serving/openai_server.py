@@ -7,8 +7,9 @@ Endpoints:
 - ``POST /v1/chat/completions``: ``messages`` (roles system/user/assistant; text content, or a
   list of text parts), ``max_tokens`` (or ``max_completion_tokens``; default 128),
   ``temperature`` (0–2, default 1; 0 is greedy), ``n`` (1–16), ``seed``, ``stop`` (a string or
-  up to 4). Other request fields are ignored; ``stream`` is refused. Errors use OpenAI's shape
-  ``{"error": {"message", "type", "param", "code"}}``.
+  up to 4), ``score`` (for a score-conditioned model: the score asked for; default the highest
+  it was trained on). Other request fields are ignored; ``stream`` is refused. Errors use
+  OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``.
 
 With an API key, requests must carry ``Authorization: Bearer KEY`` (401 otherwise).
 """
@@ -26,7 +27,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from kubetune_trainer.evaluation.measures import Messages
-from kubetune_trainer.serving.inference import ChatModel
+from kubetune_trainer.serving.inference import ChatModel, ScoreNotSupported
 
 log = logging.getLogger("kubetune.serve")
 
@@ -200,10 +201,21 @@ class ChatCompletionServer(ThreadingHTTPServer):
         n = _integer(body, "n", 1, 1, 16)
         seed = _integer(body, "seed", None, 0, 2**63 - 1)
         stops = _stops(body.get("stop"))
+        score = body.get("score")
+        if score is not None and (isinstance(score, bool) or not isinstance(score, int | float)):
+            raise RequestError("'score' must be a number", param="score")
         started = time.monotonic()
-        (samples,) = self.chat_model.complete(
-            [messages], max_new_tokens=max_tokens, temperature=temperature, n=n, seed=seed
-        )
+        try:
+            (samples,) = self.chat_model.complete(
+                [messages],
+                max_new_tokens=max_tokens,
+                temperature=temperature,
+                n=n,
+                seed=seed,
+                score=score,
+            )
+        except ScoreNotSupported as err:
+            raise RequestError(str(err), param="score") from None
         choices = []
         for index, completion in enumerate(samples):
             text, stopped = _cut_at_stop(completion.text, stops)
