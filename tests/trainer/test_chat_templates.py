@@ -272,3 +272,27 @@ def test_score_conditioned_template_keeps_masks_and_prefixes_the_first_user_turn
         assert trained == [
             t for t, bit in zip(plain["input_ids"], plain["assistant_masks"], strict=True) if bit
         ]
+
+
+def test_with_lora_the_format_markers_rows_are_trained() -> None:
+    from peft import get_peft_model
+
+    from kubetune_trainer.models import load_model
+    from kubetune_trainer.plan import RecipeSpec
+    from kubetune_trainer.recipes.sft_techniques import sft_peft_config
+
+    recipe = RecipeSpec.model_validate(
+        {
+            "method": "sft",
+            "model": {"source": "builtin://tiny-llama", "conversationFormat": "roleMarkers"},
+            "data": {"sources": [{"uri": "builtin://arithmetic-sft"}]},
+            "peft": {"type": "lora", "r": 4},
+        }
+    )
+    tokenizer = load_tokenizer(recipe.model)
+    model = get_peft_model(
+        load_model(recipe.model, tokenizer=tokenizer), sft_peft_config(recipe, tokenizer)
+    )
+    trained = {n for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n}
+    assert any("embed_tokens.token_adapter" in n for n in trained), trained
+    assert any("lm_head.token_adapter" in n for n in trained), trained

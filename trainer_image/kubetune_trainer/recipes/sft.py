@@ -15,13 +15,12 @@ from kubetune_trainer.recipes.common import (
     RecipeResult,
     RunContext,
     callbacks,
-    peft_config,
     quantization_config,
     torch_dtype,
     train_and_save,
     trl_args,
 )
-from kubetune_trainer.recipes.sft_techniques import load_sft_data, trainer_class
+from kubetune_trainer.recipes.sft_techniques import load_sft_data, sft_peft_config, trainer_class
 
 
 def run(ctx: RunContext) -> RecipeResult:
@@ -51,7 +50,7 @@ def run(ctx: RunContext) -> RecipeResult:
         train_dataset=data.train,
         eval_dataset=data.eval,
         processing_class=tokenizer,
-        peft_config=peft_config(recipe.peft),
+        peft_config=sft_peft_config(recipe, tokenizer),
         callbacks=found,
     )
     return train_and_save(trainer, ctx, preemption)

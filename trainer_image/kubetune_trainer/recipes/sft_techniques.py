@@ -4,6 +4,7 @@ before the SFTTrainer is built."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,9 @@ from kubetune_trainer.data.score_conditioning import (
     with_score_kwargs,
 )
 from kubetune_trainer.evaluation.difficulty import difficulties
-from kubetune_trainer.recipes.common import RunContext
+from kubetune_trainer.models.templates import FORMAT_TOKENS
+from kubetune_trainer.plan import RecipeSpec
+from kubetune_trainer.recipes.common import RunContext, peft_config
 from kubetune_trainer.training.curriculum import DIFFICULTY, STAGE, CurriculumMixin, stage_labels
 
 log = logging.getLogger("kubetune.trainer")
@@ -83,3 +86,17 @@ def cache_dir_of(ctx: RunContext) -> Path:
     """Where the reference losses are cached: the run directory (node-local staging with S3
     storage)."""
     return (ctx.run_dir or ctx.staging_dir.parent) / "curriculum"
+
+
+def sft_peft_config(recipe: RecipeSpec, tokenizer: Any) -> Any:
+    """The adapters' config; with a conversation format's markers, their rows of the input
+    and output embeddings are trained too (new tokens start untrained, and adapters alone leave
+    embeddings frozen)."""
+    config = peft_config(recipe.peft)
+    markers = FORMAT_TOKENS.get(recipe.model.conversation_format, ())
+    if config is None or not markers:
+        return config
+    ids = tokenizer.convert_tokens_to_ids(list(markers))
+    return dataclasses.replace(
+        config, trainable_token_indices={"embed_tokens": ids, "lm_head": ids}
+    )
