@@ -57,6 +57,24 @@ def variant(**spec: Any) -> dict[str, Any]:
         (variant(envSecrets={"BAD-NAME": {"name": "s", "key": "k"}}), "keys must match"),
         (variant(training={"learningRat": 0.1}), 'unknown field "spec.training.learningRat"'),
         (variant(training={"learningRate": -1}), "spec.training.learningRate"),
+        (
+            variant(method="dpo", training={"curriculum": {"difficulty": "length"}}),
+            "spec.training.curriculum applies to method sft",
+        ),
+        (
+            variant(training={"curriculum": {"difficulty": "column"}}),
+            "difficulty column needs the column to read",
+        ),
+        (
+            variant(
+                model={
+                    "source": "builtin://tiny-llama",
+                    "conversationFormat": "roleMarkers",
+                    "chatTemplate": "chatml",
+                }
+            ),
+            "brings its own template",
+        ),
     ],
     ids=["ppo-rewards", "grpo-rewards", "qlora-cpu", "section-method", "eval-metrics",
          "reward-fields", "env-names", "unknown-field", "bounds"],
