@@ -112,6 +112,22 @@ def spec_rules() -> list[dict[str, str]]:
                 f".{method}",
             )
         )
+    for alias in ("curriculum", "scoreConditioning"):
+        rules.append(
+            _rule(
+                f"!has(self.training) || !has(self.training.{alias}) || self.method == 'sft'",
+                f"spec.training.{alias} applies to method sft",
+                f".training.{alias}",
+            )
+        )
+    rules.append(
+        _rule(
+            "!has(self.model.conversationFormat) || self.model.conversationFormat == 'standard' "
+            "|| !has(self.model.chatTemplate)",
+            "a conversationFormat other than standard brings its own template; remove chatTemplate",
+            ".model.chatTemplate",
+        )
+    )
     rules.append(
         _rule(
             "!has(self.peft) || !has(self.peft.type) || self.peft.type != 'qlora' || "
@@ -161,6 +177,23 @@ def reward_source_rules() -> list[dict[str, str]]:
     ]
 
 
+def curriculum_rules() -> list[dict[str, str]]:
+    return [
+        _rule(
+            "self.difficulty != 'column' || has(self.column)",
+            "difficulty column needs the column to read",
+        ),
+        _rule(
+            "self.difficulty == 'column' || !has(self.column)",
+            "only difficulty column reads a column",
+        ),
+        _rule(
+            "self.difficulty == 'referenceLoss' || !has(self.referenceModel)",
+            "only difficulty referenceLoss uses a model",
+        ),
+    ]
+
+
 def to_structural(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     """One JSON Schema node as a structural CRD schema node."""
     if "$ref" in schema:
@@ -197,6 +230,8 @@ def to_structural(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any
             }
             if schema.get("title") == "RewardSource":
                 out["x-kubernetes-validations"] = reward_source_rules()
+            if schema.get("title") == "CurriculumSpec":
+                out["x-kubernetes-validations"] = curriculum_rules()
         extra = schema.get("additionalProperties")
         if "patternProperties" in schema:
             # dict with constrained keys: one value schema, the key pattern as a CEL rule.

@@ -99,6 +99,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from kubetune_trainer.serving.inference import ChatModel
 
     chat = ChatModel.load(source, device=args.device)
+    if args.score is not None and not chat.score_conditioned:
+        raise UserError(
+            f"--score: {args.model} was not trained with score conditioning",
+            exit_code=EXIT_USAGE,
+        )
     system = [{"role": "system", "content": args.system}] if args.system else []
     prompts = [[*system, {"role": "user", "content": text}] for text in args.prompt]
     results = chat.complete(
@@ -106,6 +111,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
         seed=args.seed,
+        score=args.score,
     )
     if args.json:
         out = [
@@ -184,6 +190,11 @@ def add_inference_commands(commands: argparse._SubParsersAction) -> None:
         "--temperature", type=float, default=0.0, help="0 (default) is greedy decoding"
     )
     generate.add_argument("--seed", type=int, help="seed for sampling (temperature > 0)")
+    generate.add_argument(
+        "--score",
+        type=float,
+        help="the score to ask a score-conditioned model for (default: its highest)",
+    )
     generate.add_argument("--json", action="store_true", help="print a JSON list of results")
     generate.set_defaults(func=cmd_generate)
 

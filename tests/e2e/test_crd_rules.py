@@ -57,9 +57,28 @@ def variant(**spec: Any) -> dict[str, Any]:
         (variant(envSecrets={"BAD-NAME": {"name": "s", "key": "k"}}), "keys must match"),
         (variant(training={"learningRat": 0.1}), 'unknown field "spec.training.learningRat"'),
         (variant(training={"learningRate": -1}), "spec.training.learningRate"),
+        (
+            variant(method="dpo", training={"curriculum": {"difficulty": "length"}}),
+            "spec.training.curriculum applies to method sft",
+        ),
+        (
+            variant(training={"curriculum": {"difficulty": "column"}}),
+            "difficulty column needs the column to read",
+        ),
+        (
+            variant(
+                model={
+                    "source": "builtin://tiny-llama",
+                    "conversationFormat": "roleMarkers",
+                    "chatTemplate": "chatml",
+                }
+            ),
+            "brings its own template",
+        ),
     ],
     ids=["ppo-rewards", "grpo-rewards", "qlora-cpu", "section-method", "eval-metrics",
-         "reward-fields", "env-names", "unknown-field", "bounds"],
+         "reward-fields", "env-names", "unknown-field", "bounds", "curriculum-method",
+         "curriculum-column", "format-template"],
 )  # fmt: skip
 def test_api_server_refuses_what_validate_refuses(cluster, namespace, obj, message) -> None:
     if obj["spec"].get("data") is None:

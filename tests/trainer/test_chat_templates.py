@@ -9,7 +9,7 @@ import pytest
 
 from kubetune_trainer.models import END_OF_TURN, TEMPLATES, load_tokenizer, resolve_template
 from kubetune_trainer.models.builtin import FAMILIES
-from kubetune_trainer.models.templates import template_for_architecture
+from kubetune_trainer.models.templates import FORMAT_TOKENS, template_for_architecture
 from kubetune_trainer.plan import ModelSpec
 
 pytestmark = pytest.mark.trainer
@@ -158,3 +158,141 @@ def test_resolve_template() -> None:
     assert resolve_template("{{ messages }}") == "{{ messages }}"
     with pytest.raises(ValueError, match="neither a known template"):
         resolve_template("vicuna")
+
+
+# --------------------------------------------------------------------------- conversation formats
+
+FORMATS = ["roleMarkers", "turnMarkers"]
+
+
+@pytest.mark.parametrize("name", BUILTINS)
+@pytest.mark.parametrize("conversation_format", FORMATS)
+def test_conversation_format_masks_exactly_every_assistant_turn(
+    name: str, conversation_format: str
+) -> None:
+    spec = ModelSpec(source=f"builtin://{name}", conversation_format=conversation_format)
+    tokenizer = load_tokenizer(spec)
+    assert tokenizer.chat_template == TEMPLATES[conversation_format]
+    for marker in FORMAT_TOKENS[conversation_format]:  # each marker is one special token
+        assert tokenizer.encode(marker, add_special_tokens=False) == [
+            tokenizer.convert_tokens_to_ids(marker)
+        ]
+    end = END_OF_TURN[conversation_format]
+    out = tokenizer.apply_chat_template(
+        CONVERSATION, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
+    ids, mask = out["input_ids"], out["assistant_masks"]
+    runs = masked_runs(ids, mask)
+    assert len(runs) == len(ANSWERS)
+    for run, answer in zip(runs, ANSWERS, strict=True):
+        expected = [
+            *tokenizer.encode(answer, add_special_tokens=False),
+            tokenizer.convert_tokens_to_ids(end),
+        ]
+        assert run == expected, (tokenizer.convert_ids_to_tokens(run), answer)
+    unmasked = tokenizer.decode([t for t, bit in zip(ids, mask, strict=True) if not bit])
+    if conversation_format == "roleMarkers":
+        assert unmasked.count("<|assistant|>") == 2 and "<|/assistant|>" not in unmasked
+        assert f"<|system|>{SYSTEM}<|/system|>" in unmasked
+        assert "<|user|>What is 2 + 3?<|/user|>" in unmasked
+    else:
+        assert "<|turn|>1 system\n" + SYSTEM + "<|end_turn|>" in unmasked
+        assert "<|turn|>3 assistant\n" in unmasked and "<|turn|>5 assistant\n" in unmasked
+        assert "<|turn|>4 user\nAnd 10 plus 20, please?<|end_turn|>" in unmasked
+
+
+@pytest.mark.parametrize("conversation_format", FORMATS)
+def test_conversation_format_generation_prompt_is_a_prefix(conversation_format: str) -> None:
+    tokenizer = load_tokenizer(
+        ModelSpec(source="builtin://tiny-llama", conversation_format=conversation_format)
+    )
+    prompt = CONVERSATION[:4]
+    rendered_prompt = tokenizer.apply_chat_template(
+        prompt, tokenize=False, add_generation_prompt=True
+    )
+    rendered_full = tokenizer.apply_chat_template(CONVERSATION, tokenize=False)
+    assert rendered_full[len(rendered_prompt) :] == ANSWERS[1] + END_OF_TURN[conversation_format]
+    prompt_ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True)["input_ids"]
+    full_ids = tokenizer.apply_chat_template(CONVERSATION)["input_ids"]
+    assert full_ids[: len(prompt_ids)] == prompt_ids
+
+
+@pytest.mark.parametrize("conversation_format", FORMATS)
+def test_conversation_format_model_grows_and_stops_at_its_marker(
+    conversation_format: str,
+) -> None:
+    from trl.chat_template_utils import is_chat_template_stop_token_trained
+
+    from kubetune_trainer.models import load_model
+
+    spec = ModelSpec(source="builtin://tiny-qwen2", conversation_format=conversation_format)
+    tokenizer = load_tokenizer(spec)
+    model = load_model(spec, tokenizer=tokenizer)
+    assert model.get_input_embeddings().num_embeddings == len(tokenizer)
+    assert model.get_output_embeddings().weight.shape[0] == len(tokenizer)
+    end = tokenizer.convert_tokens_to_ids(END_OF_TURN[conversation_format])
+    assert end in model.generation_config.eos_token_id
+    assert is_chat_template_stop_token_trained(tokenizer)
+
+
+def test_score_conditioned_template_keeps_masks_and_prefixes_the_first_user_turn() -> None:
+    from kubetune_trainer.data.score_conditioning import (
+        conditioned_template,
+        control_prefix,
+        is_conditioned,
+    )
+    from kubetune_trainer.plan import ScoreConditioningSpec
+
+    tokenizer = load_tokenizer(
+        ModelSpec(source="builtin://tiny-llama", conversation_format="roleMarkers")
+    )
+    plain = tokenizer.apply_chat_template(
+        CONVERSATION, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
+    spec = ScoreConditioningSpec(prefix='<q "{score}"> ', decimals=1)
+    tokenizer.chat_template = conditioned_template(tokenizer.chat_template, spec, 4.5)
+    assert is_conditioned(tokenizer.chat_template)
+    for score, shown in ((None, 4.5), (1.0, 1.0), (2.25, 2.25)):
+        kwargs = {} if score is None else {"score": score}
+        text = tokenizer.apply_chat_template(CONVERSATION, tokenize=False, **kwargs)
+        prefix = control_prefix(spec, shown)
+        assert text.count(prefix) == 1
+        assert f"<|user|>{prefix}What is 2 + 3?<|/user|>" in text
+        assert "<|user|>And 10 plus 20, please?<|/user|>" in text  # later turns untouched
+        out = tokenizer.apply_chat_template(
+            CONVERSATION,
+            tokenize=True,
+            return_dict=True,
+            return_assistant_tokens_mask=True,
+            **kwargs,
+        )
+        trained = [
+            t for t, bit in zip(out["input_ids"], out["assistant_masks"], strict=True) if bit
+        ]
+        assert trained == [
+            t for t, bit in zip(plain["input_ids"], plain["assistant_masks"], strict=True) if bit
+        ]
+
+
+def test_with_lora_the_format_markers_rows_are_trained() -> None:
+    from peft import get_peft_model
+
+    from kubetune_trainer.models import load_model
+    from kubetune_trainer.plan import RecipeSpec
+    from kubetune_trainer.recipes.sft_techniques import sft_peft_config
+
+    recipe = RecipeSpec.model_validate(
+        {
+            "method": "sft",
+            "model": {"source": "builtin://tiny-llama", "conversationFormat": "roleMarkers"},
+            "data": {"sources": [{"uri": "builtin://arithmetic-sft"}]},
+            "peft": {"type": "lora", "r": 4},
+        }
+    )
+    tokenizer = load_tokenizer(recipe.model)
+    model = get_peft_model(
+        load_model(recipe.model, tokenizer=tokenizer), sft_peft_config(recipe, tokenizer)
+    )
+    trained = {n for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n}
+    assert any("embed_tokens.token_adapter" in n for n in trained), trained
+    assert any("lm_head.token_adapter" in n for n in trained), trained

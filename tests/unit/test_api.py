@@ -55,6 +55,13 @@ VALID = [
     ("env secrets", {"spec.envSecrets": {"AWS_ACCESS_KEY_ID": {"name": "s3", "key": "id"}}}),
     ("whole number written as a float", {"spec.training": {"maxSteps": 10.0, "epochs": 2}}),
     ("hub ids", {"spec.model": {"source": "hf://gpt2"}, "spec.data.sources": [{"uri": "hf://org/data.set_v-2"}]}),
+    ("plan's conversation format", {"spec.data.sources": [{"uri": "c.jsonl", "format": "conversation", "columns": {"score": "rating", "scoreReason": "why"}}]}),
+    ("curriculum by column, staged", {"spec.training.curriculum": {"difficulty": "column", "column": "level", "higherIsEasier": True, "pacing": "stages", "stages": 4, "fullAt": 0.6}}),
+    ("curriculum by reference loss", {"spec.training.curriculum": {"difficulty": "referenceLoss", "referenceModel": {"source": "finetunejob://ref"}, "startShare": 0.3}}),
+    ("score conditioning", {"spec.training.scoreConditioning": {"prefix": "<|quality {score}|>", "decimals": 0}}),
+    ("conversation formats", {"spec.model.conversationFormat": "turnMarkers"}),
+    ("jinja template with generation markers", {"spec.model.chatTemplate": "{% for m in messages %}{% generation %}{{ m['content'] }}{% endgeneration %}{% endfor %}"}),
+    ("eval asks a score", {"spec.method": "eval", "spec.data": None, "spec.eval": {"metrics": [{"name": "acc", "type": "accuracy", "dataset": DATASET, "score": 1.5}]}}),
 ]  # fmt: skip
 
 # (description, changes, expected field path, fragment of the message)
@@ -154,6 +161,18 @@ INVALID = [
     ("name too long", {"metadata.name": "x" * 50}, "metadata.name", "at most 49 characters"),
     ("name not a DNS label", {"metadata.name": "My_Job"}, "metadata.name", "pattern"),
     ("wrong apiVersion", {"apiVersion": "kubetune.io/v1"}, "apiVersion", "'kubetune.io/v1alpha1'"),
+    ("curriculum on dpo", {"spec.method": "dpo", "spec.data.sources": [{"uri": "p.jsonl", "format": "preference"}], "spec.training.curriculum": {"difficulty": "length"}}, "spec.training.curriculum", "applies to method sft, not dpo"),
+    ("curriculum column missing", {"spec.training.curriculum": {"difficulty": "column"}}, "spec.training.curriculum.column", "needs the column"),
+    ("curriculum column for length", {"spec.training.curriculum": {"difficulty": "length", "column": "x"}}, "spec.training.curriculum.column", "difficulty length reads no column"),
+    ("curriculum model for length", {"spec.training.curriculum": {"difficulty": "length", "referenceModel": {"source": "builtin://tiny-llama"}}}, "spec.training.curriculum.referenceModel", "only difficulty referenceLoss"),
+    ("curriculum signal", {"spec.training.curriculum": {"difficulty": "random"}}, "spec.training.curriculum.difficulty", "'column', 'length' or 'referenceLoss'"),
+    ("curriculum start share", {"spec.training.curriculum": {"difficulty": "length", "startShare": 0}}, "spec.training.curriculum.startShare", "greater than 0"),
+    ("curriculum one stage", {"spec.training.curriculum": {"difficulty": "length", "stages": 1}}, "spec.training.curriculum.stages", "greater than or equal to 2"),
+    ("score conditioning on grpo", {"spec.method": "grpo", "spec.grpo": {"rewards": [RM]}, "spec.training.scoreConditioning": {}}, "spec.training.scoreConditioning", "applies to method sft, not grpo"),
+    ("score prefix without placeholder", {"spec.training.scoreConditioning": {"prefix": "<good> "}}, "spec.training.scoreConditioning.prefix", "must contain {score} exactly once"),
+    ("conversation format unknown", {"spec.model.conversationFormat": "role_markers"}, "spec.model.conversationFormat", "'standard', 'roleMarkers' or 'turnMarkers'"),
+    ("conversation format with a template", {"spec.model.conversationFormat": "roleMarkers", "spec.model.chatTemplate": "chatml"}, "spec.model.chatTemplate", "brings its own template"),
+    ("jinja template without generation markers", {"spec.model.chatTemplate": "{% for m in messages %}{{ m['content'] }}{% endfor %}"}, "spec.model.chatTemplate", "no {% generation %}"),
 ]  # fmt: skip
 
 

@@ -451,12 +451,16 @@ def test_requests_are_parsed_or_refused_naming_the_field():
     assert (chat.messages, chat.max_tokens, chat.stream, chat.include_usage, chat.stops) == (
         [{"role": "user", "content": "hi"}], 5, True, True, ["\n"]
     )  # fmt: skip
+    assert chat.score is None
+    assert parse_chat_request({"messages": messages, "score": 4.5}, "m", 100).score == 4.5
     for body, param in [
         ({"messages": []}, "messages"),
         ({"messages": messages, "model": "other"}, "model"),
         ({"messages": messages, "stream": True, "n": 2}, "n"),
         ({"messages": messages, "max_tokens": 101}, "max_tokens"),
         ({"messages": messages, "stream": "yes"}, "stream"),
+        ({"messages": messages, "score": "high"}, "score"),
+        ({"messages": messages, "score": True}, "score"),
     ]:
         with pytest.raises(RequestError) as refused:
             parse_chat_request(body, "m", 100)

@@ -59,6 +59,7 @@ FORMAT_FEEDS: dict[str, tuple[str, ...]] = {
     "preference": ("preference", "sft", "prompt"),
     "prompt-only": ("prompt",),
     "hh-rlhf": ("preference", "sft", "prompt"),
+    "conversation": ("sft", "prompt"),
 }
 """The kinds of rows each data format can be read as (see kubetune_trainer.data.formats)."""
 
@@ -78,6 +79,10 @@ STUDIO_URI = (
     r"(?:@(?P<version>\d+|latest))?"
 )
 """A preference snapshot of kubetune's feedback studio: studio://HOST[:PORT]/CAMPAIGN[@VERSION]."""
+
+CONVERSATION_FORMATS = ("standard", "roleMarkers", "turnMarkers")
+# A chat template marks what the model learns to say with {% generation %}…{% endgeneration %}.
+GENERATION_MARKER = re.compile(r"\{%-?\s*generation\s*-?%\}")
 
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 
@@ -265,8 +270,14 @@ class ModelSpec(Section):
     """Branch, tag or commit of an hf:// model. Default: the repository's main branch."""
     chat_template: ShortText | None = None
     """Chat template override: llama3, chatml or mistral (kubetune's templates, with generation
-    markers for assistant-only loss), or a Jinja template string. Default: the tokenizer's own
+    markers for assistant-only loss), or a Jinja template string (for method sft it must mark
+    assistant output with {% generation %}…{% endgeneration %}). Default: the tokenizer's own
     template, or kubetune's template for the architecture when the tokenizer has none."""
+    conversation_format: Literal["standard", "roleMarkers", "turnMarkers"] = "standard"
+    """How conversations become tokens. standard: the chat template (chatTemplate, else the
+    model's own); roleMarkers: each message wrapped in <|role|>…<|/role|> markers; turnMarkers:
+    <|turn|>N role before each message and <|end_turn|> after it. The markers are added to the
+    tokenizer as special tokens; the trained model keeps the format in its saved tokenizer."""
     token_secret: SecretKeyRef | None = None
     """Secret holding an access token for a gated hf:// model or private s3:// bucket."""
     trust_remote_code: bool = Field(default=False)
@@ -289,6 +300,16 @@ class ModelSpec(Section):
             )
         return value
 
+    @model_validator(mode="after")
+    def _one_template(self) -> ModelSpec:
+        if self.conversation_format != "standard" and self.chat_template is not None:
+            raise FieldError(
+                ("chatTemplate",),
+                f"conversationFormat {self.conversation_format} brings its own template; "
+                "remove chatTemplate or set conversationFormat standard",
+            )
+        return self
+
 
 # --------------------------------------------------------------------------- data
 
@@ -300,6 +321,7 @@ class DataFormat(StrEnum):
     preference = "preference"
     prompt_only = "prompt-only"
     hh_rlhf = "hh-rlhf"
+    conversation = "conversation"
 
 
 class ColumnMapping(Section):
@@ -319,8 +341,14 @@ class ColumnMapping(Section):
     """Column holding the dispreferred response or conversation (preference, hh-rlhf)."""
     answer: ShortText = "answer"
     """Column holding a reference answer, used by answer-match rewards and accuracy evals."""
-    score: ShortText = "score"
-    """Column holding an external reward score, used by externalColumn reward sources."""
+    score: ShortText | None = None
+    """Column holding a score of the row's response: the external term of externalColumn
+    rewards, and what score-conditioned SFT conditions on. Default: score, or meta_eval_score
+    for format conversation."""
+    conversation: ShortText = "conversation"
+    """Column holding a list of {role: human|assistant, content} turns (format conversation)."""
+    score_reason: ShortText = "score_reason"
+    """Column holding the text that explains the score (format conversation; optional)."""
 
 
 class DataSource(Section):
@@ -335,7 +363,9 @@ class DataSource(Section):
     format: DataFormat = Field(default=DataFormat.messages, strict=False)
     """Row format: messages, prompt-completion, text, preference (chosen/rejected with an
     explicit prompt column, or implicit: the shared conversation prefix becomes the prompt),
-    prompt-only, or hh-rlhf (raw "\\n\\nHuman: … \\n\\nAssistant: …" text)."""
+    prompt-only, hh-rlhf (raw "\\n\\nHuman: … \\n\\nAssistant: …" text), or conversation
+    ({"conversation": [{"role": "human"|"assistant", "content"}], "meta_eval_score",
+    "score_reason"} rows)."""
     split: ShortText = "train"
     """Split to read from a hub or saved dataset."""
     subset: ShortText | None = None
@@ -380,6 +410,69 @@ class DataSpec(Section):
     counts it in the log and the metrics."""
     seed: int = Field(default=42, ge=0)
     """Seed for mixing, shuffling and the eval split."""
+
+
+# --------------------------------------------------------------------------- data-side techniques
+
+
+class CurriculumSpec(Section):
+    """Curriculum learning (method sft): rows are ranked by difficulty and training draws from
+    the easiest share of them, a share that grows to all rows by fullAt of the training. Each
+    optimizer step draws its rows (without replacement within the step) from the share open at
+    that step, seeded by spec.training.seed and the step, so a resumed run sees exactly the rows
+    an uninterrupted one would. With packing, rows are packed within their stage."""
+
+    difficulty: Literal["column", "length", "referenceLoss"]
+    """The difficulty signal. column: a numeric column of the data (see higherIsEasier);
+    length: the row's tokens; referenceLoss: the reference model's mean loss on the row's
+    trained tokens, computed once and cached in the run directory."""
+    column: ShortText | None = None
+    """The data column holding the difficulty (difficulty column)."""
+    higher_is_easier: bool = False
+    """Read higher column values as easier (e.g. a quality score). Default: lower is easier."""
+    reference_model: ModelSpec | None = None
+    """The model whose per-row loss ranks the rows (difficulty referenceLoss). Default: the
+    starting model."""
+    pacing: Literal["linear", "stages"] = "linear"
+    """linear: the open share grows linearly from startShare to 1 at fullAt; stages: the rows
+    are cut into `stages` equal parts by difficulty and one more part opens at each of `stages`
+    equal intervals up to fullAt."""
+    start_share: float = Field(default=0.2, gt=0, le=1)
+    """Share of the rows (the easiest) open at the first step (pacing linear)."""
+    full_at: float = Field(default=0.5, gt=0, le=1)
+    """Fraction of the training steps by which every row is open."""
+    stages: int = Field(default=3, ge=2, le=64)
+    """Number of stages (pacing stages)."""
+
+    @model_validator(mode="after")
+    def _signal_fields(self) -> CurriculumSpec:
+        if self.difficulty == "column" and self.column is None:
+            raise FieldError(("column",), "difficulty column needs the column to read")
+        if self.difficulty != "column" and self.column is not None:
+            raise FieldError(("column",), f"difficulty {self.difficulty} reads no column")
+        if self.difficulty != "referenceLoss" and self.reference_model is not None:
+            raise FieldError(("referenceModel",), "only difficulty referenceLoss uses a model")
+        return self
+
+
+class ScoreConditioningSpec(Section):
+    """Score-conditioned SFT (Decision-Transformer style, method sft): every row's score (the
+    data's score column, meta_eval_score for format conversation) is written before its first
+    user message as a control prefix, so the model learns what answers of each score look like.
+    The prefix is baked into the trained model's chat template with the highest training score
+    as default: generate, serve and eval ask for the highest score unless told another."""
+
+    prefix: Annotated[str, StringConstraints(min_length=1, max_length=256)] = "<score={score}> "
+    """The control prefix; {score} is replaced by the score."""
+    decimals: int = Field(default=1, ge=0, le=4)
+    """Scores are rounded to this many decimals in the prefix."""
+
+    @field_validator("prefix")
+    @classmethod
+    def _placeholder(cls, value: str) -> str:
+        if value.count("{score}") != 1:
+            raise ValueError("prefix must contain {score} exactly once")
+        return value
 
 
 # --------------------------------------------------------------------------- training
@@ -471,6 +564,10 @@ class TrainingSpec(Section):
     best_model: BestModel | None = None
     """Make the weights of the best evaluation (by a held-out metric) the job's output instead
     of the last step's. Needs held-out data."""
+    curriculum: CurriculumSpec | None = None
+    """Order the data from easy to hard (method sft). Default: shuffled."""
+    score_conditioning: ScoreConditioningSpec | None = None
+    """Condition on each row's score (method sft). Default: off."""
     trl_args: dict[str, Any] = Field(default_factory=dict)
     """Extra arguments for the method's TRL config (e.g. SFTConfig, DPOConfig), checked against
     that config's fields when the plan is made. Arguments kubetune sets from other fields are
@@ -778,6 +875,9 @@ class EvalMetric(Section):
     """Reward model scoring both sides (winRate)."""
     judge: JudgeSpec | None = None
     """The judge (type judge)."""
+    score: float | None = None
+    """For a model trained with spec.training.scoreConditioning: the score its prompts ask for
+    (accuracy, passAtK, winRate, judge). Default: the highest score seen in training."""
 
     @field_validator("task_dirs")
     @classmethod
@@ -1179,6 +1279,7 @@ class RecipeSpec(Section):
                     f"({', '.join(names) or 'none defined'})",
                 )
         self._check_trl_args()
+        self._check_data_techniques()
         return self
 
     def _check_data_formats(self) -> None:
@@ -1228,6 +1329,30 @@ class RecipeSpec(Section):
                 "not available with deepspeed.zeroStage 3 (weights are sharded across ranks)",
             )
 
+    def _check_data_techniques(self) -> None:
+        """Curriculum, score conditioning and conversation formats: SFT's, and what they need."""
+        t = self.training
+        techniques = {"curriculum": t.curriculum, "scoreConditioning": t.score_conditioning}
+        for alias, section in techniques.items():
+            if section is not None and self.method != "sft":
+                raise FieldError(
+                    ("training", alias), f"applies to method sft, not {self.method}; remove it"
+                )
+        template = self.model.chat_template
+        if (
+            self.method == "sft"
+            and template is not None
+            and template not in CHAT_TEMPLATES
+            and not GENERATION_MARKER.search(template)
+            and self.data is not None
+            and not all(s.format == DataFormat.text for s in self.data.sources)
+        ):
+            raise FieldError(
+                ("model", "chatTemplate"),
+                "the Jinja template has no {% generation %}…{% endgeneration %} markers around "
+                "assistant output; SFT trains on assistant tokens only and needs them",
+            )
+
     def _check_trl_args(self) -> None:
         args = self.training.trl_args
         if not args:
@@ -1260,6 +1385,9 @@ class RecipeSpec(Section):
         found: list[tuple[tuple[str, ...], ModelSpec]] = [(("model",), self.model)]
         if self.dpo and self.dpo.reference_model:
             found.append((("dpo", "referenceModel"), self.dpo.reference_model))
+        curriculum = self.training.curriculum
+        if curriculum and curriculum.reference_model:
+            found.append((("training", "curriculum", "referenceModel"), curriculum.reference_model))
         for section in ("ppo", "grpo"):
             options = getattr(self, section)
             if options is None:

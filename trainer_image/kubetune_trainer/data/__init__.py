@@ -20,7 +20,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from kubetune_trainer.data.errors import SKIP_HINT, BadRow, DataError
-from kubetune_trainer.data.formats import Kind, check_supported, normalize, shape
+from kubetune_trainer.data.formats import (
+    Kind,
+    check_supported,
+    normalize,
+    number,
+    score_column,
+    shape,
+)
 from kubetune_trainer.data.mixture import hold_out, mix
 from kubetune_trainer.data.readers import RawRow, read_dataset, read_file
 from kubetune_trainer.data.sources import locate, native_format
@@ -73,10 +80,17 @@ def _raw_rows(source: DataSource) -> Iterator[RawRow]:
 
 
 def read_source(
-    source: DataSource, kind: Kind, *, bad_rows: str = "fail", extra_columns: Sequence[str] = ()
+    source: DataSource,
+    kind: Kind,
+    *,
+    bad_rows: str = "fail",
+    extra_columns: Sequence[str] = (),
+    numeric_columns: Sequence[str] = (),
+    require_score: bool = False,
 ) -> SourceRows:
     """Every valid row of ``source`` as ``kind`` rows, up to its maxSamples; ``extra_columns``
-    are copied from the raw row as they are (a row without one is bad)."""
+    are copied from the raw row as they are and ``numeric_columns`` as numbers (a row without
+    one is bad); with ``require_score`` a row without a score is bad."""
     fmt = native_format(source)
     check_supported(fmt, kind, source.uri)
     result = SourceRows(uri=source.uri, rows=[])
@@ -88,10 +102,14 @@ def read_source(
                 raise BadRow(raw.error)
             assert raw.value is not None
             row = normalize(raw.value, fmt, kind, source.columns)
-            for column in extra_columns:
+            for column in (*extra_columns, *numeric_columns):
                 if raw.value.get(column) is None:
                     raise BadRow(f"missing field '{column}'")
                 row[column] = raw.value[column]
+            for column in numeric_columns:
+                row[column] = number(row[column], column)
+            if require_score and "score" not in row:
+                raise BadRow(f"missing field '{score_column(fmt, source.columns)}'")
             result.rows.append(row)
         except BadRow as exc:
             message = f"{raw.where}: {exc}"
@@ -162,14 +180,26 @@ def _keys(sources: list[DataSource]) -> list[str]:
     return keys
 
 
-def load_data(spec: DataSpec, *, kind: Kind, extra_columns: Sequence[str] = ()) -> LoadedData:
+def load_data(
+    spec: DataSpec,
+    *,
+    kind: Kind,
+    extra_columns: Sequence[str] = (),
+    numeric_columns: Sequence[str] = (),
+    require_score: bool = False,
+) -> LoadedData:
     """Train and eval datasets for ``kind`` (sft, preference or prompt) from ``spec``, with
-    ``extra_columns`` of the raw rows kept as they are (e.g. a reward margin)."""
+    ``extra_columns`` of the raw rows kept as they are (e.g. a reward margin) and
+    ``numeric_columns`` as numbers (e.g. a curriculum's difficulty); ``require_score`` makes a
+    row without a score bad (score-conditioned SFT)."""
     train_keys = _keys(spec.sources)
-    read = [
-        read_source(s, kind, bad_rows=spec.bad_rows, extra_columns=extra_columns)
-        for s in spec.sources
-    ]
+    options: dict[str, Any] = {
+        "bad_rows": spec.bad_rows,
+        "extra_columns": extra_columns,
+        "numeric_columns": numeric_columns,
+        "require_score": require_score,
+    }
+    read = [read_source(s, kind, **options) for s in spec.sources]
     pools: list[list[Row]] = []
     held: list[list[Row]] = []
     for index, source_rows in enumerate(read):
@@ -178,10 +208,7 @@ def load_data(spec: DataSpec, *, kind: Kind, extra_columns: Sequence[str] = ()) 
         pools.append(train_rows)
         held.append(eval_rows)
     eval_keys = _keys(spec.eval_sources)
-    eval_read = [
-        read_source(s, kind, bad_rows=spec.bad_rows, extra_columns=extra_columns)
-        for s in spec.eval_sources
-    ]
+    eval_read = [read_source(s, kind, **options) for s in spec.eval_sources]
     if eval_read:
         held = [r.rows for r in eval_read]
     groups = _unify(pools + held, kind)

@@ -34,6 +34,22 @@ def as_messages(value: Any, label: str) -> list[Message]:
     return out
 
 
+PLAN_ROLES = {"human": "user", "assistant": "assistant", "system": "system"}
+"""Roles of the conversation format (human/assistant, a system turn allowed first) and the
+roles they become."""
+
+
+def from_plan_roles(turns: list[Message], label: str) -> list[Message]:
+    """A conversation-format conversation (roles human/assistant) with kubetune's roles."""
+    out: list[Message] = []
+    for i, turn in enumerate(turns):
+        role = PLAN_ROLES.get(turn["role"])
+        if role is None:
+            raise BadRow(f"{label}[{i}]: unknown role '{turn['role']}' (use human or assistant)")
+        out.append({"role": role, "content": turn["content"]})
+    return out
+
+
 def check_turns(turns: list[Message], labels: list[str]) -> None:
     """Role order and non-empty content, with ``labels[i]`` naming turn i in messages."""
     expected = "user"

@@ -24,6 +24,10 @@ What each format can feed:
 - prompt-only: prompt only.
 - hh-rlhf: preference, sft (the chosen conversation), prompt. chosen/rejected hold HH text;
   for sft a row with only a text column is read as one HH conversation.
+- conversation: sft; prompt. ``{"conversation": [{"role": "human"|"assistant", "content"}],
+  "meta_eval_score": 4.5, "score_reason": "..."}``: roles human/assistant become user/assistant,
+  meta_eval_score is the row's score and score_reason (text, optional) is kept as
+  ``score_reason``.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from kubetune_trainer.data.conversations import (
     as_messages,
     check_conversation,
     check_turns,
+    from_plan_roles,
     labels_for,
     parse_hh,
     split_shared_prefix,
@@ -48,6 +53,8 @@ Kind = Literal["sft", "preference", "prompt"]
 
 SUPPORTED = FORMAT_FEEDS
 """What each format can feed (the plan contract's table: the schema refuses a mismatch)."""
+DEFAULT_SCORE_COLUMN = {"conversation": "meta_eval_score"}
+"""The score column of a format when ColumnMapping.score is not set (else ``score``)."""
 
 
 def check_supported(fmt: str, kind: Kind, uri: str) -> None:
@@ -133,20 +140,37 @@ def _preference(
     return split_shared_prefix(chosen_full, rejected_full, cols.chosen, cols.rejected)
 
 
-def _extras(row: dict[str, Any], cols: ColumnMapping) -> dict[str, Any]:
+def score_column(fmt: str, cols: ColumnMapping) -> str:
+    """The column a row's score is read from."""
+    return cols.score or DEFAULT_SCORE_COLUMN.get(fmt, "score")
+
+
+def number(value: Any, column: str) -> float:
+    """A finite number from a row's column; BadRow naming the column otherwise."""
+    try:
+        parsed = float(value)
+    except (TypeError, ValueError):
+        raise BadRow(f"{column}: not a number: {value!r}") from None
+    if isinstance(value, bool) or not math.isfinite(parsed):
+        raise BadRow(f"{column}: not a number: {value!r}")
+    return parsed
+
+
+def _extras(row: dict[str, Any], fmt: str, cols: ColumnMapping) -> dict[str, Any]:
     out: dict[str, Any] = {}
     answer = row.get(cols.answer)
     if answer is not None:
         out["answer"] = answer if isinstance(answer, str) else json.dumps(answer)
-    score = row.get(cols.score)
+    column = score_column(fmt, cols)
+    score = row.get(column)
     if score is not None:
-        try:
-            value = float(score)
-        except (TypeError, ValueError):
-            raise BadRow(f"{cols.score}: not a number: {score!r}") from None
-        if math.isnan(value):
-            raise BadRow(f"{cols.score}: not a number: {score!r}")
-        out["score"] = value
+        out["score"] = number(score, column)
+    if fmt == "conversation":
+        reason = row.get(cols.score_reason)
+        if reason is not None and not isinstance(reason, str):
+            raise BadRow(f"{cols.score_reason}: not text: {reason!r}")
+        if reason is not None:
+            out["score_reason"] = reason
     return out
 
 
@@ -160,6 +184,15 @@ def normalize(row: dict[str, Any], fmt: str, kind: Kind, cols: ColumnMapping) ->
             {"messages": turns}
             if kind == "sft"
             else {"prompt": _prompt_before_answer(turns, cols.messages)}
+        )
+    elif fmt == "conversation":
+        raw = as_messages(_get(row, cols.conversation), cols.conversation)
+        turns = from_plan_roles(raw, cols.conversation)
+        check_conversation(turns, cols.conversation, ends_with="assistant")
+        out = (
+            {"messages": turns}
+            if kind == "sft"
+            else {"prompt": _prompt_before_answer(turns, cols.conversation)}
         )
     elif fmt == "prompt-completion":
         prompt = _prompt_turns(_get(row, cols.prompt), cols.prompt)
@@ -190,7 +223,7 @@ def normalize(row: dict[str, Any], fmt: str, kind: Kind, cols: ColumnMapping) ->
                 out = {"prompt": prompt}
     else:
         raise DataError(f"unknown format '{fmt}'")
-    out.update(_extras(row, cols))
+    out.update(_extras(row, fmt, cols))
     return out
 
 

@@ -102,9 +102,11 @@ def generate_completions(
     num_samples: int = 1,
     batch_size: int = 32,
     seed: int | None = None,
+    chat_template_kwargs: dict[str, Any] | None = None,
 ) -> list[list[Completion]]:
     """``num_samples`` completions of each chat prompt (rendered with the tokenizer's chat
-    template and its generation prompt), in left-padded batches. Temperature 0 is greedy
+    template and its generation prompt, given ``chat_template_kwargs`` such as a
+    score-conditioned model's ``score``), in left-padded batches. Temperature 0 is greedy
     decoding; above 0, sampling at that temperature (the model's own top-k/top-p defaults, if
     its generation config has any, still apply)."""
     import torch
@@ -126,7 +128,12 @@ def generate_completions(
         with _seeded(seed):
             for start in range(0, len(prompts), prompts_per_batch):
                 texts = [
-                    tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
+                    tokenizer.apply_chat_template(
+                        p,
+                        tokenize=False,
+                        add_generation_prompt=True,
+                        **(chat_template_kwargs or {}),
+                    )
                     for p in prompts[start : start + prompts_per_batch]
                 ]
                 batch = tokenizer(
@@ -167,12 +174,18 @@ def generate(
     *,
     max_new_tokens: int,
     batch_size: int = 32,
+    chat_template_kwargs: dict[str, Any] | None = None,
 ) -> list[str]:
     """Greedy completions of chat prompts (left-padded batches)."""
     return [
         samples[0].text
         for samples in generate_completions(
-            model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size
+            model,
+            tokenizer,
+            prompts,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            chat_template_kwargs=chat_template_kwargs,
         )
     ]
 
@@ -226,6 +239,7 @@ def answer_accuracy(
     pattern: str | None = None,
     max_new_tokens: int = 16,
     batch_size: int = 32,
+    chat_template_kwargs: dict[str, Any] | None = None,
 ) -> AccuracyResult:
     """Share of rows whose generated answer matches row["answer"]; rows carry "prompt" as a
     list of chat messages."""
@@ -235,6 +249,7 @@ def answer_accuracy(
         [row["prompt"] for row in rows],
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
+        chat_template_kwargs=chat_template_kwargs,
     )
     return score_answers(
         completions, [str(row["answer"]) for row in rows], extractor=extractor, pattern=pattern
@@ -312,29 +327,17 @@ class PerplexityResult:
     """Per scored row: tokens scored."""
 
 
-def token_perplexity(
-    model: Any,
-    tokenizer: Any,
-    rows: Sequence[dict[str, Any]],
-    *,
-    max_length: int = 2048,
-    batch_size: int = 8,
-) -> PerplexityResult:
-    """exp(total NLL / scored tokens) over all rows: long rows weigh more than short ones."""
+def _row_nll(
+    model: Any, encoded: Sequence[tuple[list[int], list[int]]], pad: int, batch_size: int
+) -> list[tuple[float, int]]:
+    """(summed negative log-likelihood, scored tokens) of each (input_ids, labels) row."""
     import torch
     import torch.nn.functional as F
 
-    encoded = [loss_tokens(tokenizer, row, max_length) for row in rows]
-    index = [
-        i for i, (_, labels) in enumerate(encoded) if any(x != IGNORE_INDEX for x in labels[1:])
-    ]
-    kept = [encoded[i] for i in index]
-    row_losses: list[float] = []
-    row_tokens: list[int] = []
     model.eval()
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    for start in range(0, len(kept), batch_size):
-        chunk = kept[start : start + batch_size]
+    found: list[tuple[float, int]] = []
+    for start in range(0, len(encoded), batch_size):
+        chunk = encoded[start : start + batch_size]
         width = max(len(ids) for ids, _ in chunk)
         input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
         labels = torch.full((len(chunk), width), IGNORE_INDEX, dtype=torch.long)
@@ -353,9 +356,34 @@ def token_perplexity(
             targets.reshape(-1),
             ignore_index=IGNORE_INDEX,
             reduction="none",
-        ).view(targets.shape)
-        row_losses += nll.sum(dim=1).tolist()
-        row_tokens += (targets != IGNORE_INDEX).sum(dim=1).tolist()
+        ).view(len(chunk), -1)
+        scored = targets != IGNORE_INDEX
+        for i in range(len(chunk)):
+            found.append((float(nll[i][scored[i]].sum()), int(scored[i].sum())))
+    return found
+
+
+def _pad_id(tokenizer: Any) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
+def token_perplexity(
+    model: Any,
+    tokenizer: Any,
+    rows: Sequence[dict[str, Any]],
+    *,
+    max_length: int = 2048,
+    batch_size: int = 8,
+) -> PerplexityResult:
+    """exp(total NLL / scored tokens) over all rows: long rows weigh more than short ones."""
+    encoded = [loss_tokens(tokenizer, row, max_length) for row in rows]
+    index = [
+        i for i, (_, labels) in enumerate(encoded) if any(x != IGNORE_INDEX for x in labels[1:])
+    ]
+    kept = [encoded[i] for i in index]
+    per_row = _row_nll(model, kept, _pad_id(tokenizer), batch_size)
+    row_losses = [nll for nll, _ in per_row]
+    row_tokens = [tokens for _, tokens in per_row]
     total_tokens = sum(row_tokens)
     if total_tokens == 0:
         raise ValueError("no row has a token to score (all masked or truncated away)")
@@ -370,6 +398,23 @@ def token_perplexity(
         row_losses=row_losses,
         row_tokens=row_tokens,
     )
+
+
+def example_losses(
+    model: Any,
+    tokenizer: Any,
+    rows: Sequence[dict[str, Any]],
+    *,
+    max_length: int = 2048,
+    batch_size: int = 8,
+) -> list[float | None]:
+    """Each row's mean loss per scored token (the tokens SFT trains on); None for a row left
+    with no scored token after truncation."""
+    encoded = [loss_tokens(tokenizer, row, max_length) for row in rows]
+    return [
+        nll / tokens if tokens else None
+        for nll, tokens in _row_nll(model, encoded, _pad_id(tokenizer), batch_size)
+    ]
 
 
 # --------------------------------------------------------------------------- pass@k

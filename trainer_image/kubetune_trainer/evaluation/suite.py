@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from kubetune_trainer.data import DataError, read_source
+from kubetune_trainer.data.score_conditioning import is_conditioned
 from kubetune_trainer.evaluation.measures import (
     extract_code,
     generate_completions,
@@ -153,8 +154,28 @@ def _answers(rows: list[dict[str, Any]], metric: EvalMetric, where: str) -> list
     return [str(row["answer"]) for row in rows]
 
 
-def _greedy(model: Any, tokenizer: Any, prompts: list, metric: EvalMetric) -> list[str]:
-    found = generate_completions(model, tokenizer, prompts, max_new_tokens=metric.max_new_tokens)
+def _score_kwargs(tokenizer: Any, metric: EvalMetric, where: str) -> dict[str, Any]:
+    """The chat template variables that ask a score-conditioned model for metric.score."""
+    if metric.score is None:
+        return {}
+    if not is_conditioned(tokenizer.chat_template):
+        raise EvalError(
+            f"{where}.score: the model was not trained with score conditioning "
+            "(spec.training.scoreConditioning); remove score"
+        )
+    return {"score": metric.score}
+
+
+def _greedy(
+    model: Any, tokenizer: Any, prompts: list, metric: EvalMetric, kwargs: dict[str, Any]
+) -> list[str]:
+    found = generate_completions(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=metric.max_new_tokens,
+        chat_template_kwargs=kwargs,
+    )
     return [samples[0].text for samples in found]
 
 
@@ -198,7 +219,8 @@ def _accuracy(
     rows = _rows(metric, where, "prompt")
     answers = _answers(rows, metric, where)
     model, tokenizer = models.get(spec)
-    completions = _greedy(model, tokenizer, [r["prompt"] for r in rows], metric)
+    kwargs = _score_kwargs(tokenizer, metric, where)
+    completions = _greedy(model, tokenizer, [r["prompt"] for r in rows], metric, kwargs)
     result = score_answers(completions, answers, extractor=metric.extractor, pattern=metric.pattern)
     samples = [
         {"id": i, "prompt": row["prompt"], "answer": answer, "generated": text, "correct": ok}
@@ -233,6 +255,7 @@ def _pass_at_k(
         temperature=temperature,
         num_samples=metric.samples,
         seed=s.seed,
+        chat_template_kwargs=_score_kwargs(tokenizer, metric, where),
     )
     programs = [
         f"{extract_code(sample.text)}\n\n{test}\n"
@@ -285,9 +308,9 @@ def _win_rate(
     rows = _rows(metric, where, "prompt")
     prompts = [r["prompt"] for r in rows]
     model, tokenizer = models.get(spec)
-    mine = _greedy(model, tokenizer, prompts, metric)
+    mine = _greedy(model, tokenizer, prompts, metric, _score_kwargs(tokenizer, metric, where))
     base_model, base_tokenizer = models.get(metric.baseline_model)
-    theirs = _greedy(base_model, base_tokenizer, prompts, metric)
+    theirs = _greedy(base_model, base_tokenizer, prompts, metric, {})
     scorer = RewardModelScorer(metric.reward_model, device=models.device)
     mine_scores = scorer.score(prompts, mine, batch_size=s.batch_size)
     their_scores = scorer.score(prompts, theirs, batch_size=s.batch_size)
@@ -329,14 +352,14 @@ def _judge(
     rows = _rows(metric, where, "prompt")
     prompts = [r["prompt"] for r in rows]
     model, tokenizer = models.get(spec)
-    mine = _greedy(model, tokenizer, prompts, metric)
+    mine = _greedy(model, tokenizer, prompts, metric, _score_kwargs(tokenizer, metric, where))
     if metric.judge.mode == "single":
         references = [r.get("answer") for r in rows]
         result = judge_single(client, prompts, mine, references=references)
     else:
         assert metric.baseline_model is not None
         base_model, base_tokenizer = models.get(metric.baseline_model)
-        theirs = _greedy(base_model, base_tokenizer, prompts, metric)
+        theirs = _greedy(base_model, base_tokenizer, prompts, metric, {})
         result = judge_pairwise(client, prompts, mine, theirs)
     details = result.details | {
         "endpoint": metric.judge.endpoint,

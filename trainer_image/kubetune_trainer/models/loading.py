@@ -18,6 +18,8 @@ from kubetune_trainer.models.adapters import adapter_base, is_adapter_dir
 from kubetune_trainer.models.sources import model_spec, resolve_model_dir
 from kubetune_trainer.models.templates import (
     CONTROL_TOKENS,
+    END_OF_TURN,
+    FORMAT_TOKENS,
     TEMPLATES,
     resolve_template,
     template_for_architecture,
@@ -52,9 +54,12 @@ def choose_chat_template(
 ) -> tuple[str, str]:
     """The chat template to use and where it came from (``spec``, ``tokenizer`` or ``kubetune``).
 
-    ``ModelSpec.chat_template`` wins (a kubetune template name or Jinja text); then the
-    tokenizer's own template; then kubetune's template for the architecture.
+    ``ModelSpec.conversation_format`` other than standard wins (its marker template); then
+    ``ModelSpec.chat_template`` (a kubetune template name or Jinja text); then the tokenizer's
+    own template; then kubetune's template for the architecture.
     """
+    if spec.conversation_format != "standard":
+        return TEMPLATES[spec.conversation_format], "spec"
     if spec.chat_template:
         return resolve_template(spec.chat_template), "spec"
     own = tokenizer.chat_template
@@ -78,7 +83,15 @@ def load_tokenizer(spec: ModelSpec | str, *, path: Path | None = None) -> PreTra
     architecture = model_type(path)
     template, origin = choose_chat_template(tokenizer, spec, architecture)
     tokenizer.chat_template = template
-    name = next((n for n, text in TEMPLATES.items() if text == template), None)
+    added = add_format_tokens(tokenizer, spec.conversation_format)
+    if added:
+        log.info(
+            "event=format_tokens_added model=%s format=%s added=%d",
+            spec.source,
+            spec.conversation_format,
+            added,
+        )
+    name = template_name(template)
     if name is not None:
         vocab = tokenizer.get_vocab()
         missing = [t for t in CONTROL_TOKENS[name] if t not in vocab]
@@ -102,6 +115,48 @@ def load_tokenizer(spec: ModelSpec | str, *, path: Path | None = None) -> PreTra
         len(tokenizer),
     )
     return tokenizer
+
+
+def template_name(template: str | None) -> str | None:
+    """The name of a kubetune template from its text (None for any other template)."""
+    return next((n for n, text in TEMPLATES.items() if text == template), None)
+
+
+def add_format_tokens(tokenizer: PreTrainedTokenizerBase, conversation_format: str) -> int:
+    """Add a conversation format's markers to the tokenizer as special tokens (those it lacks);
+    how many were added."""
+    markers = FORMAT_TOKENS.get(conversation_format, ())
+    vocab = tokenizer.get_vocab()
+    missing = [t for t in markers if t not in vocab]
+    if not missing:
+        return 0
+    return tokenizer.add_tokens(missing, special_tokens=True)
+
+
+def fit_to_tokenizer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Grow the embeddings to the tokenizer when tokens were added to it, and make the token
+    that ends an assistant turn in the tokenizer's template end generation too."""
+    embeddings = model.get_input_embeddings()
+    if embeddings is not None and len(tokenizer) > embeddings.num_embeddings:
+        import torch
+
+        # The new rows are drawn around the old embeddings' mean: seeded, so every run (and
+        # every rank) starts from the same weights.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model.resize_token_embeddings(len(tokenizer))
+        log.info("event=embeddings_resized rows=%d", len(tokenizer))
+    name = template_name(tokenizer.chat_template)
+    config = getattr(model, "generation_config", None)
+    if name is None or config is None:
+        return
+    end = tokenizer.convert_tokens_to_ids(END_OF_TURN[name])
+    if end is None or end == tokenizer.unk_token_id:
+        return
+    ids = config.eos_token_id
+    found = list(ids) if isinstance(ids, list) else [] if ids is None else [ids]
+    if end not in found:
+        config.eos_token_id = [*found, end] if found else end
 
 
 def attention_implementation(spec: ModelSpec) -> str | None:
@@ -168,6 +223,8 @@ def load_model(
         )
     else:
         raise ValueError(f"unknown task '{task}'; use causal-lm or sequence-classification")
+    if tokenizer is not None:
+        fit_to_tokenizer(model, tokenizer)
     if tokenizer is not None and tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
         if getattr(model, "generation_config", None) is not None and task == "causal-lm":

@@ -8,14 +8,20 @@ a multi-turn conversation, then the token that ends the turn, and nothing of the
 turns. Header tokens and the newline that follows ChatML's ``<|im_end|>`` stay outside the span:
 the model is prompted with the header and stops at the end-of-turn token.
 
-All three render ``add_generation_prompt=True`` as the header of a new assistant turn (Mistral's
+Two more are conversation formats rather than a family's template (``ModelSpec.
+conversationFormat``): ``roleMarkers`` wraps each message in ``<|role|>…<|/role|>`` and
+``turnMarkers`` puts ``<|turn|>N role`` before each message (N counts messages from 1) and
+``<|end_turn|>`` after it. Their markers are added to the tokenizer as special tokens
+(:data:`FORMAT_TOKENS`), so the assistant's content always starts on a token boundary.
+
+All of them render ``add_generation_prompt=True`` as the header of a new assistant turn (Mistral's
 is empty: its user turn already ends with ``[/INST]``), and the prompt rendered that way is a
 prefix of the conversation rendered with the answer, which DPO and prompt-completion SFT rely on.
 """
 
 from __future__ import annotations
 
-import re
+from kubetune_trainer.plan import GENERATION_MARKER
 
 # The templates are assembled from pieces without newlines between the Jinja tags, so no
 # whitespace leaks into the rendered text; '\n' inside a Jinja string literal is a newline.
@@ -75,16 +81,68 @@ MISTRAL = (
     "{%- endfor -%}"
 )
 
-TEMPLATES: dict[str, str] = {"llama3": LLAMA3, "chatml": CHATML, "mistral": MISTRAL}
-"""kubetune's templates by the name ModelSpec.chatTemplate uses (plan.CHAT_TEMPLATES)."""
+_BOS = "{%- if bos_token -%}{{ bos_token }}{%- endif -%}"
 
-END_OF_TURN: dict[str, str] = {"llama3": "<|eot_id|>", "chatml": "<|im_end|>", "mistral": "</s>"}
+ROLE_MARKERS = (
+    _BOS + "{%- for message in messages -%}"
+    "{{ '<|' + message['role'] + '|>' }}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{% generation %}{{ message['content'] }}<|/assistant|>{% endgeneration %}"
+    "{%- else -%}"
+    "{{ message['content'] + '<|/' + message['role'] + '|>' }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|assistant|>' }}{%- endif -%}"
+)
+
+TURN_MARKERS = (
+    _BOS + "{%- for message in messages -%}"
+    "{{ '<|turn|>' + loop.index | string + ' ' + message['role'] + '\n' }}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{% generation %}{{ message['content'] }}<|end_turn|>{% endgeneration %}"
+    "{%- else -%}"
+    "{{ message['content'] }}<|end_turn|>"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}"
+    "{{ '<|turn|>' + (messages | length + 1) | string + ' assistant\n' }}"
+    "{%- endif -%}"
+)
+
+TEMPLATES: dict[str, str] = {
+    "llama3": LLAMA3,
+    "chatml": CHATML,
+    "mistral": MISTRAL,
+    "roleMarkers": ROLE_MARKERS,
+    "turnMarkers": TURN_MARKERS,
+}
+"""kubetune's templates by the name ModelSpec.chatTemplate (plan.CHAT_TEMPLATES) or
+ModelSpec.conversationFormat uses."""
+
+FORMAT_TOKENS: dict[str, tuple[str, ...]] = {
+    "roleMarkers": tuple(
+        marker
+        for role in ("system", "user", "assistant")
+        for marker in (f"<|{role}|>", f"<|/{role}|>")
+    ),
+    "turnMarkers": ("<|turn|>", "<|end_turn|>"),
+}
+"""Special tokens a conversation format adds to the tokenizer."""
+
+END_OF_TURN: dict[str, str] = {
+    "llama3": "<|eot_id|>",
+    "chatml": "<|im_end|>",
+    "mistral": "</s>",
+    "roleMarkers": "<|/assistant|>",
+    "turnMarkers": "<|end_turn|>",
+}
 """The token that ends an assistant turn, per template (what generation must stop on)."""
 
 CONTROL_TOKENS: dict[str, tuple[str, ...]] = {
     "llama3": ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
     "chatml": ("<|im_start|>", "<|im_end|>"),
     "mistral": ("[INST]", "[/INST]", "</s>"),
+    **FORMAT_TOKENS,
 }
 """Tokens a tokenizer must know as single tokens for the template to work as intended."""
 
@@ -98,8 +156,6 @@ ARCHITECTURE_TEMPLATES: dict[str, str] = {
     "mixtral": "mistral",
 }
 """Default template by ``config.model_type`` when the tokenizer has none."""
-
-_GENERATION = re.compile(r"\{%-?\s*generation\s*-?%\}")
 
 
 def resolve_template(name_or_jinja: str) -> str:
@@ -121,4 +177,4 @@ def template_for_architecture(model_type: str | None) -> str:
 
 def has_generation_markers(template: str | None) -> bool:
     """Whether a template marks assistant output for assistant-only loss."""
-    return bool(template) and _GENERATION.search(template or "") is not None
+    return bool(template) and GENERATION_MARKER.search(template or "") is not None

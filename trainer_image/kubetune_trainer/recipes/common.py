@@ -54,6 +54,8 @@ class RunContext:
     """Interactive local run: show a progress bar instead of log lines."""
     history: Path | None = None
     """Append every logged step (loss, learning rate, ...) to this JSONL file."""
+    run_dir: Path | None = None
+    """The run directory (stable across attempts) on local or PVC storage; None on S3."""
     stop_requested: Callable[[], bool] | None = None
     """Polled every step: True when the run must save and stop (the Ray driver got SIGTERM)."""
     extra_callbacks: list[Any] = field(default_factory=list)

@@ -2,32 +2,32 @@
 
 Conversational rows train on assistant turns only (every assistant turn of a multi-turn
 conversation, via the chat template's generation markers); prompt-completion rows train on the
-completion; packing uses TRL's padding-free best-fit-decreasing strategy.
+completion; packing uses TRL's padding-free best-fit-decreasing strategy. A curriculum and
+score conditioning are applied by :mod:`kubetune_trainer.recipes.sft_techniques`.
 """
 
 from __future__ import annotations
 
 from trl import SFTConfig, SFTTrainer
 
-from kubetune_trainer.data import load_data
 from kubetune_trainer.models import load_model, load_tokenizer
 from kubetune_trainer.recipes.common import (
     RecipeResult,
     RunContext,
     callbacks,
-    peft_config,
     quantization_config,
     torch_dtype,
     train_and_save,
     trl_args,
 )
+from kubetune_trainer.recipes.sft_techniques import load_sft_data, sft_peft_config, trainer_class
 
 
 def run(ctx: RunContext) -> RecipeResult:
     recipe = ctx.plan.recipe
     t = recipe.training
     tokenizer = load_tokenizer(recipe.model)
-    data = load_data(recipe.data, kind="sft")
+    data = load_sft_data(ctx, tokenizer)
     conversational = "messages" in data.train.column_names
     args = trl_args(ctx) | {
         "max_length": t.max_length,
@@ -44,13 +44,13 @@ def run(ctx: RunContext) -> RecipeResult:
         **quantization_config(recipe.peft, ctx.hardware),
     )
     found, preemption = callbacks(ctx, skipped_rows=data.skipped_rows)
-    trainer = SFTTrainer(
+    trainer = trainer_class(SFTTrainer, ctx)(
         model=model,
         args=SFTConfig(**args),
         train_dataset=data.train,
         eval_dataset=data.eval,
         processing_class=tokenizer,
-        peft_config=peft_config(recipe.peft),
+        peft_config=sft_peft_config(recipe, tokenizer),
         callbacks=found,
     )
     return train_and_save(trainer, ctx, preemption)

@@ -17,7 +17,7 @@ from kubetune_trainer.reporting.progress import (
     Throttled,
 )
 from kubetune_trainer.reporting.train_metrics import TrainMetrics
-from kubetune_trainer.runtime.layout import history_path, output_path, staging_dir
+from kubetune_trainer.runtime.layout import history_path, output_path, run_dir_of, staging_dir
 from kubetune_trainer.training.callbacks import Publisher
 from kubetune_trainer.training.hardware import Hardware
 
@@ -74,5 +74,6 @@ def run_context(
         rank=rank,
         local_run=local_run,
         history=history_path(plan),
+        run_dir=run_dir_of(plan),
         stop_requested=stop_requested,
     )

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+from kubetune_trainer.data.score_conditioning import is_conditioned
 from kubetune_trainer.evaluation.measures import Messages, eos_ids
 
 log = logging.getLogger("kubetune.serve")
@@ -113,11 +114,18 @@ class Engine:
 
     # ---------------------------------------------------------------- requests
 
-    def prompt_ids(self, messages: Messages) -> list[int]:
+    @property
+    def score_conditioned(self) -> bool:
+        """Whether the model was trained with score conditioning (and so takes a score)."""
+        return is_conditioned(self.tokenizer.chat_template)
+
+    def prompt_ids(self, messages: Messages, *, score: float | None = None) -> list[int]:
         """The prompt as the model sees it: its chat template with the generation prompt (as
-        training and evaluation render it)."""
+        training and evaluation render it); ``score``: the score a score-conditioned model's
+        template is given."""
+        extra = {} if score is None else {"score": score}
         text = self.tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True
+            messages, tokenize=False, add_generation_prompt=True, **extra
         )
         ids = self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
         return list(ids)

@@ -8,10 +8,15 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from kubetune_trainer.data.score_conditioning import is_conditioned
 from kubetune_trainer.errors import UserError
 from kubetune_trainer.evaluation.measures import Completion, Messages, generate_completions
 from kubetune_trainer.exit_codes import EXIT_USAGE
 from kubetune_trainer.plan import ModelSpec
+
+
+class ScoreNotSupported(ValueError):
+    """A score was asked of a model not trained with score conditioning."""
 
 
 def choose_device(device: str = "auto") -> str:
@@ -44,6 +49,11 @@ class ChatModel:
         self.name = name
         self._lock = threading.Lock()
 
+    @property
+    def score_conditioned(self) -> bool:
+        """Whether the model was trained with score conditioning (and so takes a score)."""
+        return is_conditioned(self.tokenizer.chat_template)
+
     @classmethod
     def load(
         cls, source: str | ModelSpec, *, device: str = "auto", name: str | None = None
@@ -65,9 +75,15 @@ class ChatModel:
         temperature: float = 0.0,
         n: int = 1,
         seed: int | None = None,
+        score: float | None = None,
     ) -> list[list[Completion]]:
         """``n`` completions per prompt; at temperature 0 the n greedy completions are one
-        completion repeated (it is computed once)."""
+        completion repeated (it is computed once). ``score``: the score a score-conditioned
+        model is asked for (default: the highest it was trained on)."""
+        if score is not None and not self.score_conditioned:
+            raise ScoreNotSupported(
+                f"model {self.name} was not trained with score conditioning; it takes no score"
+            )
         samples = n if temperature > 0 else 1
         with self._lock:
             found = generate_completions(
@@ -78,5 +94,6 @@ class ChatModel:
                 temperature=temperature,
                 num_samples=samples,
                 seed=seed,
+                chat_template_kwargs=None if score is None else {"score": score},
             )
         return found if samples == n else [[c[0]] * n for c in found]

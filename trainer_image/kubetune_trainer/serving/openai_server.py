@@ -8,7 +8,8 @@ Endpoints:
   the context leaves), ``temperature`` (0–2, default 1; 0 is greedy), ``n`` (1–16), ``stop`` (a
   string or up to 4), ``stream`` (server-sent events, OpenAI's chunk format, with
   ``stream_options.include_usage``), ``seed`` (accepted; sampled requests share the server's
-  random stream, so a seed does not reproduce a completion). Other fields are ignored.
+  random stream, so a seed does not reproduce a completion), ``score`` (for a score-conditioned
+  model: the score asked for; default the highest it was trained on). Other fields are ignored.
 - ``GET /v1/models``: the served model, by its name (the job's, or ``--served-model-name``);
 - ``GET /health``: 200 while the generation loop runs; ``GET /metrics``: Prometheus.
 
@@ -98,6 +99,8 @@ class ChatRequest:
     stops: list[str]
     stream: bool
     include_usage: bool
+    score: float | None = None
+    """The score asked of a score-conditioned model (``chat_template_kwargs`` of its template)."""
 
 
 def _messages(value: Any) -> Messages:
@@ -190,7 +193,14 @@ def parse_chat_request(body: Any, served: str, max_tokens_limit: int) -> ChatReq
         stops=_stops(body.get("stop")),
         stream=stream,
         include_usage=bool(options.get("include_usage")),
+        score=_score(body.get("score")),
     )
+
+
+def _score(value: Any) -> float | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+        raise RequestError("'score' must be a number", param="score")
+    return value
 
 
 def completion_budget(prompt_tokens: int, requested: int | None, context: int) -> int:
@@ -419,7 +429,12 @@ def create_app(service: ChatService) -> FastAPI:
             if settings.record_requests:
                 service.requests.append(body)
             chat = parse_chat_request(body, name, settings.max_tokens_limit)
-            prompt = service.engine.prompt_ids(chat.messages)
+            if chat.score is not None and not service.engine.score_conditioned:
+                raise RequestError(
+                    f"model {name} was not trained with score conditioning; it takes no score",
+                    param="score",
+                )
+            prompt = service.engine.prompt_ids(chat.messages, score=chat.score)
             budget = completion_budget(len(prompt), chat.max_tokens, service.engine.context_length)
         except RequestError as err:
             return _error_response(err)
