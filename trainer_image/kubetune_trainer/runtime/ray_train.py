@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from kubetune_trainer.errors import UserError
-from kubetune_trainer.exit_codes import EXIT_OK, EXIT_PREEMPTED, EXIT_STALE_ATTEMPT
+from kubetune_trainer.exit_codes import EXIT_OK, EXIT_PREEMPTED
 from kubetune_trainer.plan import Plan
 from kubetune_trainer.recipes import recipe_for
 from kubetune_trainer.reporting.logs import configure_logging, log_level
@@ -105,7 +105,7 @@ def run_on_ray(plan: Plan, *, local_run: bool, stop: StopSignals | None = None) 
     outcome = result.return_value or {}
     log.info("event=ray_finished outcome=%s", json.dumps(outcome))
     if outcome.get("stale"):
-        return EXIT_STALE_ATTEMPT
+        raise StaleAttempt(outcome["stale"])  # exits 76 with its error line (kubetune-train)
     run_dir = run_dir_of(plan)
     if run_dir is not None:
         write_result(
@@ -189,7 +189,7 @@ def _worker(config: dict[str, Any]) -> dict[str, Any]:
     if distributed:
         dist.broadcast_object_list(decision, src=0)
     if "stale" in decision[0]:
-        return {"stale": True, "finalStep": 0, "preempted": False, "metrics": {}}
+        return {"stale": decision[0]["stale"], "finalStep": 0, "preempted": False, "metrics": {}}
     base_name = decision[0]["base"]
     resume_from = store.local_copy(store.checkpoint(base_name)) if base_name else None
 

@@ -8,13 +8,13 @@ import shutil
 import time
 from pathlib import Path
 
-from kubetune_trainer.exit_codes import EXIT_OK, EXIT_PREEMPTED, EXIT_STALE_ATTEMPT
+from kubetune_trainer.exit_codes import EXIT_OK, EXIT_PREEMPTED
 from kubetune_trainer.plan import Plan
 from kubetune_trainer.recipes import recipe_for
 from kubetune_trainer.runtime.context import run_context
 from kubetune_trainer.runtime.layout import checkpoint_store, run_dir_of, write_result
 from kubetune_trainer.runtime.signals import StopSignals
-from kubetune_trainer.training.checkpoints import Checkpoint, StaleAttempt
+from kubetune_trainer.training.checkpoints import Checkpoint
 
 log = logging.getLogger("kubetune.trainer")
 
@@ -24,11 +24,7 @@ def run_single(plan: Plan, *, local_run: bool, stop: StopSignals | None = None) 
     run_dir = run_dir_of(plan)
     assert run_dir is not None, "single-process runs need local or pvc storage"
     store = checkpoint_store(plan)
-    try:
-        base = store.register_attempt(plan.attempt)
-    except StaleAttempt as err:
-        log.error("event=stale_attempt message=%s", err)
-        return EXIT_STALE_ATTEMPT
+    base = store.register_attempt(plan.attempt)  # a StaleAttempt exits 76 (kubetune-train)
     log_resume_point(plan, base)
 
     def publish(path: Path, step: int, logs: dict[str, float]) -> str:
