@@ -52,22 +52,23 @@ TIERS: tuple[Tier, ...] = (
             (PYTHON, "-m", "kubetune.crd", "--check"),
         ),
     ),
-    Tier("unit", 2, marker="unit and not helm"),
-    # Two xdist workers, whole modules (and all Ray runs) to one worker: tiny models train on
-    # one thread each, so two workers use both cores once the background build is done.
+    Tier("unit", 3, marker="unit and not helm"),
+    # Two xdist workers, whole modules (and all Ray runs) to one worker (tests/conftest.py's
+    # scheduler): tiny models train on one thread each, so two workers use both cores once the
+    # background build is done.
     Tier(
         "trainer",
-        18,
+        25,
         marker="trainer",
-        pytest_options=("-n", "2", "--dist", "loadgroup"),
+        pytest_options=("-n", "2", "--dist", "loadscope", "--no-loadscope-reorder"),
         needs_build="s3",
     ),
     # PostgreSQL and Chromium come from Debian's packages, installed by the tier's fixtures
     # when missing (scripts/install-postgres.sh, install-browser.sh): a cold CI machine pays
     # about a minute of apt-get inside this allowance.
-    Tier("studio", 6, marker="studio", needs_build="s3"),  # snapshots on the S3 server
+    Tier("studio", 4, marker="studio", needs_build="s3"),  # snapshots on the S3 server
     Tier("chart", 1, marker="helm", needs_build="tools"),
-    Tier("e2e", 12, marker="e2e", needs_build="all"),
+    Tier("e2e", 11, marker="e2e", needs_build="all"),
 )
 
 

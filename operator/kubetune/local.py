@@ -33,6 +33,7 @@ from kubetune.run_records import (
     now_rfc3339,
     read_json,
     read_run,
+    shown,
     write_json,
 )
 from kubetune.validation import data_locations, resolve_local_data
@@ -446,7 +447,7 @@ def summary_table(runs: list[LocalRun]) -> str:
                 str(view.skipped_rows),
                 dash(view.resumed_from),
                 export_state(run.export_code) if run.export_code is not None else view.export,
-                run.plan.storage.output_dir if view.state == LocalState.succeeded else "-",
+                shown(run.plan.storage.output_dir) if view.state == LocalState.succeeded else "-",
             )
         )
     return "\n".join([*format_table(rows), "", f"next: {next_step(runs)}"])
@@ -513,18 +514,19 @@ def demo_report(runs: list[LocalRun]) -> str:
         output = Path(run.plan.storage.output_dir)
         lines += ["", f"Evaluation ({run.job.metadata.name}):", ""]
         lines += (output / REPORT_MARKDOWN).read_text().rstrip().splitlines()
-        lines += ["", f"report:      {output / REPORT_HTML} (plots, training curves)"]
+        lines += ["", f"report:      {shown(output / REPORT_HTML)} (plots, training curves)"]
         lines += [
-            f"results:     {output / RESULTS_FILE}, per-example outputs in {output / SAMPLES_DIR}"
+            f"results:     {shown(output / RESULTS_FILE)}, per-example outputs in "
+            f"{shown(output / SAMPLES_DIR)}"
         ]
     if trained:
         last = trained[-1]
         lines += [
             "",
-            f"model:       {last.plan.storage.output_dir}",
-            f"checkpoints: {last.run_dir / 'checkpoints'}",
-            f"metrics:     {last.run_dir / 'history.jsonl'} (every logged step), "
-            f"{last.run_dir / 'progress.json'} (latest)",
+            f"model:       {shown(last.plan.storage.output_dir)}",
+            f"checkpoints: {shown(last.run_dir / 'checkpoints')}",
+            f"metrics:     {shown(last.run_dir / 'history.jsonl')} (every logged step), "
+            f"{shown(last.run_dir / 'progress.json')} (latest)",
         ]
     for run in runs:
         lines += artifact_lines(run)
@@ -554,4 +556,5 @@ def artifact_lines(run: LocalRun) -> list[str]:
                 "same" if check["greedy_match"] else "different",
             )
         )
-    return ["", f"Artifacts of {run.job.metadata.name} ({manifest_path}):", *format_table(rows)]
+    title = f"Artifacts of {run.job.metadata.name} ({shown(manifest_path)}):"
+    return ["", title, *format_table(rows)]

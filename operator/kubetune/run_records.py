@@ -36,6 +36,18 @@ from kubetune_trainer.training.checkpoint_fs import CheckpointStore
 _PLAN = re.compile(r"^plan-attempt-(\d+)\.json$")
 
 
+def shown(path: str | Path | None) -> str:
+    """A path as the user reads it: relative to the working directory when it lies under it
+    (``runs/demo/demo-sft/output``), absolute otherwise; ``-`` for none."""
+    if path is None:
+        return "-"
+    absolute = Path(path).absolute()
+    try:
+        return str(absolute.relative_to(Path.cwd()))
+    except ValueError:
+        return str(absolute)
+
+
 def attempt_log(run_dir: Path, attempt: int) -> Path:
     return run_dir / "logs" / f"attempt-{attempt}.log"
 

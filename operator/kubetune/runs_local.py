@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from kubetune.local import format_duration, format_table
-from kubetune.run_records import LocalRunView, LocalState, attempt_log, read_run, run_dirs
+from kubetune.run_records import LocalRunView, LocalState, attempt_log, read_run, run_dirs, shown
 
 
 class RunNotFound(LookupError):
@@ -57,7 +57,7 @@ def list_table(views: list[LocalRunView]) -> list[str]:
                 f"{dash(v.step)}/{dash(v.total_steps)}",
                 dash(v.loss),
                 format_duration(v.seconds),
-                dash(v.output),
+                shown(v.output),
             )
         )
     return format_table(rows)
@@ -75,9 +75,9 @@ def status_lines(view: LocalRunView) -> list[str]:
         "checkpoint:   " + (f"step {view.last_checkpoint}" if view.last_checkpoint else "-"),
         f"skipped rows: {view.skipped_rows}",
         f"export:       {view.export}",
-        f"output:       {dash(view.output)}",
-        f"log:          {dash(view.log)}",
-        f"run dir:      {view.run_dir}",
+        f"output:       {shown(view.output)}",
+        f"log:          {shown(view.log)}",
+        f"run dir:      {shown(view.run_dir)}",
     ]
     if view.attempts:
         rows = [("ATTEMPT", "STARTED", "DURATION", "RESUMED FROM", "FINAL STEP", "EXIT")]

@@ -40,6 +40,7 @@ from kubetune.controller.sweep_lifecycle import (
 )
 from kubetune.local import format_table, local_job, local_plan, trainer_env
 from kubetune.reasons import ConditionType, Reason
+from kubetune.run_records import shown
 from kubetune.sweep_api import (
     LABEL_SWEEP,
     LABEL_TRIAL,
@@ -342,16 +343,6 @@ def _without_owner(manifest: dict[str, Any]) -> dict[str, Any]:
     return {**manifest, "metadata": meta}
 
 
-def shown(path: str | Path | None) -> str:
-    """A path as the user gave it: relative to the working directory when under it."""
-    if path is None:
-        return "-"
-    try:
-        return str(Path(path).relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
-
-
 def _clock() -> str:
     return datetime.now().strftime("%H:%M:%S")
 
@@ -383,9 +374,9 @@ def summary(sweep: LocalSweep, status: dict[str, Any], write: Callable[[str], No
     write(trials_table(status, objectives))
     best = status.get("bestTrial")
     if best:
-        shown = ", ".join(f"{k}={v}" for k, v in best["parameters"].items())
+        parameters = ", ".join(f"{k}={v}" for k, v in best["parameters"].items())
         values = ", ".join(f"{k}={v}" for k, v in best["values"].items())
-        write(f"\nbest: {best['name']} ({values}): {shown}")
+        write(f"\nbest: {best['name']} ({values}): {parameters}")
         job = sweep.best_job(status)
         path = sweep.dir / "best.yaml"
         text = yaml.safe_dump(job, sort_keys=False)

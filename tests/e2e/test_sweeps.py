@@ -338,10 +338,6 @@ LR_FLOAT = {"path": "training.learningRate", "type": "float", "min": 1e-5, "max"
             "algorithm cmaes samples float and int parameters only",
         ),
         (
-            _variant(parameters=[{"path": "peft.r", "type": "categorical"}]),
-            "a categorical parameter needs values",
-        ),
-        (
             _variant(parameters=[{**LR_FLOAT, "min": 0, "log": True}]),
             "a log-scale parameter needs min above 0",
         ),
@@ -357,7 +353,7 @@ LR_FLOAT = {"path": "training.learningRate", "type": "float", "min": 1e-5, "max"
         ),
         (_variant(maxTrials=0), "spec.maxTrials"),
     ],
-    ids=["cmaes-categorical", "no-values", "log-from-zero", "cmaes-two-objectives",
+    ids=["cmaes-categorical", "log-from-zero", "cmaes-two-objectives",
          "template-rule", "bounds"],
 )  # fmt: skip
 def test_api_server_refuses_a_bad_sweep(cluster, namespace, obj, message):

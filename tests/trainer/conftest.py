@@ -19,19 +19,37 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-# Modules whose runs start local Ray clusters share one xdist group (one worker): two Ray
-# clusters at once would fight over both cores and time out each other's waits.
-RAY_MODULES = frozenset(
-    {"test_recipes.py", "test_distributed.py", "test_exit_codes.py", "test_ray_s3_resume.py"}
+# Every test that starts a local Ray cluster runs on one xdist worker (two Ray clusters at once
+# fight over both cores and time out each other's waits); any other module runs whole on one
+# worker, so its module fixtures (trained models) are built once. tests/conftest.py's scheduler
+# reads these groups.
+RAY_TESTS = (
+    "tests/trainer/test_distributed.py::",
+    "tests/trainer/test_ray_s3_resume.py::",
+    # both modes share the module's uninterrupted reference run
+    "tests/trainer/test_recipes.py::test_ctrl_c_saves_and_the_same_command_resumes_exactly",
 )
+# The groups that take longest start first, so neither worker is left with a long one at the
+# end (measured: scripts/run_tiers.py prints the slowest tests).
+FIRST = ("ray", "tests/trainer/test_sweep_local.py", "tests/trainer/test_recipes.py")
 
 
+def test_group(nodeid: str) -> str:
+    """The xdist work unit of a trainer-tier test: 'ray', or its module."""
+    if nodeid.startswith(RAY_TESTS):
+        return "ray"
+    return nodeid.split("::", 1)[0]
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under ``pytest -n 2 --dist loadgroup`` (scripts/run_tiers.py) whole modules go to one
-    worker, so a module fixture (a trained model) is built once, not once per worker."""
-    for item in items:
-        name = item.path.name
-        item.add_marker(pytest.mark.xdist_group("ray" if name in RAY_MODULES else name))
+    """The longest groups first (stable otherwise): every worker collects the same order."""
+
+    def rank(item: pytest.Item) -> int:
+        group = test_group(item.nodeid)
+        return FIRST.index(group) if group in FIRST else len(FIRST)
+
+    items.sort(key=rank)
 
 
 @pytest.fixture(scope="session")

@@ -179,7 +179,10 @@ def read_history(path: Path | None) -> list[dict[str, Any]]:
 
 def _svg(figure: Any) -> str:
     buffer = io.StringIO()
-    figure.savefig(buffer, format="svg", bbox_inches="tight")
+    # Without matplotlib's RDF metadata block (its creator URL, namespace links and the time of
+    # writing): the report stays free of outside addresses and the same run gives the same file.
+    no_metadata = {"Creator": None, "Date": None, "Format": None, "Type": None}
+    figure.savefig(buffer, format="svg", bbox_inches="tight", metadata=no_metadata)
     text = buffer.getvalue()
     return text[text.index("<svg") :]
 

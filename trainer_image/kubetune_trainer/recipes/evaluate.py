@@ -104,10 +104,9 @@ def run(ctx: RunContext) -> RecipeResult:
         document,
         [path, out / REPORT_MARKDOWN, out / REPORT_HTML],
     )
-    shown = results_table(document) if len(named) == 1 else table
-    for line in shown.splitlines():
-        log.info("event=eval_table job=%s line=%r", job, line)
-    print(shown, flush=True)
+    # The table as people read it (a pod's log, the local run's output); the results file and
+    # the event=eval_results line are the machine-readable record.
+    print(results_table(document) if len(named) == 1 else table, flush=True)
     log.info("event=eval_results job=%s path=%s report=%s", job, path, out / REPORT_HTML)
     ctx.progress.report(
         ProgressRecord(
