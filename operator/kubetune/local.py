@@ -150,7 +150,7 @@ def run_jobs(
         resume_step = latest_checkpoint_step(run_dir)
         print(
             f"== {ref.namespace}/{ref.name}: {plan.recipe.method} on {plan.recipe.model.source}, "
-            f"{workers} worker(s) -> {run_dir}",
+            f"{workers} worker(s) -> {shown(run_dir)}",
             flush=True,
         )
         if resume_step is not None:

@@ -34,7 +34,7 @@ from kubetune.builders import names
 from kubetune.controller import lifecycle
 from kubetune.controller.config import OperatorConfig
 from kubetune.controller.lifecycle import Child, Create, Decision, Delete, Event, Observed
-from kubetune.sweep_api import SWEEP_KIND, best_dependency, sweep_of_dependency
+from kubetune.sweep_api import SWEEP_KIND, SWEEP_PLURAL, best_dependency, sweep_of_dependency
 
 log = logging.getLogger("kubetune.operator")
 
@@ -46,6 +46,7 @@ KUEUE_CRD = "workloads.kueue.x-k8s.io"
 #: REST plural of every kind the operator reads or writes.
 PLURALS: dict[tuple[str, str], str] = {
     (API_VERSION, KIND): PLURAL,
+    (API_VERSION, SWEEP_KIND): SWEEP_PLURAL,
     ("batch/v1", "Job"): "jobs",
     ("v1", "Service"): "services",
     ("v1", "ConfigMap"): "configmaps",
@@ -288,7 +289,8 @@ class ApiClient:
             raise
 
     def post_event(self, job: dict[str, Any], event: Event) -> None:
-        """Events through kopf's poster when called inside its context, else directly."""
+        """Events through kopf's poster when called inside its context, else directly; on a
+        FineTuneJob or any object that names its apiVersion and kind (a sweep)."""
         try:
             kopf.event(job, type=event.type, reason=event.reason, message=event.message)
             return
@@ -301,8 +303,8 @@ class ApiClient:
             "kind": "Event",
             "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
             "involvedObject": {
-                "apiVersion": API_VERSION,
-                "kind": KIND,
+                "apiVersion": job.get("apiVersion", API_VERSION),
+                "kind": job.get("kind", KIND),
                 "name": meta["name"],
                 "namespace": meta["namespace"],
                 "uid": meta.get("uid"),

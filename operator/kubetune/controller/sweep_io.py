@@ -21,12 +21,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import kopf
-from kubernetes import client as k8s
-from kubernetes.client.rest import ApiException
 
 from kubetune.api import API_VERSION, KIND
-from kubetune.builders import names
-from kubetune.controller.api_client import MERGE_PATCH, ApiClient, describe, owned_by
+from kubetune.controller.api_client import MERGE_PATCH, ApiClient, describe, owned_by, path_of
 from kubetune.controller.config import OperatorConfig
 from kubetune.controller.lifecycle import Delete, Event
 from kubetune.controller.peering import Peering
@@ -96,11 +93,9 @@ def trial_job(obj: dict[str, Any]) -> TrialJob | None:
 def observe_trials(api: ApiClient, sweep: dict[str, Any]) -> tuple[TrialJob, ...]:
     """The sweep's trial FineTuneJobs (labelled with the sweep, owned by its uid)."""
     meta = sweep["metadata"]
-    listed = api.resource(API_VERSION, KIND).get(
-        namespace=meta["namespace"], label_selector=f"{LABEL_SWEEP}={meta['name']}"
-    )
+    listed = api.list(API_VERSION, KIND, meta["namespace"], f"{LABEL_SWEEP}={meta['name']}")
     found = []
-    for item in listed.to_dict().get("items") or []:
+    for item in listed:
         if owned_by(item, meta.get("uid", "")):
             job = trial_job(item)
             if job is not None:
@@ -113,33 +108,7 @@ def observe_trials(api: ApiClient, sweep: dict[str, Any]) -> tuple[TrialJob, ...
 
 def post_event(api: ApiClient, sweep: dict[str, Any], event: Event) -> None:
     """An event on the sweep: through kopf's poster inside its context, else directly."""
-    try:
-        kopf.event(sweep, type=event.type, reason=event.reason, message=event.message)
-        return
-    except LookupError:
-        pass
-    meta = sweep["metadata"]
-    now = datetime.now(UTC)
-    body = k8s.CoreV1Event(
-        metadata=k8s.V1ObjectMeta(generate_name=f"{meta['name']}.", namespace=meta["namespace"]),
-        involved_object=k8s.V1ObjectReference(
-            api_version=API_VERSION,
-            kind=SWEEP_KIND,
-            name=meta["name"],
-            namespace=meta["namespace"],
-            uid=meta.get("uid"),
-        ),
-        type=event.type,
-        reason=event.reason,
-        message=event.message[:1024],
-        first_timestamp=now,
-        last_timestamp=now,
-        source=k8s.V1EventSource(component=names.MANAGER),
-        reporting_component=names.MANAGER,
-        reporting_instance=names.MANAGER,
-    )
-    with contextlib.suppress(ApiException):
-        k8s.CoreV1Api(api.dynamic.client).create_namespaced_event(meta["namespace"], body)
+    api.post_event({"apiVersion": API_VERSION, "kind": SWEEP_KIND, **sweep}, event)
 
 
 def execute(
@@ -158,16 +127,14 @@ def execute(
     if study is not None and model is not None:
         done += apply(study, model.spec, d.actions)
         after_study(d)
-    jobs = api.resource(API_VERSION, KIND)
     for action in d.actions:
         if isinstance(action, CreateTrial):
             how = api.create_or_adopt(action.manifest, uid)
             done.append(f"{how} {KIND}/{action.manifest['metadata']['name']}")
         elif isinstance(action, StopTrial):
-            api.dynamic.patch(
-                resource=jobs,
-                name=action.name,
-                namespace=namespace,
+            api.request(
+                "PATCH",
+                path_of(API_VERSION, KIND, namespace, action.name),
                 body={"spec": {"runtime": {"suspend": True}}},
                 content_type=MERGE_PATCH,
             )
@@ -176,10 +143,9 @@ def execute(
             api.delete(namespace, Delete(API_VERSION, KIND, action.name))
             done.append(f"deleted {KIND}/{action.name}")
     if d.status_patch:
-        api.dynamic.patch(
-            resource=api.resource(API_VERSION, SWEEP_KIND).subresources["status"],
-            name=meta["name"],
-            namespace=namespace,
+        api.request(
+            "PATCH",
+            path_of(API_VERSION, SWEEP_KIND, namespace, meta["name"]) + "/status",
             body={"status": d.status_patch},
             content_type=MERGE_PATCH,
         )
@@ -356,10 +322,7 @@ class SweepScheduler:
     # -- the safety net ----------------------------------------------------------------------
 
     def _list_sweeps(self) -> list[dict[str, Any]]:
-        resource = self.api.resource(API_VERSION, SWEEP_KIND)
-        namespace = self.config.namespace
-        listed = resource.get(namespace=namespace) if namespace else resource.get()
-        return listed.to_dict().get("items") or []
+        return self.api.list(API_VERSION, SWEEP_KIND, self.config.namespace or None)
 
     def _collect_studies(self, sweeps: list[dict[str, Any]]) -> list[str]:
         """Delete the studies of sweeps that no longer exist (in the namespaces served)."""
