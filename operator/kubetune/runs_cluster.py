@@ -18,7 +18,7 @@ import contextlib
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -256,7 +256,8 @@ def age(timestamp: str | None, now: datetime) -> str:
     """kubectl's short age: 42s, 5m, 3h, 2d."""
     if not timestamp:
         return "-"
-    then = datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    # creationTimestamp has seconds; an event's eventTime has microseconds.
+    then = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
     seconds = max(0, int((now - then).total_seconds()))
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:

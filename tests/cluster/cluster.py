@@ -35,6 +35,7 @@ import uuid
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -249,7 +250,8 @@ class Cluster:
 
     def simulate_logs(self, namespace: str, pod: str, log_file: Path, follow: bool = True) -> None:
         """``kubectl logs`` of the pod (any container) reads ``log_file`` through kwok's log
-        simulation (its Logs resource); with ``follow``, lines appended later are streamed."""
+        simulation (its Logs resource); with ``follow``, lines appended later are streamed. The
+        file is in the container runtime's log format, as a kubelet keeps it (:func:`cri_log`)."""
         self.apply(
             {
                 "apiVersion": "kwok.x-k8s.io/v1alpha1",
@@ -537,6 +539,13 @@ def write_kubeconform_schemas(cluster: Cluster, out_dir: Path, strict: bool = Tr
     return written
 
 
+def cri_log(text: str) -> str:
+    """Lines of a container's stdout as the container runtime writes them to its log file
+    (``<RFC 3339 time> stdout F <line>``), what kwok serves as the pod's log."""
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return "".join(f"{now} stdout F {line}\n" for line in text.splitlines())
+
+
 def _kwokctl_config(binaries: Path, name: str, audit_policy: Path | None = None) -> str:
     conf: dict[str, Any] = {
         "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
@@ -560,17 +569,16 @@ def _kwokctl_config(binaries: Path, name: str, audit_policy: Path | None = None)
             {"name": "etcd", "extraArgs": [{"key": "unsafe-no-fsync", "value": "true"}]},
         ],
     }
+    # Pod logs: the API server reaches a node's "kubelet" (kwok) at its InternalIP (loopback);
+    # the node names resolve nowhere.
+    apiserver_args = [{"key": "kubelet-preferred-address-types", "value": "InternalIP"}]
     if audit_policy is not None:
         # kwokctl copies the policy into the cluster's workdir and points the API server's
         # --audit-policy-file / --audit-log-path at it (see Cluster.audit_log). One file: the
         # log writer would otherwise rotate it every 100 MB.
         conf["options"]["kubeAuditPolicy"] = str(audit_policy)
-        conf["componentsPatches"].append(
-            {
-                "name": "kube-apiserver",
-                "extraArgs": [{"key": "audit-log-maxsize", "value": "1000000"}],
-            }
-        )
+        apiserver_args.append({"key": "audit-log-maxsize", "value": "1000000"})
+    conf["componentsPatches"].append({"name": "kube-apiserver", "extraArgs": apiserver_args})
     return yaml.safe_dump_all([conf, *load_stages()], sort_keys=False)
 
 

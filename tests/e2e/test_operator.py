@@ -619,7 +619,7 @@ def test_kubetune_submit_status_logs_list_delete(api, operator, namespace, clust
     line = f"plan.json: plan for {namespace}/cli (sft, attempt 1) is valid"
     assert check.returncode == 0 and line in check.stdout, check.stderr
     log_file = tmp_path / "pod0.log"
-    log_file.write_text(check.stdout.replace(str(tmp_path) + "/", ""))
+    log_file.write_text(kc.cri_log(check.stdout.replace(str(tmp_path) + "/", "")))
     cluster.simulate_logs(namespace, pod0.metadata.name, log_file)
 
     logs = wait_for(
@@ -639,7 +639,7 @@ def test_kubetune_submit_status_logs_list_delete(api, operator, namespace, clust
     try:
         assert follow.stdout.readline().rstrip("\n") == line
         with log_file.open("a") as out:
-            out.write("event=checkpoint step=5\n")
+            out.write(kc.cri_log("event=checkpoint step=5"))
         assert follow.stdout.readline().rstrip("\n") == "event=checkpoint step=5"
     finally:
         follow.terminate()

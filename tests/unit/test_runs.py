@@ -298,6 +298,9 @@ STOP_SIGNALS = textwrap.dedent(
     """
     import os, signal, sys
     from kubetune_trainer.runtime.signals import StopSignals
+    # Python's own Ctrl-C handler, even when this runs where SIGINT starts ignored (a job
+    # started in the background by a non-interactive shell).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     with StopSignals() as stop:
         os.kill(os.getpid(), signal.SIGINT)
         print("first", stop.requested(), flush=True)
@@ -401,6 +404,7 @@ def test_age_reads_like_kubectl():
     assert [age(t, NOW) for t in ("2026-01-01T11:59:30Z", "2026-01-01T09:00:00Z", None)] == [
         "30s", "3h", "-"
     ]  # fmt: skip
+    assert age("2026-01-01T11:58:00.123456Z", NOW) == "1m"  # an event's eventTime
 
 
 # --------------------------------------------------------------------------- serving

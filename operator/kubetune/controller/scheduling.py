@@ -213,6 +213,11 @@ class Scheduler:
                 )
             if decision.requeue_after is not None:
                 self.schedule(namespace, name, decision.requeue_after)
+            if any(action.startswith("adopted ") for action in done):
+                # Children an earlier process made (it died before the status patch) may have
+                # moved on already, a launcher even finished: its events are past, so the next
+                # pass reads them now instead of waiting for one.
+                self.schedule(namespace, name, 0)
             if decision.recheck_pods_after is not None and status.get("attempt"):
                 launcher = names.launcher_name(name, int(status["attempt"]))
                 self.schedule_pods_check(namespace, name, launcher, decision.recheck_pods_after)
