@@ -19,7 +19,12 @@ if ! uv_bin="$(command -v uv)" || [ "$("$uv_bin" --version | cut -d' ' -f2)" != 
 fi
 
 start=$(date +%s)
-"$uv_bin" sync --frozen --all-extras --python python3.11 --quiet
+# A new environment is compiled to bytecode once, here: on a fresh machine the first imports
+# otherwise compile thousands of modules each, and Ray's raylet aborts when its metrics agent
+# (importing slowly under load) misses the 15 s it is given to start.
+compile=()
+[ -d .venv ] || compile=(--compile-bytecode)
+"$uv_bin" sync --frozen --all-extras --python python3.11 --quiet "${compile[@]}"
 # uv keeps an editable install whose package list changed in pyproject.toml (a new top-level
 # package is then not importable): reinstall the project itself when one of them is missing.
 if ! .venv/bin/python -c "import kubetune, kubetune_trainer, kubetune_studio" 2>/dev/null; then
