@@ -65,7 +65,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def workload(longs: int, shorts: int, gap: float) -> list[Request]:
-    long_text = "Add one to each number: " + " ".join(str(n) for n in range(700))
+    long_text = "Add one to each number: " + " ".join(str(n) for n in range(440))
     requests = [
         Request("long", 0.0, [{"role": "user", "content": f"{long_text} ({i})"}], 128)
         for i in range(longs)
