@@ -198,7 +198,7 @@ build() {
   done
 
   "$BIN/kube-apiserver" --version
-  "$BIN/etcd" --version | head -1
+  "$BIN/etcd" --version | sed -n 1p   # not head: under pipefail its early exit fails the build
   cp "$HERE/versions.env" "$DEST/versions.env"
   date -u +%FT%TZ >"$STAMP"
   trap - ERR

@@ -55,7 +55,7 @@ fetch() {
   rm -rf "$DEST"
   mkdir -p "$DEST"
   dpkg-deb -x "$deb" "$DEST/root"
-  "$BIN" --version | head -1
+  "$BIN" --version | sed -n 1p
   date -u +%FT%TZ >"$STAMP"
   echo "fetch-prometheus: done -> $BIN"
 }
