@@ -467,6 +467,15 @@ def test_limits_answer_as_openai_does(base_server: ChatServer) -> None:
     assert (status, body["error"]["code"]) == (413, "request_too_large")
 
 
+def chat_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The chat completions' request log lines (the test also calls GET /metrics)."""
+    return [
+        m
+        for m in (r.getMessage() for r in caplog.records)
+        if "event=request" in m and "path=/v1/chat/completions" in m
+    ]
+
+
 def test_health_metrics_and_one_log_line_per_request(
     base_server: ChatServer, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -480,12 +489,12 @@ def test_health_metrics_and_one_log_line_per_request(
             model="tiny", messages=user("hi"), max_tokens=3, temperature=0
         )
         post(f"{base_server.url}/chat/completions", {"messages": []})
-    # The chat requests' lines (the GET /metrics above may log its line after the block began).
-    lines = [
-        m
-        for m in (r.getMessage() for r in caplog.records)
-        if "event=request" in m and "path=/v1/chat/completions" in m
-    ]
+        # A request's line is written once its response has been sent entirely, so the client
+        # can read the answer a moment before the line exists: wait for it, briefly.
+        deadline = time.monotonic() + 10
+        while len(chat_lines(caplog)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    lines = chat_lines(caplog)
     assert len(lines) == 2, lines
     assert "path=/v1/chat/completions status=200" in lines[0] and "completion_tokens=3" in lines[0]
     assert "status=400" in lines[1]
