@@ -58,7 +58,7 @@ TIERS: tuple[Tier, ...] = (
     # background build is done.
     Tier(
         "trainer",
-        25,
+        28,
         marker="trainer",
         pytest_options=("-n", "2", "--dist", "loadscope", "--no-loadscope-reorder"),
         needs_build="s3",
@@ -68,7 +68,7 @@ TIERS: tuple[Tier, ...] = (
     # about a minute of apt-get inside this allowance.
     Tier("studio", 4, marker="studio", needs_build="s3"),  # snapshots on the S3 server
     Tier("chart", 1, marker="helm", needs_build="tools"),
-    Tier("e2e", 11, marker="e2e", needs_build="all"),
+    Tier("e2e", 8, marker="e2e", needs_build="all"),
 )
 
 
