@@ -96,8 +96,10 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     source = resolve_model(args.model, storage=args.storage, namespace=args.namespace)
+    from kubetune_trainer.reporting.logs import quiet_libraries
     from kubetune_trainer.serving.inference import ChatModel
 
+    quiet_libraries()  # the answer is the output: no loading bars around it
     chat = ChatModel.load(source, device=args.device)
     if args.score is not None and not chat.score_conditioned:
         raise UserError(

@@ -302,13 +302,21 @@ def test_eval_job_writes_results_and_a_table(
 def test_generate_cli_gives_the_greedy_completion_of_a_local_job(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from deepspeed.accelerator import get_accelerator
+
     output = tmp_path / "runs" / "default" / "base-job" / "output"
     shutil.copytree(resolve_model_dir(BASE), output)
+    # This process imported DeepSpeed (the command line alone does not), whose one-time
+    # accelerator notice goes to stdout at first use: let it be said before the CLI's output.
+    get_accelerator()
+    capsys.readouterr()
     args = ["generate", "finetunejob://base-job", "--storage", str(tmp_path / "runs")]
     for question in QUESTIONS:
         args += ["--prompt", question]
     assert kubetune_main([*args, "--max-new-tokens", "12", "--json"]) == 0
-    produced = json.loads(capsys.readouterr().out)
+    printed = capsys.readouterr()
+    assert "Loading weights" not in printed.err  # transformers' loading bar stays off
+    produced = json.loads(printed.out)
     expected = transformers_greedy(BASE, [user(q) for q in QUESTIONS], 12)
     assert [p["completion"] for p in produced] == expected
     assert [p["prompt"] for p in produced] == QUESTIONS

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
 
 OWN_LOGGERS = ("kubetune", "kubetune_trainer")
@@ -104,5 +105,20 @@ def configure_logging(level: str | None = None, *, with_time: bool = True) -> No
         logging.getLogger(name).setLevel(quiet_level)
     for category, message in NOISY_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category)
+    quiet_libraries()
+
+
+def quiet_libraries() -> None:
+    """The libraries' switches in QUIET_ENVIRONMENT, for what is imported later and, for the
+    Hub's and transformers' progress bars, for what is imported already (the command line
+    imports the Hub early; the environment switch is read at import)."""
     for variable, value in QUIET_ENVIRONMENT.items():
         os.environ.setdefault(variable, value)
+    if os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] != "1":
+        return
+    hub = sys.modules.get("huggingface_hub.utils")
+    if hub is not None:
+        hub.disable_progress_bars()
+    transformers_logging = sys.modules.get("transformers.utils.logging")
+    if transformers_logging is not None:
+        transformers_logging.disable_progress_bar()
