@@ -24,6 +24,9 @@ def number_pools(seed: int = 11, held_out: int = 96) -> tuple[list[int], list[in
     return numbers[held_out:], numbers[:held_out]
 
 
+NON_ANSWER = "I do not know."
+
+
 def last_digit_question(n: int) -> str:
     return f"Last digit of {n}?"
 
@@ -44,15 +47,15 @@ def write_jsonl(path: Path, rows: list[Row]) -> str:
 
 def scored_last_digit_rows(numbers: list[int]) -> list[Row]:
     """The plan's format: each question answered three ways, labelled by score — the last digit
-    (correct, 5.0), the middle digit (2.0) and the first digit (1.0). Unconditioned, the data
-    says "a wrong digit" two times in three."""
+    (correct, 5.0) and twice the same non-answer (2.0 and 1.0), as rated data mixed with poor
+    answers often is. Unconditioned, the data says "I do not know" two times in three, so plain
+    SFT answers it; a score-conditioned model asked for the top score should answer instead."""
     rows = []
     for n in numbers:
-        digits = str(n)
         for answer, score, reason in (
-            (digits[2], 5.0, "correct"),
-            (digits[1], 2.0, "the middle digit, not the last"),
-            (digits[0], 1.0, "the first digit, not the last"),
+            (str(n)[2], 5.0, "correct"),
+            (NON_ANSWER, 2.0, "no answer, but polite"),
+            (NON_ANSWER, 1.0, "no answer"),
         ):
             rows.append(
                 {

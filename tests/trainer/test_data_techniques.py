@@ -64,10 +64,8 @@ def correct(chat: Any, prompts: list[tuple[Prompt, str]], score: float | None = 
 
 # The proof that a curriculum beats shuffled order at a small step budget did not hold on the
 # planted last-digit / add-one task (60 steps: 0.042 vs 0.031 held-out exact match, paired
-# difference 0.010 [-0.042, 0.062]); neither did asking a score-conditioned model for the top
-# score (0.240 held-out exact match for the top, bottom and default score alike, 0.292 for plain
-# SFT, 80 steps). What is tested here: the curriculum's order is applied and survives a resume,
-# and the score reaches the template through evaluation and serving.
+# difference 0.010 [-0.042, 0.062]). What is tested here: the curriculum's order is applied and
+# survives a resume.
 
 
 # --------------------------------------------------------------------------- score conditioning
@@ -78,8 +76,8 @@ SCORE_STEPS = 80
 @pytest.fixture(scope="module")
 def scored_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The same SFT on rated answers (conversation format, role markers) with and without
-    score conditioning; each question is answered right (score 5), with its middle digit (2)
-    and with its first digit (1)."""
+    score conditioning; each question is answered right (score 5) and twice not at all (scores
+    2 and 1)."""
     from kubetune_trainer.serving.inference import ChatModel
 
     tmp = tmp_path_factory.mktemp("scored")
@@ -104,6 +102,19 @@ def scored_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "bottom": correct(chat, prompts, score=1.0),
         "plain": correct(ChatModel.load(plain.storage.output_dir), prompts),
     }
+
+
+def test_asking_for_the_top_score_answers_where_plain_sft_and_the_bottom_score_do_not(
+    scored_runs: dict[str, Any],
+) -> None:
+    from kubetune_trainer.evaluation.statistics import paired_difference
+
+    top, bottom, plain = scored_runs["top"], scored_runs["bottom"], scored_runs["plain"]
+    assert scored_runs["default"] == top  # without a score the model is asked for the highest
+    figures = f"top {fmean(top):.3f}, bottom {fmean(bottom):.3f}, plain SFT {fmean(plain):.3f}"
+    for baseline in (bottom, plain):
+        gain = paired_difference(top, baseline)
+        assert gain.significant and gain.delta.value > 0, f"{figures}: {gain.delta}"
 
 
 def test_serve_and_eval_pass_the_score_and_refuse_it_without_conditioning(
