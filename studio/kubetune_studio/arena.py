@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -305,3 +306,15 @@ def draw_pair(weights: Mapping[tuple[str, str], float], draw: float) -> tuple[st
     if pair is None:
         raise ArenaError("weights: no pairs")
     return pair
+
+
+# --------------------------------------------------------------------------- voter hygiene
+
+
+def leaked_identity(text: str, names: Sequence[str]) -> str | None:
+    """The first model name that ``text`` mentions (as a whole word, any case), or None. A vote
+    on a response that names its model is not blind, so the arena discards it."""
+    for name in names:
+        if name and re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", text, re.IGNORECASE):
+            return name
+    return None

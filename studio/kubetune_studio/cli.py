@@ -26,7 +26,7 @@ import yaml
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from kubetune_studio import analysis, campaigns, generation, importer
+from kubetune_studio import analysis, arena, campaigns, generation, importer
 from kubetune_studio.config import Settings
 from kubetune_studio.errors import Invalid, StudioError
 from kubetune_studio.store.database import (
@@ -277,6 +277,65 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def cmd_arena(args: argparse.Namespace, settings: Settings) -> int:
+    with store(settings) as session:
+        campaign = campaigns.get_campaign(session, args.campaign)
+        board, found = analysis.arena_leaderboard(
+            session, campaign, args.voters, rounds=args.rounds
+        )
+    if args.json:
+        document = board.to_json() | {
+            "voters": args.voters,
+            "discarded_leaked": found.discarded_leaked,
+            "discarded_excluded": found.discarded_excluded,
+        }
+        print(json.dumps(document, indent=2))
+        return 0
+    print(format_leaderboard(args.campaign, args.voters, board, found))
+    return 0
+
+
+def format_leaderboard(
+    slug: str, voters: str, board: arena.Leaderboard, found: analysis.ArenaVotes
+) -> str:
+    lines = [
+        f"arena {slug}: {board.battles} battles ({voters} votes), Bradley-Terry ratings with "
+        f"{board.confidence:.0%} bootstrap intervals ({board.rounds} rounds)",
+        "",
+        f"{'RANK':<5} {'MODEL':<20} {'RATING':>6}  {'95% CI':<13} {'BATTLES':>7}  W / T / L",
+    ]
+    for r in board.ratings:
+        lines.append(
+            f"{r.rank:<5} {r.model:<20} {r.rating:>6.0f}  [{r.low:.0f}, {r.high:.0f}]".ljust(48)
+            + f"{r.battles:>7}  {r.wins} / {r.ties} / {r.losses}"
+        )
+    significant = ", ".join(f"{a} > {b}" for a, b in board.significant) or "none"
+    width = max(len(m) for m in board.models) + 2
+    lines += [
+        "",
+        f"significant (intervals apart): {significant}",
+        f"discarded: {found.discarded_leaked} votes on responses naming a model, "
+        f"{found.discarded_excluded} from excluded labelers",
+        "",
+        "win rate of row against column (battles):",
+        " " * width + "".join(f"{m:>{width + 8}}" for m in board.models),
+    ]
+    for i, model in enumerate(board.models):
+        cells = []
+        for j in range(len(board.models)):
+            rate = board.win_rates[i][j]
+            text = (
+                ""
+                if i == j
+                else "–"
+                if rate is None
+                else f"{rate:.2f} ({board.battle_counts[i][j]})"
+            )
+            cells.append(f"{text:>{width + 8}}")
+        lines.append(f"{model:<{width}}" + "".join(cells))
+    return "\n".join(lines)
+
+
 def cmd_snapshot(args: argparse.Namespace, settings: Settings) -> int:
     with store(settings) as session:
         campaign = campaigns.get_campaign(session, args.campaign)
@@ -371,6 +430,17 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("campaign")
     report.add_argument("--json", action="store_true")
     report.set_defaults(func=cmd_report)
+
+    board = commands.add_parser(
+        "arena", help="the Bradley-Terry leaderboard of a campaign's votes, with intervals"
+    )
+    board.add_argument("campaign")
+    board.add_argument(
+        "--voters", choices=analysis.VOTERS, default="human", help="whose votes (default human)"
+    )
+    board.add_argument("--rounds", type=int, default=200, help="bootstrap rounds (default 200)")
+    board.add_argument("--json", action="store_true")
+    board.set_defaults(func=cmd_arena)
 
     snap = commands.add_parser("snapshot", help="write the next preference snapshot")
     snap.add_argument("campaign")

@@ -13,6 +13,7 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from markupsafe import Markup
 from sqlalchemy.orm import Session
 
 from kubetune_studio import analysis, campaigns, labeling
@@ -33,7 +34,7 @@ from kubetune_studio.web.auth import (
     require_admin,
     require_caller,
 )
-from kubetune_studio.web.views import campaign_report
+from kubetune_studio.web.views import campaign_report, leaderboard_svg
 
 router = APIRouter()
 CHOICE_LABELS = {"a": "A is better", "b": "B is better", "tie": "Tie", "both_bad": "Both bad"}
@@ -272,11 +273,17 @@ async def admin_campaign(slug: str, request: Request) -> Response:
         caller = require_caller(session, request)
         require_admin(caller)
         campaign = campaigns.get_campaign(session, slug)
+        report = campaign_report(session, campaign)
+        plots = {
+            voters: Markup(leaderboard_svg(board))
+            for voters, board in (report["arena"] or {}).get("leaderboards", {}).items()
+        }
         return render(
             request,
             "admin_campaign.html",
             caller=caller,
-            report=campaign_report(session, campaign),
+            report=report,
+            plots=plots,
             notice=request.query_params.get("notice"),
         )
 
