@@ -336,6 +336,89 @@ def format_leaderboard(
     return "\n".join(lines)
 
 
+def cmd_ab_create(args: argparse.Namespace, settings: Settings) -> int:
+    from kubetune_studio import router
+
+    try:
+        document = yaml.safe_load(_read(args.file))
+    except yaml.YAMLError as exc:
+        raise Invalid(f"{args.file}: not YAML or JSON: {str(exc).splitlines()[0]}") from exc
+    try:
+        spec = router.validated(router.ExperimentSpec, document)
+    except Invalid as exc:
+        raise Invalid(f"{args.file}: {exc.message}") from None
+    with store(settings) as session:
+        experiment = router.create_experiment(session, spec)
+        arms = ", ".join(f"{a.name} ({a.weight:g})" for a in experiment.arms)
+        print(f"experiment {experiment.slug} created: arms {arms}")
+    return 0
+
+
+def cmd_ab_results(args: argparse.Namespace, settings: Settings) -> int:
+    from kubetune_studio import router
+
+    with store(settings) as session:
+        found = router.results(session, router.get_experiment(session, args.experiment))
+    if args.json:
+        print(json.dumps(found, indent=2))
+        return 0
+    print(format_ab_results(found))
+    return 0
+
+
+def format_ab_results(found: dict[str, Any]) -> str:
+    def num(value: float | None, sign: str = "") -> str:
+        return "–" if value is None else f"{value:{sign}.3f}"
+
+    lines = [
+        f"experiment {found['experiment']} ({found['state']}); control {found['control']}; "
+        f"guard at {found['guard']['confidence']:.0%} after "
+        f"{found['guard']['min_feedback']} thumbs per arm",
+        "",
+        f"{'ARM':<16} {'WEIGHT':>6} {'REQUESTS':>8} {'UP/DOWN':>9}  {'RATE [95% CI]':<22} "
+        f"{'VS CONTROL [95% CI]':<27} STATUS",
+    ]
+    for a in found["arms"]:
+        rate = f"{num(a['rate'])} [{num(a['rate_low'])}, {num(a['rate_high'])}]"
+        versus = (
+            ""
+            if a["difference_vs_control"] is None
+            else f"{num(a['difference_vs_control'], '+')} "
+            f"[{num(a['difference_low'], '+')}, {num(a['difference_high'], '+')}]"
+        )
+        status = "running" if a["running"] else f"stopped: {a['stop_reason']}"
+        lines.append(
+            f"{a['name']:<16} {a['weight']:>6g} {a['requests']:>8} "
+            f"{a['thumbs_up']:>4}/{a['thumbs_down']:<4}  {rate:<22} {versus:<27} {status}"
+        )
+    for p in found["pairwise"]:
+        tally = ", ".join(f"{k} {v}" for k, v in p["preferred"].items())
+        lines.append(f"side by side {p['arms'][0]} vs {p['arms'][1]}: {tally}")
+    return "\n".join(lines)
+
+
+def cmd_ab_serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from kubetune_studio import router
+
+    engine = make_engine(settings.database_url)
+    sessions = session_factory(engine)
+    with transaction(sessions) as session:
+        experiment = router.get_experiment(session, args.experiment)
+        arms = ", ".join(a.name for a in router.running_arms(experiment))
+    app = router.create_router_app(
+        sessions, args.experiment, api_key=os.environ.get("KUBETUNE_STUDIO_ENDPOINT_API_KEY")
+    )
+    print(
+        f"A/B router for {args.experiment} ({arms}) at http://{args.host}:{args.port}/v1 "
+        "(Ctrl-C to stop)",
+        flush=True,
+    )
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", proxy_headers=True)
+    return 0
+
+
 def cmd_snapshot(args: argparse.Namespace, settings: Settings) -> int:
     with store(settings) as session:
         campaign = campaigns.get_campaign(session, args.campaign)
@@ -441,6 +524,25 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--rounds", type=int, default=200, help="bootstrap rounds (default 200)")
     board.add_argument("--json", action="store_true")
     board.set_defaults(func=cmd_arena)
+
+    ab_create = commands.add_parser("ab-create", help="create a live A/B experiment from YAML")
+    ab_create.add_argument("file")
+    ab_create.set_defaults(func=cmd_ab_create)
+
+    ab_serve = commands.add_parser(
+        "ab-serve", help="run the OpenAI-compatible A/B router of an experiment"
+    )
+    ab_serve.add_argument("experiment")
+    ab_serve.add_argument("--host", default="127.0.0.1")
+    ab_serve.add_argument("--port", type=int, default=8090)
+    ab_serve.set_defaults(func=cmd_ab_serve)
+
+    ab_results = commands.add_parser(
+        "ab-results", help="feedback rates per arm, differences with intervals, stopped arms"
+    )
+    ab_results.add_argument("experiment")
+    ab_results.add_argument("--json", action="store_true")
+    ab_results.set_defaults(func=cmd_ab_results)
 
     snap = commands.add_parser("snapshot", help="write the next preference snapshot")
     snap.add_argument("campaign")
