@@ -278,21 +278,71 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def cmd_arena(args: argparse.Namespace, settings: Settings) -> int:
+    from kubetune_studio.judging import campaign_agreement
+
     with store(settings) as session:
         campaign = campaigns.get_campaign(session, args.campaign)
         board, found = analysis.arena_leaderboard(
             session, campaign, args.voters, rounds=args.rounds
         )
+        agreement = campaign_agreement(session, campaign)
     if args.json:
         document = board.to_json() | {
             "voters": args.voters,
             "discarded_leaked": found.discarded_leaked,
             "discarded_excluded": found.discarded_excluded,
+            "judge_agreement": agreement,
         }
         print(json.dumps(document, indent=2))
         return 0
     print(format_leaderboard(args.campaign, args.voters, board, found))
+    if agreement is not None:
+        print("\n" + format_agreement(agreement))
     return 0
+
+
+def format_agreement(agreement: dict[str, Any]) -> str:
+    def line(label: str, a: dict[str, Any]) -> str:
+        if a["value"] is None:
+            return f"{label}: – (no item with both judge and human votes)"
+        return (
+            f"{label}: {a['value']:.3f} [{a['low']:.3f}, {a['high']:.3f}] over {a['items']} "
+            f"items ({a['comparisons']} human votes)"
+        )
+
+    lines = [line("judge-human agreement", agreement["overall"])]
+    lines += [line(f"  {name}", a) for name, a in agreement["by_category"].items()]
+    return "\n".join(lines)
+
+
+def cmd_judge(args: argparse.Namespace, settings: Settings) -> int:
+    from tqdm import tqdm
+
+    from kubetune_studio.judging import judge_campaign
+    from kubetune_trainer.evaluation.judge import ChatClient
+
+    client = ChatClient(
+        args.endpoint,
+        args.model,
+        api_key=os.environ.get("KUBETUNE_STUDIO_ENDPOINT_API_KEY"),
+        timeout_seconds=args.timeout,
+    )
+    with store(settings) as session, tqdm(desc="items", unit="item", file=sys.stderr) as bar:
+        run = judge_campaign(
+            session,
+            args.campaign,
+            client,
+            parallel=args.parallel,
+            limit=args.limit,
+            progress=bar.update,
+        )
+    print(
+        f"{args.campaign}: judge {run.judge} voted on {run.voted} of {run.asked} items "
+        f"({run.position_ties} ties because the two orders disagreed, {run.unscored} unscored)"
+    )
+    for line in run.errors:
+        print(f"  {line}", file=sys.stderr)
+    return EXIT_UNAVAILABLE if run.asked and not run.voted else 0
 
 
 def format_leaderboard(
@@ -524,6 +574,17 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--rounds", type=int, default=200, help="bootstrap rounds (default 200)")
     board.add_argument("--json", action="store_true")
     board.set_defaults(func=cmd_arena)
+
+    judge = commands.add_parser(
+        "judge", help="an LLM judge votes on a campaign's items (both orders; disagreement: tie)"
+    )
+    judge.add_argument("campaign")
+    judge.add_argument("--endpoint", required=True, help="OpenAI-compatible base URL (.../v1)")
+    judge.add_argument("--model", required=True, help="the model name the endpoint serves")
+    judge.add_argument("--parallel", type=int, default=4)
+    judge.add_argument("--limit", type=int, help="at most this many items")
+    judge.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
+    judge.set_defaults(func=cmd_judge)
 
     ab_create = commands.add_parser("ab-create", help="create a live A/B experiment from YAML")
     ab_create.add_argument("file")

@@ -73,7 +73,10 @@ def arena_report(session: Session, campaign: Campaign) -> dict[str, Any]:
             "discarded_leaked": found.discarded_leaked,
             "discarded_excluded": found.discarded_excluded,
         }
+    from kubetune_studio.judging import campaign_agreement
+
     return {
+        "judge_agreement": campaign_agreement(session, campaign),
         "sampling": campaign.pair_sampling,
         "daily_vote_cap": campaign.daily_vote_cap,
         "leaked_items": [
