@@ -321,13 +321,21 @@ def cmd_judge(args: argparse.Namespace, settings: Settings) -> int:
     from kubetune_studio.judging import judge_campaign
     from kubetune_trainer.evaluation.judge import ChatClient
 
-    client = ChatClient(
-        args.endpoint,
-        args.model,
-        api_key=os.environ.get("KUBETUNE_STUDIO_ENDPOINT_API_KEY"),
-        timeout_seconds=args.timeout,
-    )
-    with store(settings) as session, tqdm(desc="items", unit="item", file=sys.stderr) as bar:
+    if (args.endpoint is None) == (args.serve is None):
+        raise Invalid("--endpoint or --serve: give exactly one")
+    with ExitStack() as stack:
+        endpoint = args.endpoint
+        if args.serve is not None:
+            print(f"starting kubetune serve {args.serve} as {args.model} ...", flush=True)
+            endpoint = stack.enter_context(generation.served_locally(args.serve, args.model))
+        client = ChatClient(
+            endpoint,
+            args.model,
+            api_key=os.environ.get("KUBETUNE_STUDIO_ENDPOINT_API_KEY"),
+            timeout_seconds=args.timeout,
+        )
+        session = stack.enter_context(store(settings))
+        bar = stack.enter_context(tqdm(desc="items", unit="item", file=sys.stderr))
         run = judge_campaign(
             session,
             args.campaign,
@@ -579,7 +587,10 @@ def build_parser() -> argparse.ArgumentParser:
         "judge", help="an LLM judge votes on a campaign's items (both orders; disagreement: tie)"
     )
     judge.add_argument("campaign")
-    judge.add_argument("--endpoint", required=True, help="OpenAI-compatible base URL (.../v1)")
+    judge.add_argument("--endpoint", help="OpenAI-compatible base URL (http://host:port/v1)")
+    judge.add_argument(
+        "--serve", metavar="SOURCE", help="start `kubetune serve SOURCE` as the judge instead"
+    )
     judge.add_argument("--model", required=True, help="the model name the endpoint serves")
     judge.add_argument("--parallel", type=int, default=4)
     judge.add_argument("--limit", type=int, help="at most this many items")
