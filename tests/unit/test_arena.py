@@ -195,3 +195,17 @@ def test_adaptive_sampling_favours_close_pairs_with_few_battles() -> None:
 def test_bad_input_is_one_line_naming_the_field(call, message: str) -> None:
     with pytest.raises(ArenaError, match=message):
         call()
+
+
+@pytest.mark.parametrize(
+    ("text", "found"),
+    [
+        ("As Orca-7B, I think the answer is 4.", "orca-7b"),
+        ("I was trained as lynx-3b.", "lynx-3b"),
+        ("The orca-7bx model is another one.", None),
+        ("big-orca-7b is not this model", None),
+        ("An orca is a whale.", None),
+    ],
+)
+def test_a_response_that_names_a_model_is_caught_whole_word_any_case(text, found) -> None:
+    assert arena.leaked_identity(text, ["orca-7b", "lynx-3b"]) == found
