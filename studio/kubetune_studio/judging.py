@@ -19,7 +19,7 @@ from collections import defaultdict
 from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -29,14 +29,10 @@ from kubetune_studio.agreement import VoteRecord
 from kubetune_studio.errors import Invalid
 from kubetune_studio.security import hash_password
 from kubetune_studio.store.schema import Item, Labeler, Prompt, Vote
-from kubetune_trainer.evaluation.judge import (
-    ChatClient,
-    MalformedReply,
-    RequestFailed,
-    pairwise_messages,
-    parse_verdict,
-)
 from kubetune_trainer.evaluation.statistics import bootstrap_mean
+
+if TYPE_CHECKING:
+    from kubetune_trainer.evaluation.judge import ChatClient
 
 SAME_AS_TIE = {"a": "a", "b": "b", "tie": "tie", "both_bad": "tie"}
 
@@ -89,7 +85,14 @@ def judge_campaign(
     progress: Callable[[int], None] | None = None,
 ) -> JudgeRun:
     """The judge's votes on the campaign's regular items it has not voted on yet."""
+    # The trainer's judge (torch-free, but it brings the trainer's plan schema), only to judge.
     from kubetune_studio.campaigns import get_campaign
+    from kubetune_trainer.evaluation.judge import (
+        MalformedReply,
+        RequestFailed,
+        pairwise_messages,
+        parse_verdict,
+    )
 
     if parallel < 1:
         raise Invalid(f"parallel: at least 1 (got {parallel})")
