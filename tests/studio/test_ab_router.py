@@ -134,6 +134,9 @@ def test_feedback_lands_in_postgresql_and_the_guard_stops_a_planted_worse_arm(
     assert not arms["worse"]["running"] and "below good's" in arms["worse"]["stop_reason"]
     assert arms["good"]["running"]
     assert arms["worse"]["significant"] and arms["worse"]["difference_high"] < 0
+    page = admin.get("/admin/experiments/prime")
+    assert page.status_code == 200 and "stopped: thumbs-up rate" in page.text
+    assert 'href="/admin/experiments/prime"' in admin.get("/admin").text
     with transaction(studio.db.sessions) as session:
         assert count(session, Feedback) == posted
         ups = session.scalar(select(func.count()).where(Feedback.thumbs_up.is_(True)))
