@@ -65,10 +65,9 @@ def campaign_report(session: Session, campaign: Campaign) -> dict[str, Any]:
 def arena_report(session: Session, campaign: Campaign) -> dict[str, Any]:
     """The leaderboard from human votes, and from the judge's and both when a judge voted."""
     boards: dict[str, Any] = {}
-    for voters in analysis.VOTERS:
+    judged = bool(analysis.votes(session, campaign, "judge"))
+    for voters in analysis.VOTERS if judged else ("human",):
         board, found = analysis.arena_leaderboard(session, campaign, voters)
-        if voters != "human" and not found.battles:
-            continue
         boards[voters] = board.to_json() | {
             "discarded_leaked": found.discarded_leaked,
             "discarded_excluded": found.discarded_excluded,
