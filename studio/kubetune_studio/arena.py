@@ -10,7 +10,9 @@ centring them on their mean, so a 100-point gap means the higher model wins 64% 
 
 Intervals come from resampling battles with replacement; because the fit depends on the battles
 only through how often each pair had each outcome, a resample is a multinomial draw over those
-cells, which is the same distribution as drawing battles and far cheaper. One model is above
+cells, which is the same distribution as drawing battles and far cheaper. The resamples are
+refitted all at once by Newton's method on the same penalised likelihood (numpy; a unit test
+holds it equal to scikit-learn's fit), so 200 rounds take milliseconds. One model is above
 another (significantly) when their intervals do not overlap, the rule Chatbot Arena ranks by.
 """
 
@@ -143,18 +145,59 @@ def win_probability(rating_a: float, rating_b: float) -> float:
     return 1.0 / (1.0 + 10.0 ** ((rating_b - rating_a) / 400.0))
 
 
+def fit_strengths_batch(counts: np.ndarray, iterations: int = 50) -> np.ndarray:
+    """:func:`fit_strengths` for a stack of count arrays at once (shape (rounds, n, n, 3)), by
+    damped Newton steps on the same penalised likelihood scikit-learn minimises:
+    ``||s||^2 / 2 + C * sum over battles of the log-loss`` (each battle counted twice, as in
+    :func:`_design`). The bootstrap refits hundreds of resamples this way in one go; a unit
+    test holds it equal to scikit-learn's fit."""
+    rounds, n = counts.shape[0], counts.shape[1]
+    pairs = _pairs(n)
+    incidence = np.zeros((len(pairs), n))
+    for k, (i, j) in enumerate(pairs):
+        incidence[k, i], incidence[k, j] = 1.0, -1.0
+    first = np.stack([counts[:, i, j, 0] + counts[:, i, j, 2] / 2 for i, j in pairs], axis=1)
+    second = np.stack([counts[:, i, j, 1] + counts[:, i, j, 2] / 2 for i, j in pairs], axis=1)
+    scale = 2.0 * PRIOR_STRENGTH
+
+    def objective(s: np.ndarray) -> np.ndarray:
+        d = s @ incidence.T
+        loss = first * np.logaddexp(0.0, -d) + second * np.logaddexp(0.0, d)
+        return 0.5 * np.sum(s * s, axis=1) + scale * np.sum(loss, axis=1)
+
+    strengths = np.zeros((rounds, n))
+    current = objective(strengths)
+    eye = np.eye(n)
+    for _ in range(iterations):
+        p = 1.0 / (1.0 + np.exp(-(strengths @ incidence.T)))
+        g = scale * ((first + second) * p - first)
+        h = scale * (first + second) * p * (1.0 - p)
+        gradient = g @ incidence + strengths
+        hessian = np.einsum("ki,bk,kj->bij", incidence, h, incidence) + eye
+        step = np.linalg.solve(hessian, gradient[..., None])[..., 0]
+        size = np.ones(rounds)
+        for _halving in range(30):  # backtrack where a full step would not decrease
+            trial = strengths - size[:, None] * step
+            value = objective(trial)
+            worse = value > current + 1e-12 * np.abs(current)
+            if not worse.any():
+                break
+            size = np.where(worse, size / 2, size)
+        strengths, current = trial, np.minimum(value, current)
+        if np.max(np.abs(size[:, None] * step)) < 1e-10:
+            break
+    return strengths - strengths.mean(axis=1, keepdims=True)
+
+
 def bootstrap_strengths(counts: np.ndarray, rounds: int, seed: int) -> np.ndarray:
     """``rounds`` refits on battles resampled with replacement; shape (rounds, models)."""
     rng = np.random.default_rng(seed)
     flat = counts.reshape(-1)
     total = int(flat.sum())
-    draws = np.zeros((rounds, counts.shape[0]))
     if total == 0:
-        return draws
-    for r in range(rounds):
-        resampled = rng.multinomial(total, flat / total).reshape(counts.shape)
-        draws[r] = fit_strengths(resampled.astype(float))
-    return draws
+        return np.zeros((rounds, counts.shape[0]))
+    resampled = rng.multinomial(total, flat / total, size=rounds).reshape((rounds, *counts.shape))
+    return fit_strengths_batch(resampled.astype(float))
 
 
 @dataclass(frozen=True)
