@@ -220,3 +220,17 @@ def test_bad_input_is_one_line_naming_the_field(call, message: str) -> None:
 )
 def test_a_response_that_names_a_model_is_caught_whole_word_any_case(text, found) -> None:
     assert arena.leaked_identity(text, ["orca-7b", "lynx-3b"]) == found
+
+
+def test_the_queue_hands_out_an_item_of_the_drawn_pair_when_one_is_open() -> None:
+    from kubetune_studio import queue
+
+    candidates = [queue.Candidate(item, False, filled) for item, filled in [(1, 0), (2, 0), (3, 1)]]
+    progress = queue.LabelerProgress(regular_votes=0, gold_votes=0)
+    common = {"overlap": 2, "gold_every": 0, "seed": 0, "labeler_id": 7}
+    assert queue.next_item(candidates, progress, prefer={3}, **common) == 3
+    # The drawn pair's items are full or done: the usual breadth-first choice.
+    assert queue.next_item(candidates, progress, prefer={9}, **common) in {1, 2}
+    assert queue.next_item(candidates, progress, prefer={3}, **common | {"overlap": 1}) in {1, 2}
+    draws = [queue.draw_number(0, 7, n) for n in range(2000)]
+    assert all(0 <= d < 1 for d in draws) and abs(np.mean(draws) - 0.5) < 0.03
