@@ -132,7 +132,7 @@ def downgrade() -> None:
     op.drop_table("ab_arms")
     op.drop_table("ab_experiments")
     with op.batch_alter_table("campaigns") as batch:
-        batch.drop_constraint("daily_vote_cap", type_="check")
-        batch.drop_constraint("pair_sampling", type_="check")
+        batch.drop_constraint(op.f("ck_campaigns_daily_vote_cap"), type_="check")
+        batch.drop_constraint(op.f("ck_campaigns_pair_sampling"), type_="check")
         batch.drop_column("daily_vote_cap")
         batch.drop_column("pair_sampling")
