@@ -211,3 +211,51 @@ def test_a_daily_cap_refuses_the_vote_after_it_and_stores_nothing(studio: Runnin
     )
     assert bad.status_code == 422
     assert bad.json()["error"] == "pair_sampling: one of uniform, adaptive"
+
+
+def test_votes_of_a_labeler_the_quality_checks_exclude_leave_the_leaderboard(
+    studio: RunningStudio,
+) -> None:
+    admin = admin_api(studio.url)
+    gold = [
+        {"prompt": f"Gold {n}?", "response_a": "right", "response_b": "wrong", "answer": "a"}
+        for n in range(3)
+    ]
+    people = {"good@example.com": "good-password", "odd@example.com": "odd-password"}
+    set_up_campaign(
+        admin,
+        "checked",
+        responses()[:30],
+        people,
+        gold=gold,
+        models=tuple(QUALITY),
+        baseline="puma-1b",
+        pairing="all-pairs",
+        labels_per_item=1,
+        gold_every=1,
+        min_gold_votes=3,
+    )
+    regular = {email: 0 for email in people}  # votes on regular items that name no model
+    active = {email: Api(studio.url, email, password) for email, password in people.items()}
+    while active:  # they take turns
+        for email, person in list(active.items()):
+            item = person.ok("GET", "/api/campaigns/checked/next")["item"]
+            if item is None:
+                person.close()
+                del active[email]
+                continue
+            choice = "a" if email.startswith("good") else "b"  # odd contradicts the gold answers
+            voted = person.ok(
+                "POST",
+                "/api/campaigns/checked/votes",
+                json={"item_id": item["item_id"], "choice": choice, "time_spent_ms": 5000},
+            )
+            revealed = set(voted["revealed"].values())
+            leaked = "As Orca-7B" in item["response_a"] + item["response_b"]
+            regular[email] += None not in revealed and not leaked
+    report = admin.ok("GET", "/api/campaigns/checked/report")
+    status = {q["email"]: q for q in report["labelers"]}
+    assert status["odd@example.com"]["excluded"] and not status["good@example.com"]["excluded"]
+    human = report["arena"]["leaderboards"]["human"]
+    assert human["discarded_excluded"] == regular["odd@example.com"] > 0
+    assert human["battles"] == regular["good@example.com"]
