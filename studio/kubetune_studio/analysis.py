@@ -12,7 +12,8 @@ from datetime import UTC, datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, aliased
 
-from kubetune_studio import agreement, results, snapshot
+from kubetune_studio import agreement, arena, results, snapshot
+from kubetune_studio.errors import Invalid
 from kubetune_studio.store.database import head_revision
 from kubetune_studio.store.schema import (
     Campaign,
@@ -38,14 +39,19 @@ def thresholds(campaign: Campaign) -> agreement.Thresholds:
     )
 
 
-def votes(session: Session, campaign: Campaign) -> list[agreement.VoteRecord]:
-    rows = session.execute(
+def votes(
+    session: Session, campaign: Campaign, kind: str | None = "human"
+) -> list[agreement.VoteRecord]:
+    """The campaign's votes by labelers of this kind (``human``, ``judge``; None: all)."""
+    query = (
         select(Vote.item_id, Vote.labeler_id, Vote.choice, Vote.time_spent_ms)
         .join(Item, Item.id == Vote.item_id)
         .where(Item.campaign_id == campaign.id)
         .order_by(Vote.id)
     )
-    return [agreement.VoteRecord(*row) for row in rows]
+    if kind is not None:
+        query = query.join(Labeler, Labeler.id == Vote.labeler_id).where(Labeler.kind == kind)
+    return [agreement.VoteRecord(*row) for row in session.execute(query)]
 
 
 def gold_answers(session: Session, campaign: Campaign) -> dict[int, str]:
@@ -218,3 +224,79 @@ def snapshots(session: Session, campaign: Campaign) -> list[Snapshot]:
             .order_by(Snapshot.version.desc())
         )
     )
+
+
+# --------------------------------------------------------------------------- arena
+
+VOTERS = ("human", "judge", "all")
+
+
+@dataclass(frozen=True)
+class ArenaVotes:
+    """The battles a leaderboard is fitted on, and the votes left out and why."""
+
+    battles: list[arena.Battle]
+    leaked_items: dict[int, str]
+    """Items whose responses name a model (item id: the name): their votes are discarded."""
+    discarded_leaked: int
+    discarded_excluded: int
+    """Votes of labelers the quality assessment excluded."""
+
+
+def leaked_items(session: Session, campaign: Campaign) -> dict[int, str]:
+    """Regular items where either response names one of the campaign's models."""
+    names = [m.name for m in campaign.models] + [
+        m.served_name for m in campaign.models if m.served_name
+    ]
+    response_a, response_b = aliased(Response), aliased(Response)
+    rows = session.execute(
+        select(Item.id, response_a.text, response_b.text)
+        .join(response_a, response_a.id == Item.response_a_id)
+        .join(response_b, response_b.id == Item.response_b_id)
+        .where(Item.campaign_id == campaign.id, Item.is_gold.is_(False))
+    )
+    found = {}
+    for item_id, text_a, text_b in rows:
+        name = arena.leaked_identity(text_a, names) or arena.leaked_identity(text_b, names)
+        if name is not None:
+            found[item_id] = name
+    return found
+
+
+def arena_votes(
+    session: Session, campaign: Campaign, voters: str, assessed: agreement.Quality
+) -> ArenaVotes:
+    if voters not in VOTERS:
+        raise Invalid(f"voters: '{voters}' is not one of {', '.join(VOTERS)}")
+    sides = {p.item_id: p for p in pairings(session, campaign)}
+    leaked = leaked_items(session, campaign)
+    battles: list[arena.Battle] = []
+    discarded_leaked = discarded_excluded = 0
+    for vote in votes(session, campaign, None if voters == "all" else voters):
+        pairing = sides.get(vote.item_id)
+        if pairing is None:  # a gold item
+            continue
+        if vote.item_id in leaked:
+            discarded_leaked += 1
+            continue
+        if vote.labeler_id in assessed.excluded:
+            discarded_excluded += 1
+            continue
+        battles.append(arena.battle_from_vote(pairing.model_a, pairing.model_b, vote.choice))
+    return ArenaVotes(battles, leaked, discarded_leaked, discarded_excluded)
+
+
+def arena_leaderboard(
+    session: Session,
+    campaign: Campaign,
+    voters: str = "human",
+    *,
+    rounds: int = arena.DEFAULT_ROUNDS,
+) -> tuple[arena.Leaderboard, ArenaVotes]:
+    """The campaign's Bradley–Terry leaderboard from the votes of ``voters`` (excluded labelers
+    and votes on leaked items left out), seeded by the campaign's seed."""
+    found = arena_votes(session, campaign, voters, quality(session, campaign))
+    board = arena.leaderboard(
+        found.battles, [m.name for m in campaign.models], rounds=rounds, seed=campaign.seed
+    )
+    return board, found

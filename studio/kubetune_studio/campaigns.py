@@ -20,6 +20,7 @@ from kubetune_studio.errors import Conflict, Invalid, NotFound
 from kubetune_studio.importer import GoldRow, PromptRow, ResponseRow, prompt_key
 from kubetune_studio.security import hash_password
 from kubetune_studio.store.schema import (
+    PAIR_SAMPLINGS,
     PAIRINGS,
     Campaign,
     CampaignMember,
@@ -59,6 +60,9 @@ class CampaignSpec(BaseModel):
     min_median_seconds: float = Field(default=2.0, ge=0)
     exclude_fast: bool = False
     seed: int = 0
+    pair_sampling: str = "uniform"
+    """Arena (all-pairs) campaigns: ``uniform`` or ``adaptive`` (towards uncertain pairs)."""
+    daily_vote_cap: int | None = Field(default=None, ge=1)
 
     @field_validator("slug")
     @classmethod
@@ -72,6 +76,13 @@ class CampaignSpec(BaseModel):
     def _pairing(cls, value: str) -> str:
         if value not in PAIRINGS:
             raise ValueError(f"one of {', '.join(PAIRINGS)}")
+        return value
+
+    @field_validator("pair_sampling")
+    @classmethod
+    def _pair_sampling(cls, value: str) -> str:
+        if value not in PAIR_SAMPLINGS:
+            raise ValueError(f"one of {', '.join(PAIR_SAMPLINGS)}")
         return value
 
     @model_validator(mode="after")
@@ -145,6 +156,8 @@ def create_campaign(session: Session, spec: CampaignSpec) -> Campaign:
         min_median_seconds=spec.min_median_seconds,
         exclude_fast=spec.exclude_fast,
         seed=spec.seed,
+        pair_sampling=spec.pair_sampling,
+        daily_vote_cap=spec.daily_vote_cap,
     )
     session.add(campaign)
     session.flush()

@@ -26,7 +26,7 @@ import yaml
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from kubetune_studio import analysis, campaigns, generation, importer
+from kubetune_studio import analysis, arena, campaigns, generation, importer
 from kubetune_studio.config import Settings
 from kubetune_studio.errors import Invalid, StudioError
 from kubetune_studio.store.database import (
@@ -277,6 +277,206 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def cmd_arena(args: argparse.Namespace, settings: Settings) -> int:
+    from kubetune_studio.judging import campaign_agreement
+
+    with store(settings) as session:
+        campaign = campaigns.get_campaign(session, args.campaign)
+        board, found = analysis.arena_leaderboard(
+            session, campaign, args.voters, rounds=args.rounds
+        )
+        agreement = campaign_agreement(session, campaign)
+    if args.json:
+        document = board.to_json() | {
+            "voters": args.voters,
+            "discarded_leaked": found.discarded_leaked,
+            "discarded_excluded": found.discarded_excluded,
+            "judge_agreement": agreement,
+        }
+        print(json.dumps(document, indent=2))
+        return 0
+    print(format_leaderboard(args.campaign, args.voters, board, found))
+    if agreement is not None:
+        print("\n" + format_agreement(agreement))
+    return 0
+
+
+def format_agreement(agreement: dict[str, Any]) -> str:
+    def line(label: str, a: dict[str, Any]) -> str:
+        if a["value"] is None:
+            return f"{label}: – (no item with both judge and human votes)"
+        return (
+            f"{label}: {a['value']:.3f} [{a['low']:.3f}, {a['high']:.3f}] over {a['items']} "
+            f"items ({a['comparisons']} human votes)"
+        )
+
+    lines = [line("judge-human agreement", agreement["overall"])]
+    lines += [line(f"  {name}", a) for name, a in agreement["by_category"].items()]
+    return "\n".join(lines)
+
+
+def cmd_judge(args: argparse.Namespace, settings: Settings) -> int:
+    from tqdm import tqdm
+
+    from kubetune_studio.judging import judge_campaign
+    from kubetune_trainer.evaluation.judge import ChatClient
+
+    if (args.endpoint is None) == (args.serve is None):
+        raise Invalid("--endpoint or --serve: give exactly one")
+    with ExitStack() as stack:
+        endpoint = args.endpoint
+        if args.serve is not None:
+            print(f"starting kubetune serve {args.serve} as {args.model} ...", flush=True)
+            endpoint = stack.enter_context(generation.served_locally(args.serve, args.model))
+        client = ChatClient(
+            endpoint,
+            args.model,
+            api_key=os.environ.get("KUBETUNE_STUDIO_ENDPOINT_API_KEY"),
+            timeout_seconds=args.timeout,
+        )
+        session = stack.enter_context(store(settings))
+        bar = stack.enter_context(tqdm(desc="items", unit="item", file=sys.stderr))
+        run = judge_campaign(
+            session,
+            args.campaign,
+            client,
+            parallel=args.parallel,
+            limit=args.limit,
+            progress=bar.update,
+        )
+    print(
+        f"{args.campaign}: judge {run.judge} voted on {run.voted} of {run.asked} items "
+        f"({run.position_ties} ties because the two orders disagreed, {run.unscored} unscored)"
+    )
+    for line in run.errors:
+        print(f"  {line}", file=sys.stderr)
+    return EXIT_UNAVAILABLE if run.asked and not run.voted else 0
+
+
+def format_leaderboard(
+    slug: str, voters: str, board: arena.Leaderboard, found: analysis.ArenaVotes
+) -> str:
+    lines = [
+        f"arena {slug}: {board.battles} battles ({voters} votes), Bradley-Terry ratings with "
+        f"{board.confidence:.0%} bootstrap intervals ({board.rounds} rounds)",
+        "",
+        f"{'RANK':<5} {'MODEL':<20} {'RATING':>6}  {'95% CI':<13} {'BATTLES':>7}  W / T / L",
+    ]
+    for r in board.ratings:
+        lines.append(
+            f"{r.rank:<5} {r.model:<20} {r.rating:>6.0f}  [{r.low:.0f}, {r.high:.0f}]".ljust(48)
+            + f"{r.battles:>7}  {r.wins} / {r.ties} / {r.losses}"
+        )
+    significant = ", ".join(f"{a} > {b}" for a, b in board.significant) or "none"
+    width = max(len(m) for m in board.models) + 2
+    lines += [
+        "",
+        f"significant (intervals apart): {significant}",
+        f"discarded: {found.discarded_leaked} votes on responses naming a model, "
+        f"{found.discarded_excluded} from excluded labelers",
+        "",
+        "win rate of row against column (battles):",
+        " " * width + "".join(f"{m:>{width + 8}}" for m in board.models),
+    ]
+    for i, model in enumerate(board.models):
+        cells = []
+        for j in range(len(board.models)):
+            rate = board.win_rates[i][j]
+            text = (
+                ""
+                if i == j
+                else "–"
+                if rate is None
+                else f"{rate:.2f} ({board.battle_counts[i][j]})"
+            )
+            cells.append(f"{text:>{width + 8}}")
+        lines.append(f"{model:<{width}}" + "".join(cells))
+    return "\n".join(lines)
+
+
+def cmd_ab_create(args: argparse.Namespace, settings: Settings) -> int:
+    from kubetune_studio import router
+
+    try:
+        document = yaml.safe_load(_read(args.file))
+    except yaml.YAMLError as exc:
+        raise Invalid(f"{args.file}: not YAML or JSON: {str(exc).splitlines()[0]}") from exc
+    try:
+        spec = router.validated(router.ExperimentSpec, document)
+    except Invalid as exc:
+        raise Invalid(f"{args.file}: {exc.message}") from None
+    with store(settings) as session:
+        experiment = router.create_experiment(session, spec)
+        arms = ", ".join(f"{a.name} ({a.weight:g})" for a in experiment.arms)
+        print(f"experiment {experiment.slug} created: arms {arms}")
+    return 0
+
+
+def cmd_ab_results(args: argparse.Namespace, settings: Settings) -> int:
+    from kubetune_studio import router
+
+    with store(settings) as session:
+        found = router.results(session, router.get_experiment(session, args.experiment))
+    if args.json:
+        print(json.dumps(found, indent=2))
+        return 0
+    print(format_ab_results(found))
+    return 0
+
+
+def format_ab_results(found: dict[str, Any]) -> str:
+    def num(value: float | None, sign: str = "") -> str:
+        return "–" if value is None else f"{value:{sign}.3f}"
+
+    lines = [
+        f"experiment {found['experiment']} ({found['state']}); control {found['control']}; "
+        f"guard at {found['guard']['confidence']:.0%} after "
+        f"{found['guard']['min_feedback']} thumbs per arm",
+        "",
+        f"{'ARM':<16} {'WEIGHT':>6} {'REQUESTS':>8} {'UP/DOWN':>9}  {'RATE [95% CI]':<22} "
+        f"{'VS CONTROL [95% CI]':<27} STATUS",
+    ]
+    for a in found["arms"]:
+        rate = f"{num(a['rate'])} [{num(a['rate_low'])}, {num(a['rate_high'])}]"
+        versus = (
+            ""
+            if a["difference_vs_control"] is None
+            else f"{num(a['difference_vs_control'], '+')} "
+            f"[{num(a['difference_low'], '+')}, {num(a['difference_high'], '+')}]"
+        )
+        status = "running" if a["running"] else f"stopped: {a['stop_reason']}"
+        lines.append(
+            f"{a['name']:<16} {a['weight']:>6g} {a['requests']:>8} "
+            f"{a['thumbs_up']:>4}/{a['thumbs_down']:<4}  {rate:<22} {versus:<27} {status}"
+        )
+    for p in found["pairwise"]:
+        tally = ", ".join(f"{k} {v}" for k, v in p["preferred"].items())
+        lines.append(f"side by side {p['arms'][0]} vs {p['arms'][1]}: {tally}")
+    return "\n".join(lines)
+
+
+def cmd_ab_serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from kubetune_studio import router
+
+    engine = make_engine(settings.database_url)
+    sessions = session_factory(engine)
+    with transaction(sessions) as session:
+        experiment = router.get_experiment(session, args.experiment)
+        arms = ", ".join(a.name for a in router.running_arms(experiment))
+    app = router.create_router_app(
+        sessions, args.experiment, api_key=os.environ.get("KUBETUNE_STUDIO_ENDPOINT_API_KEY")
+    )
+    print(
+        f"A/B router for {args.experiment} ({arms}) at http://{args.host}:{args.port}/v1 "
+        "(Ctrl-C to stop)",
+        flush=True,
+    )
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", proxy_headers=True)
+    return 0
+
+
 def cmd_snapshot(args: argparse.Namespace, settings: Settings) -> int:
     with store(settings) as session:
         campaign = campaigns.get_campaign(session, args.campaign)
@@ -371,6 +571,50 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("campaign")
     report.add_argument("--json", action="store_true")
     report.set_defaults(func=cmd_report)
+
+    board = commands.add_parser(
+        "arena", help="the Bradley-Terry leaderboard of a campaign's votes, with intervals"
+    )
+    board.add_argument("campaign")
+    board.add_argument(
+        "--voters", choices=analysis.VOTERS, default="human", help="whose votes (default human)"
+    )
+    board.add_argument("--rounds", type=int, default=200, help="bootstrap rounds (default 200)")
+    board.add_argument("--json", action="store_true")
+    board.set_defaults(func=cmd_arena)
+
+    judge = commands.add_parser(
+        "judge", help="an LLM judge votes on a campaign's items (both orders; disagreement: tie)"
+    )
+    judge.add_argument("campaign")
+    judge.add_argument("--endpoint", help="OpenAI-compatible base URL (http://host:port/v1)")
+    judge.add_argument(
+        "--serve", metavar="SOURCE", help="start `kubetune serve SOURCE` as the judge instead"
+    )
+    judge.add_argument("--model", required=True, help="the model name the endpoint serves")
+    judge.add_argument("--parallel", type=int, default=4)
+    judge.add_argument("--limit", type=int, help="at most this many items")
+    judge.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
+    judge.set_defaults(func=cmd_judge)
+
+    ab_create = commands.add_parser("ab-create", help="create a live A/B experiment from YAML")
+    ab_create.add_argument("file")
+    ab_create.set_defaults(func=cmd_ab_create)
+
+    ab_serve = commands.add_parser(
+        "ab-serve", help="run the OpenAI-compatible A/B router of an experiment"
+    )
+    ab_serve.add_argument("experiment")
+    ab_serve.add_argument("--host", default="127.0.0.1")
+    ab_serve.add_argument("--port", type=int, default=8090)
+    ab_serve.set_defaults(func=cmd_ab_serve)
+
+    ab_results = commands.add_parser(
+        "ab-results", help="feedback rates per arm, differences with intervals, stopped arms"
+    )
+    ab_results.add_argument("experiment")
+    ab_results.add_argument("--json", action="store_true")
+    ab_results.set_defaults(func=cmd_ab_results)
 
     snap = commands.add_parser("snapshot", help="write the next preference snapshot")
     snap.add_argument("campaign")

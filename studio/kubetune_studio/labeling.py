@@ -214,6 +214,7 @@ def next_item(
     regular, gold = _progress_counts(session, campaign, labeler)
     candidates = _candidates(session, campaign, labeler, now() - lease)
     done = _progress(session, campaign, labeler, regular + gold, candidates)
+    _require_under_cap(session, campaign, labeler)
     current = open_assignment(session, campaign, labeler)
     if current is not None:
         return shown(session.get_one(Item, current.item_id)), done
@@ -224,12 +225,34 @@ def next_item(
         gold_every=campaign.gold_every,
         seed=campaign.seed,
         labeler_id=labeler.id,
+        prefer=_drawn_pair_items(session, campaign, labeler, regular + gold),
     )
     if chosen is None:
         return None, done
     session.add(Assignment(item_id=chosen, labeler_id=labeler.id))
     session.flush()
     return shown(session.get_one(Item, chosen)), done
+
+
+def _drawn_pair_items(
+    session: Session, campaign: Campaign, labeler: Labeler, votes_cast: int
+) -> set[int]:
+    """For an arena campaign sampling adaptively, the items of the pair of models drawn for
+    this labeler's next vote (weighted towards uncertain pairs); otherwise none."""
+    if campaign.pairing != "all-pairs" or campaign.pair_sampling != "adaptive":
+        return set()
+    from kubetune_studio import analysis, arena
+
+    sides = {p.item_id: p for p in analysis.pairings(session, campaign)}
+    battles = [
+        arena.battle_from_vote(sides[v.item_id].model_a, sides[v.item_id].model_b, v.choice)
+        for v in analysis.votes(session, campaign, None)
+        if v.item_id in sides
+    ]
+    names = [m.name for m in campaign.models]
+    weights = arena.pair_weights(names, battles, "adaptive")
+    pair = arena.draw_pair(weights, queue.draw_number(campaign.seed, labeler.id, votes_cast))
+    return {p.item_id for p in sides.values() if {p.model_a, p.model_b} == set(pair)}
 
 
 def shown(item: Item) -> Shown:
@@ -262,8 +285,36 @@ def _assigned_item(
     return item, assignment
 
 
+def votes_today(session: Session, campaign: Campaign, labeler: Labeler) -> int:
+    """The labeler's votes in this campaign since midnight UTC."""
+    midnight = now().replace(hour=0, minute=0, second=0, microsecond=0)
+    return (
+        session.scalar(
+            select(func.count())
+            .select_from(Vote)
+            .join(Item, Item.id == Vote.item_id)
+            .where(
+                Item.campaign_id == campaign.id,
+                Vote.labeler_id == labeler.id,
+                Vote.created_at >= midnight,
+            )
+        )
+        or 0
+    )
+
+
+def _require_under_cap(session: Session, campaign: Campaign, labeler: Labeler) -> None:
+    cap = campaign.daily_vote_cap
+    if cap is not None and votes_today(session, campaign, labeler) >= cap:
+        raise Conflict(
+            f"campaign '{campaign.slug}': daily_vote_cap: you have cast today's {cap} votes; "
+            "come back tomorrow (UTC)"
+        )
+
+
 def vote(session: Session, campaign: Campaign, labeler: Labeler, given: VoteInput) -> Recorded:
     item, assignment = _assigned_item(session, campaign, labeler, given.item_id)
+    _require_under_cap(session, campaign, labeler)
     elapsed_ms = int((now() - _aware(assignment.assigned_at)).total_seconds() * 1000)
     record = Vote(
         item_id=item.id,

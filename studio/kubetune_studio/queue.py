@@ -7,6 +7,8 @@
 - Gold items come at a steady rate: after every ``gold_every`` regular votes, a gold item the
   labeler has not seen yet. Every labeler may see every gold item; they are not part of the
   overlap.
+- An arena campaign that samples pairs adaptively names the items of the pair it drew
+  (``prefer``); the labeler gets one of those when any is open, else the usual choice.
 - Ties are broken by a per-labeler pseudo-random key, so labelers see items in different orders
   and the choice is reproducible (no global random state).
 """
@@ -14,7 +16,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 
@@ -51,6 +53,7 @@ def next_item(
     gold_every: int,
     seed: int,
     labeler_id: int,
+    prefer: Collection[int] = (),
 ) -> int | None:
     """The item to hand out, or None when this labeler has nothing left to do."""
 
@@ -61,6 +64,14 @@ def next_item(
     regular = [c for c in candidates if not c.is_gold and c.filled < overlap]
     if gold and wants_gold(progress, gold_every):
         return min(gold, key=key).item_id
+    preferred = [c for c in regular if c.item_id in prefer]
+    if preferred:
+        return min(preferred, key=lambda c: (c.filled, key(c))).item_id
     if regular:
         return min(regular, key=lambda c: (c.filled, key(c))).item_id
     return None
+
+
+def draw_number(seed: int, labeler_id: int, votes_cast: int) -> float:
+    """A uniform number in [0, 1) for a labeler's next draw, reproducible from the seed."""
+    return order_key(seed, labeler_id, -1 - votes_cast) / 2**64

@@ -188,7 +188,8 @@ def test_snapshot_writes_the_manifest_last(tmp_path: Path) -> None:
 
 def test_the_studio_imports_without_torch() -> None:
     """Every studio module, and the app, with torch made unimportable; from the trainer only
-    the shared statistics, and nothing of the operator."""
+    the shared statistics (and, when a judge votes, its torch-free judge), and nothing of the
+    operator."""
     program = textwrap.dedent(
         """
         import importlib, pkgutil, sys
@@ -215,6 +216,9 @@ def test_the_studio_imports_without_torch() -> None:
             "kubetune_trainer.evaluation",
             "kubetune_trainer.evaluation.statistics",
         ], trainer
+        # The arena's judge is the trainer's pairwise judge, imported when a judge votes.
+        importlib.import_module("kubetune_trainer.evaluation.judge")
+        assert "torch" not in sys.modules
         print("ok")
         """
     )

@@ -32,6 +32,9 @@ CHOICES = ("a", "b", "tie", "both_bad")
 CAMPAIGN_STATES = ("draft", "collecting", "closed")
 PAIRINGS = ("baseline", "all-pairs")
 LABELER_KINDS = ("human", "judge")
+PAIR_SAMPLINGS = ("uniform", "adaptive")
+EXPERIMENT_STATES = ("running", "stopped")
+FEEDBACK_KINDS = ("thumbs", "pairwise")
 
 
 def now() -> datetime:
@@ -94,6 +97,8 @@ class Campaign(Base):
         CheckConstraint(f"state IN {CAMPAIGN_STATES}", name="state"),
         CheckConstraint(f"pairing IN {PAIRINGS}", name="pairing"),
         CheckConstraint("labels_per_item >= 1", name="labels_per_item"),
+        CheckConstraint(f"pair_sampling IN {PAIR_SAMPLINGS}", name="pair_sampling"),
+        CheckConstraint("daily_vote_cap IS NULL OR daily_vote_cap >= 1", name="daily_vote_cap"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -116,6 +121,11 @@ class Campaign(Base):
     exclude_fast: Mapped[bool] = mapped_column(Boolean, default=False)
     """Whether suspicious speed alone excludes a labeler (otherwise it is only shown)."""
     seed: Mapped[int] = mapped_column(Integer, default=0)
+    pair_sampling: Mapped[str] = mapped_column(String(16), default="uniform")
+    """Arena (all-pairs) campaigns: which pair of models a labeler gets next, ``uniform`` or
+    ``adaptive`` (towards the pairs whose order is least certain)."""
+    daily_vote_cap: Mapped[int | None] = mapped_column(Integer, default=None)
+    """Most votes a labeler may cast in this campaign per UTC day (None: no cap)."""
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
 
     models: Mapped[list[CampaignModel]] = relationship(
@@ -280,3 +290,93 @@ class Snapshot(Base):
     manifest: Mapped[dict[str, Any]] = mapped_column(JSON)
     data: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+
+
+class Experiment(Base):
+    """A live A/B experiment: the router splits chat traffic between its arms by weight."""
+
+    __tablename__ = "ab_experiments"
+    __table_args__ = (CheckConstraint(f"state IN {EXPERIMENT_STATES}", name="state"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    slug: Mapped[str] = mapped_column(String(63), unique=True)
+    title: Mapped[str] = mapped_column(String(200), default="")
+    state: Mapped[str] = mapped_column(String(16), default="running")
+    guard_confidence: Mapped[float] = mapped_column(Float, default=0.99)
+    """An arm is stopped when the whole interval (at this confidence) of its feedback rate
+    minus the best other arm's is below zero."""
+    guard_min_feedback: Mapped[int] = mapped_column(Integer, default=100)
+    """Thumbs each of the two arms needs before the guard may stop one."""
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+
+    arms: Mapped[list[Arm]] = relationship(back_populates="experiment", order_by="Arm.id")
+
+
+class Arm(Base):
+    """A model endpoint of an experiment and its share of the traffic."""
+
+    __tablename__ = "ab_arms"
+    __table_args__ = (
+        UniqueConstraint("experiment_id", "name"),
+        CheckConstraint("weight > 0", name="weight"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("ab_experiments.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(200))
+    endpoint: Mapped[str] = mapped_column(String(500))
+    """Base URL of an OpenAI-compatible API (``http://host:port/v1``)."""
+    served_name: Mapped[str | None] = mapped_column(String(200), default=None)
+    weight: Mapped[float] = mapped_column(Float, default=1.0)
+    stopped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    stop_reason: Mapped[str | None] = mapped_column(Text, default=None)
+
+    experiment: Mapped[Experiment] = relationship(back_populates="arms")
+
+
+class Exchange(Base):
+    """One chat request the router answered: which arm answered (and, when the user was shown
+    two answers side by side, which arm gave the second)."""
+
+    __tablename__ = "ab_exchanges"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    response_id: Mapped[str] = mapped_column(String(64), unique=True)
+    """The ``id`` of the chat completion the user got; feedback names it."""
+    experiment_id: Mapped[int] = mapped_column(
+        ForeignKey("ab_experiments.id", ondelete="CASCADE"), index=True
+    )
+    arm_id: Mapped[int] = mapped_column(ForeignKey("ab_arms.id", ondelete="CASCADE"))
+    second_arm_id: Mapped[int | None] = mapped_column(
+        ForeignKey("ab_arms.id", ondelete="CASCADE"), default=None
+    )
+    user_key: Mapped[str] = mapped_column(String(200))
+    messages: Mapped[list[Any]] = mapped_column(JSON)
+    reply: Mapped[str] = mapped_column(Text, default="")
+    second_reply: Mapped[str | None] = mapped_column(Text, default=None)
+    streamed: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+
+    arm: Mapped[Arm] = relationship(foreign_keys=[arm_id])
+    second_arm: Mapped[Arm | None] = relationship(foreign_keys=[second_arm_id])
+
+
+class Feedback(Base):
+    """A user's verdict on one exchange: thumbs up or down on a single answer, or which of two
+    answers shown side by side was better (``preferred_arm_id`` NULL: a tie)."""
+
+    __tablename__ = "ab_feedback"
+    __table_args__ = (CheckConstraint(f"kind IN {FEEDBACK_KINDS}", name="kind"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    exchange_id: Mapped[int] = mapped_column(
+        ForeignKey("ab_exchanges.id", ondelete="CASCADE"), unique=True
+    )
+    kind: Mapped[str] = mapped_column(String(16))
+    thumbs_up: Mapped[bool | None] = mapped_column(Boolean, default=None)
+    preferred_arm_id: Mapped[int | None] = mapped_column(
+        ForeignKey("ab_arms.id", ondelete="CASCADE"), default=None
+    )
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+
+    exchange: Mapped[Exchange] = relationship()

@@ -309,6 +309,41 @@ async def report(slug: str, request: Request) -> JSONResponse:
         return JSONResponse(campaign_report(session, campaign))
 
 
+@router.get("/campaigns/{slug}/arena")
+async def arena_leaderboard(slug: str, request: Request) -> JSONResponse:
+    """The arena's leaderboards (human, judge, both), leaked items, daily cap."""
+    from kubetune_studio.web.views import arena_report
+
+    studio = studio_of(request)
+    with studio.transaction() as session:
+        _caller(session, request, admin=True)
+        campaign = campaigns.get_campaign(session, slug)
+        return JSONResponse(arena_report(session, campaign))
+
+
+@router.post("/experiments")
+async def create_experiment(request: Request) -> JSONResponse:
+    from kubetune_studio import router as ab
+
+    studio = studio_of(request)
+    spec = ab.validated(ab.ExperimentSpec, await json_body(request))
+    with studio.transaction() as session:
+        _change(session, request, admin=True)
+        experiment = ab.create_experiment(session, spec)
+        return JSONResponse({"slug": experiment.slug}, status_code=201)
+
+
+@router.get("/experiments/{slug}/results")
+async def experiment_results(slug: str, request: Request) -> JSONResponse:
+    """Per-arm feedback rates with intervals, differences with the control, stopped arms."""
+    from kubetune_studio import router as ab
+
+    studio = studio_of(request)
+    with studio.transaction() as session:
+        _caller(session, request, admin=True)
+        return JSONResponse(ab.results(session, ab.get_experiment(session, slug)))
+
+
 @router.post("/campaigns/{slug}/snapshots")
 async def create_snapshot(slug: str, request: Request) -> JSONResponse:
     studio = studio_of(request)

@@ -13,11 +13,13 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from markupsafe import Markup
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from kubetune_studio import analysis, campaigns, labeling
 from kubetune_studio.errors import Invalid, StudioError, Unauthenticated
-from kubetune_studio.store.schema import Vote
+from kubetune_studio.store.schema import Experiment, Vote
 from kubetune_studio.web.api import validated
 from kubetune_studio.web.app import Studio, studio_of
 from kubetune_studio.web.auth import (
@@ -33,7 +35,7 @@ from kubetune_studio.web.auth import (
     require_admin,
     require_caller,
 )
-from kubetune_studio.web.views import campaign_report
+from kubetune_studio.web.views import campaign_report, leaderboard_svg
 
 router = APIRouter()
 CHOICE_LABELS = {"a": "A is better", "b": "B is better", "tie": "Tie", "both_bad": "Both bad"}
@@ -262,7 +264,20 @@ async def admin_home(request: Request) -> Response:
         require_admin(caller)
         found = labeling.labeler_campaigns(session, caller.labeler)
         rows = [(c, analysis.overview(session, c)) for c in found]
-        return render(request, "admin.html", caller=caller, rows=rows)
+        experiments = list(session.scalars(select(Experiment).order_by(Experiment.created_at)))
+        return render(request, "admin.html", caller=caller, rows=rows, experiments=experiments)
+
+
+@router.get("/admin/experiments/{slug}")
+async def admin_experiment(slug: str, request: Request) -> Response:
+    from kubetune_studio import router as ab
+
+    studio = studio_of(request)
+    with studio.transaction() as session:
+        caller = require_caller(session, request)
+        require_admin(caller)
+        found = ab.results(session, ab.get_experiment(session, slug))
+        return render(request, "admin_experiment.html", caller=caller, results=found)
 
 
 @router.get("/admin/campaigns/{slug}")
@@ -272,11 +287,17 @@ async def admin_campaign(slug: str, request: Request) -> Response:
         caller = require_caller(session, request)
         require_admin(caller)
         campaign = campaigns.get_campaign(session, slug)
+        report = campaign_report(session, campaign)
+        plots = {
+            voters: Markup(leaderboard_svg(board))
+            for voters, board in (report["arena"] or {}).get("leaderboards", {}).items()
+        }
         return render(
             request,
             "admin_campaign.html",
             caller=caller,
-            report=campaign_report(session, campaign),
+            report=report,
+            plots=plots,
             notice=request.query_params.get("notice"),
         )
 
