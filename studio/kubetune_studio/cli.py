@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 
 from kubetune_studio import analysis, arena, campaigns, generation, importer
 from kubetune_studio.config import Settings
-from kubetune_studio.errors import Invalid, StudioError
+from kubetune_studio.errors import Invalid, StudioError, validated
 from kubetune_studio.store.database import (
     current_revision,
     make_engine,
@@ -402,7 +402,7 @@ def cmd_ab_create(args: argparse.Namespace, settings: Settings) -> int:
     except yaml.YAMLError as exc:
         raise Invalid(f"{args.file}: not YAML or JSON: {str(exc).splitlines()[0]}") from exc
     try:
-        spec = router.validated(router.ExperimentSpec, document)
+        spec = validated(router.ExperimentSpec, document)
     except Invalid as exc:
         raise Invalid(f"{args.file}: {exc.message}") from None
     with store(settings) as session:

@@ -3,6 +3,10 @@ status. The web layer turns each into ``{"error": message}`` (or the page's mess
 
 from __future__ import annotations
 
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
 
 class StudioError(Exception):
     status = 400
@@ -34,3 +38,17 @@ class Conflict(StudioError):
     """The request contradicts the store's state (a second vote, a closed campaign)."""
 
     status = 409
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def validated(model: type[M], data: Any) -> M:
+    """``data`` as ``model``, or Invalid naming the first bad field in one line."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        message = first["msg"].removeprefix("Value error, ")
+        raise Invalid(f"{where}: {message}") from None

@@ -22,17 +22,17 @@ import logging
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from kubetune_studio import abtest
 from kubetune_studio.campaigns import SLUG
-from kubetune_studio.errors import Conflict, Invalid, NotFound, StudioError
+from kubetune_studio.errors import Conflict, Invalid, NotFound, StudioError, validated
 from kubetune_studio.store.database import transaction
 from kubetune_studio.store.schema import Arm, Exchange, Experiment, Feedback, now
 
@@ -80,20 +80,6 @@ class FeedbackInput(BaseModel):
         if (self.thumbs is None) == (self.preferred is None):
             raise ValueError("give either 'thumbs' (up or down) or 'preferred' (0, 1 or tie)")
         return self
-
-
-M = TypeVar("M", bound=BaseModel)
-
-
-def validated(model: type[M], data: Any) -> M:
-    """``data`` as ``model``, or Invalid naming the first bad field in one line."""
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "body"
-        message = first["msg"].removeprefix("Value error, ")
-        raise Invalid(f"{where}: {message}") from None
 
 
 # --------------------------------------------------------------------------- the store

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
 from kubetune_studio import analysis, campaigns, generation, importer, labeling
-from kubetune_studio.errors import Invalid, NotFound
+from kubetune_studio.errors import Invalid, NotFound, validated
 from kubetune_studio.web.app import Studio, studio_of
 from kubetune_studio.web.auth import (
     Caller,
@@ -29,18 +29,6 @@ from kubetune_studio.web.auth import (
 from kubetune_studio.web.views import campaign_report
 
 router = APIRouter(prefix="/api")
-M = TypeVar("M", bound=BaseModel)
-
-
-def validated(model: type[M], data: Any) -> M:
-    """The body as ``model``, or Invalid naming the first bad field in one line."""
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "body"
-        message = first["msg"].removeprefix("Value error, ")
-        raise Invalid(f"{where}: {message}") from None
 
 
 async def json_body(request: Request) -> Any:
@@ -326,7 +314,7 @@ async def create_experiment(request: Request) -> JSONResponse:
     from kubetune_studio import router as ab
 
     studio = studio_of(request)
-    spec = ab.validated(ab.ExperimentSpec, await json_body(request))
+    spec = validated(ab.ExperimentSpec, await json_body(request))
     with studio.transaction() as session:
         _change(session, request, admin=True)
         experiment = ab.create_experiment(session, spec)

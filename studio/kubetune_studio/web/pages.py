@@ -18,9 +18,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from kubetune_studio import analysis, campaigns, labeling
-from kubetune_studio.errors import Invalid, StudioError, Unauthenticated
+from kubetune_studio.errors import Invalid, StudioError, Unauthenticated, validated
 from kubetune_studio.store.schema import Experiment, Vote
-from kubetune_studio.web.api import validated
 from kubetune_studio.web.app import Studio, studio_of
 from kubetune_studio.web.auth import (
     CSRF_FIELD,
