@@ -581,6 +581,49 @@ def test_studio_bundled_postgresql(helm):
     assert not [d for d in given if d["kind"] == "Secret"]
 
 
+def test_an_ab_router_per_experiment_beside_the_studio(helm):
+    docs = render(
+        helm,
+        "studio.enabled=true",
+        "studio.database.existingSecret=studio-db",
+        "studio.abRouters[0].experiment=chat-ab",
+        "studio.abRouters[0].replicas=2",
+        "studio.abRouters[1].experiment=tone",
+    )
+    router = named(docs, "Deployment", "kubetune-studio-ab-chat-ab")
+    assert router["spec"]["replicas"] == 2
+    pod = router["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["command"] == [
+        *("kubetune-studio", "ab-serve", "chat-ab"),
+        *("--host", "0.0.0.0", "--port", "8090"),
+    ]
+    assert container["securityContext"] == LOCKED_DOWN
+    assert pod["automountServiceAccountToken"] is False
+    assert env_of(container)["KUBETUNE_STUDIO_DATABASE_URL"] == {
+        "secretKeyRef": {"name": "studio-db", "key": "url"}
+    }
+    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    named(docs, "Deployment", "kubetune-studio-ab-tone")
+    # Each Service reaches its own router's pods only, and the studio's Service none of them.
+    labels = router["spec"]["template"]["metadata"]["labels"]
+    selects = {
+        name: named(docs, "Service", name)["spec"]["selector"]
+        for name in ("kubetune-studio", "kubetune-studio-ab-chat-ab", "kubetune-studio-ab-tone")
+    }
+    reached = {n for n, sel in selects.items() if sel.items() <= labels.items()}
+    assert reached == {"kubetune-studio-ab-chat-ab"}
+    assert named(docs, "Service", "kubetune-studio-ab-chat-ab")["spec"]["ports"][0]["port"] == 8090
+    assert not [d for d in render(helm) if "ab-router" in str(d["metadata"].get("labels"))]
+
+
+def test_an_ab_router_needs_an_experiment_slug(helm):
+    args = ["template", "kubetune", str(CHART), "--set", "studio.enabled=true"]
+    args += ["--set", "studio.database.existingSecret=db"]
+    out = helm(*args, "--set", "studio.abRouters[0].experiment=Chat_AB")
+    assert out.returncode != 0 and "abRouters" in out.stderr, out.stderr
+
+
 @pytest.mark.parametrize(
     ("sets", "message"),
     [
