@@ -139,10 +139,12 @@ def _candidates(
 ) -> list[queue.Candidate]:
     done = select(Vote.item_id).where(Vote.labeler_id == labeler.id)
     skipped = select(Skip.item_id).where(Skip.labeler_id == labeler.id)
+    # The overlap is of people: a judge's votes (kubetune-studio judge) fill no item.
     votes = (
         select(Vote.item_id, func.count().label("n"))
         .join(Item, Item.id == Vote.item_id)
-        .where(Item.campaign_id == campaign.id)
+        .join(Labeler, Labeler.id == Vote.labeler_id)
+        .where(Item.campaign_id == campaign.id, Labeler.kind == "human")
         .group_by(Vote.item_id)
         .subquery()
     )
