@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
@@ -104,3 +105,12 @@ def chromium_paths() -> BrowserPaths:
 def browser(chromium_paths: BrowserPaths):
     with headless_chromium(chromium_paths) as driver:
         yield driver
+
+
+@pytest.fixture
+def tier_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Builtin models are built here, not under $HOME; nothing is fetched from the Hub."""
+    cache = tmp_path_factory.mktemp("kubetune-cache")
+    monkeypatch.setenv("KUBETUNE_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return cache

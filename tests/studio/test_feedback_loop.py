@@ -136,15 +136,6 @@ def implicit_reward_wins(model_dir: Path, reference: str, rows: list[dict]) -> n
     return (margin[:, 0] > margin[:, 1]).astype(float)
 
 
-@pytest.fixture
-def tier_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Builtin models are built here, not under $HOME."""
-    cache = tmp_path_factory.mktemp("kubetune-cache")
-    monkeypatch.setenv("KUBETUNE_CACHE", str(cache))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return cache
-
-
 def test_votes_with_a_planted_preference_train_a_dpo_model_that_holds_it(
     studio: RunningStudio, tmp_path: Path, tier_cache: Path
 ) -> None:
