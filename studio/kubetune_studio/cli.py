@@ -20,9 +20,10 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
+from pydantic import BaseModel
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -38,6 +39,7 @@ from kubetune_studio.store.database import (
 )
 from kubetune_studio.web.auth import create_login
 
+Spec = TypeVar("Spec", bound=BaseModel)
 EXIT_REFUSED = 1
 EXIT_DATA = 65
 EXIT_UNAVAILABLE = 69
@@ -123,17 +125,20 @@ def _read(path: str) -> str:
         raise Invalid(f"{path}: cannot read: {exc}") from exc
 
 
-def cmd_create_campaign(args: argparse.Namespace, settings: Settings) -> int:
+def _spec_from_file(path: str, model: type[Spec]) -> Spec:
+    """A YAML or JSON file as ``model``; a refusal names the file and the field."""
     try:
-        document = yaml.safe_load(_read(args.file))
+        document = yaml.safe_load(_read(path))
     except yaml.YAMLError as exc:
-        raise Invalid(f"{args.file}: not YAML or JSON: {str(exc).splitlines()[0]}") from exc
-    from kubetune_studio.web.api import validated
-
+        raise Invalid(f"{path}: not YAML or JSON: {str(exc).splitlines()[0]}") from exc
     try:
-        spec = validated(campaigns.CampaignSpec, document)
+        return validated(model, document)
     except Invalid as exc:
-        raise Invalid(f"{args.file}: {exc.message}") from None
+        raise Invalid(f"{path}: {exc.message}") from None
+
+
+def cmd_create_campaign(args: argparse.Namespace, settings: Settings) -> int:
+    spec = _spec_from_file(args.file, campaigns.CampaignSpec)
     with store(settings) as session:
         campaign = campaigns.create_campaign(session, spec)
         print(f"campaign {campaign.slug} created ({', '.join(m.name for m in campaign.models)})")
@@ -397,14 +402,7 @@ def format_leaderboard(
 def cmd_ab_create(args: argparse.Namespace, settings: Settings) -> int:
     from kubetune_studio import router
 
-    try:
-        document = yaml.safe_load(_read(args.file))
-    except yaml.YAMLError as exc:
-        raise Invalid(f"{args.file}: not YAML or JSON: {str(exc).splitlines()[0]}") from exc
-    try:
-        spec = validated(router.ExperimentSpec, document)
-    except Invalid as exc:
-        raise Invalid(f"{args.file}: {exc.message}") from None
+    spec = _spec_from_file(args.file, router.ExperimentSpec)
     with store(settings) as session:
         experiment = router.create_experiment(session, spec)
         arms = ", ".join(f"{a.name} ({a.weight:g})" for a in experiment.arms)
