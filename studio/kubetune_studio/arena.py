@@ -140,11 +140,6 @@ def to_elo(strengths: np.ndarray) -> np.ndarray:
     return ELO_CENTRE + ELO_SCALE * np.asarray(strengths)
 
 
-def win_probability(rating_a: float, rating_b: float) -> float:
-    """The chance the model rated ``rating_a`` beats the one rated ``rating_b`` (Elo scale)."""
-    return 1.0 / (1.0 + 10.0 ** ((rating_b - rating_a) / 400.0))
-
-
 def fit_strengths_batch(counts: np.ndarray, iterations: int = 50) -> np.ndarray:
     """:func:`fit_strengths` for a stack of count arrays at once (shape (rounds, n, n, 3)), by
     damped Newton steps on the same penalised likelihood scikit-learn minimises:
