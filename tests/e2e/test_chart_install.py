@@ -42,8 +42,9 @@ pytestmark = pytest.mark.e2e
 CHART = REPO_ROOT / "charts" / "kubetune"
 NODE_GROUP = f"chart-{uuid.uuid4().hex[:6]}"
 # What a permission problem looks like in the operator's log (kubernetes client, kopf).
-DENIED = re.compile(r"Forbidden|forbidden|\b403\b(?!\d)|Not enough permissions")
-"""A refusal in the operator's log (a bare 403, not a port number such as 40369)."""
+DENIED = re.compile(r"Forbidden|forbidden|(?<![\d,.:])403(?!\d)|Not enough permissions")
+"""A refusal in the operator's log: a bare 403, not a port such as 40369 nor the
+milliseconds of a timestamp such as 08:00:13,403."""
 CLAIM = "kubetune-runs"
 STATIC_CLASS = "kubetune-e2e-static"
 
