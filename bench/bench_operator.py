@@ -95,6 +95,7 @@ class Timeline:
     launcher_seen: dict[str, float] = field(default_factory=dict)
     launcher_created: dict[str, float] = field(default_factory=dict)
     running: dict[str, float] = field(default_factory=dict)
+    last_root_change: float = field(default_factory=time.monotonic)
     changed: threading.Condition = field(default_factory=threading.Condition)
 
     def _root(self, obj: Obj) -> str | None:
@@ -103,6 +104,7 @@ class Timeline:
     def on_root(self, kind: str, obj: Obj, seen: float) -> None:
         with self.changed:
             (self.roots.discard if kind == "DELETED" else self.roots.add)(obj["metadata"]["name"])
+            self.last_root_change = time.monotonic()
             self.changed.notify_all()
 
     def on_job(self, kind: str, obj: Obj, seen: float) -> None:
@@ -131,6 +133,11 @@ class Timeline:
                 if left <= 0:
                     raise TimeoutError(f"{what}: not done after {timeout:.0f}s")
                 self.changed.wait(min(left, 1.0))
+
+    def wait_quiet(self, seconds: float, what: str, timeout: float) -> None:
+        """Until no root has changed for ``seconds``: its controller has written every status
+        the last changes called for (a backlog of status passes is work, not idle load)."""
+        self.wait(lambda: time.monotonic() - self.last_root_change >= seconds, what, timeout)
 
 
 class Watches:
@@ -322,7 +329,7 @@ class Bench:
             lambda: all(n in t.launcher_seen for n in names), f"{tag}: launchers", self.args.timeout
         )
         self.wait_running(t, names, f"{system.key} {tag}")
-        time.sleep(self.args.settle)
+        t.wait_quiet(self.args.settle, f"{system.key} {tag}: statuses", self.args.timeout)
         cpu, requests, metric = self.accounts.read()
         launched = sorted(t.launcher_seen[n] for n in names)
         p10, p90 = percentile(launched, 10), percentile(launched, 90)
@@ -468,7 +475,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--pod-seconds", type=float, default=30.0, help="pods run, then succeed")
     parser.add_argument("--burst", type=int, default=1000)
     parser.add_argument("--idle-seconds", type=float, default=120.0)
-    parser.add_argument("--settle", type=float, default=10.0, help="after a burst is Running")
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=10.0,
+        help="a burst is settled when every pod is Running and no root changed for this long",
+    )
     parser.add_argument("--churn", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--sender-workers", type=int, default=32)
     parser.add_argument("--timeout", type=float, default=900.0)
