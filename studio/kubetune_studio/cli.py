@@ -410,6 +410,21 @@ def cmd_ab_create(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_ab_stop(args: argparse.Namespace, settings: Settings) -> int:
+    from kubetune_studio import router
+
+    with store(settings) as session:
+        stopped = router.conclude(session, args.experiment, args.keep)
+    if args.keep is None:
+        print(f"experiment {args.experiment} stopped: its router refuses requests from now on")
+    else:
+        print(
+            f"experiment {args.experiment} concluded: {args.keep} answers every request; "
+            f"stopped {', '.join(stopped) or 'no other arm (none was running)'}"
+        )
+    return 0
+
+
 def cmd_ab_results(args: argparse.Namespace, settings: Settings) -> int:
     from kubetune_studio import router
 
@@ -606,6 +621,15 @@ def build_parser() -> argparse.ArgumentParser:
     ab_serve.add_argument("--host", default="127.0.0.1")
     ab_serve.add_argument("--port", type=int, default=8090)
     ab_serve.set_defaults(func=cmd_ab_serve)
+
+    ab_stop = commands.add_parser(
+        "ab-stop", help="end an experiment: keep one arm serving, or stop its router"
+    )
+    ab_stop.add_argument("experiment")
+    ab_stop.add_argument(
+        "--keep", metavar="ARM", help="the arm that answers every request from now on"
+    )
+    ab_stop.set_defaults(func=cmd_ab_stop)
 
     ab_results = commands.add_parser(
         "ab-results", help="feedback rates per arm, differences with intervals, stopped arms"

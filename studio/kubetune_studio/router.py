@@ -121,6 +121,35 @@ def running_arms(experiment: Experiment) -> list[Arm]:
     return [a for a in experiment.arms if a.stopped_at is None]
 
 
+def conclude(session: Session, slug: str, keep: str | None) -> list[str]:
+    """Ends an experiment by hand. With ``keep``, every other running arm stops and the kept arm
+    answers every request from now on (the router keeps serving); without it the experiment
+    stops and its router refuses requests. Returns the arms stopped."""
+    experiment = get_experiment(session, slug)
+    if experiment.state != "running":
+        raise Conflict(f"experiment '{slug}' is stopped already")
+    running = running_arms(experiment)
+    if keep is None:
+        experiment.state = "stopped"
+        log.warning("event=experiment-stopped experiment=%s", slug)
+        session.flush()
+        return []
+    if keep not in {a.name for a in running}:
+        names = ", ".join(a.name for a in running)
+        raise Invalid(
+            f"keep: '{keep}' is not a running arm of experiment '{slug}' (running: {names})"
+        )
+    stopped = [a for a in running if a.name != keep]
+    for arm in stopped:
+        arm.stopped_at = now()
+        arm.stop_reason = f"concluded by hand, {keep} kept"
+        log.warning(
+            "event=arm-stopped experiment=%s arm=%s reason=concluded keep=%s", slug, arm.name, keep
+        )
+    session.flush()
+    return [a.name for a in stopped]
+
+
 def _feedback_counts(session: Session, experiment: Experiment) -> dict[int, tuple[int, int]]:
     rows = session.execute(
         select(Exchange.arm_id, Feedback.thumbs_up, func.count())
@@ -305,6 +334,8 @@ def _text(completion: Any) -> str:
 
 
 def _choose(router: Router, user: str, compare: bool) -> tuple[Experiment, list[Arm]]:
+    """The arm that answers ``user`` (two for a side-by-side answer, while two arms still run:
+    once the guard or a conclusion leaves one, it answers alone)."""
     with transaction(router.sessions) as session:
         experiment = get_experiment(session, router.experiment)
         if experiment.state != "running":
@@ -312,7 +343,7 @@ def _choose(router: Router, user: str, compare: bool) -> tuple[Experiment, list[
         arms = running_arms(experiment)
         shares = _arm_shares(arms)
         by_name = {a.name: a for a in arms}
-        if compare:
+        if compare and len(arms) > 1:
             chosen = [by_name[n] for n in abtest.assign_pair(experiment.slug, user, shares)]
         else:
             chosen = [by_name[abtest.assign_arm(experiment.slug, user, shares)]]
@@ -341,6 +372,7 @@ def chat(router: Router, body: Any, session_header: str | None) -> Any:
     if given.compare and given.stream:
         raise Invalid("stream: a compared answer (compare: true) is not streamed")
     experiment, arms = _choose(router, user, given.compare)
+    compared = len(arms) == 2
     extra = {k: v for k, v in body.items() if k not in FORWARDED_OUT}
     response_id = "chatcmpl-ab-" + secrets.token_hex(12)
     if given.stream:
@@ -355,16 +387,16 @@ def chat(router: Router, body: Any, session_header: str | None) -> Any:
         router,
         response_id=response_id,
         arm_id=arms[0].id,
-        second_arm_id=arms[1].id if given.compare else None,
+        second_arm_id=arms[1].id if compared else None,
         user_key=user,
         messages=given.messages,
         reply=_text(answers[0]),
-        second_reply=_text(answers[1]) if given.compare else None,
+        second_reply=_text(answers[1]) if compared else None,
         streamed=False,
     )
     document = answers[0].model_dump(exclude_none=True)
     document["id"], document["model"] = response_id, experiment.slug
-    if given.compare:
+    if compared:
         second = answers[1].model_dump(exclude_none=True)["choices"][0]
         document["choices"] = [document["choices"][0] | {"index": 0}, second | {"index": 1}]
     return document

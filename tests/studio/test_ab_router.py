@@ -1,7 +1,7 @@
 """The live A/B router against a real PostgreSQL, called through the ``openai`` client: two
 stand-in model endpoints (tests/studio/upstream.py) behind it, the split over 1000 users within
 its binomial interval, stickiness, streaming, feedback rows in the store, the guard stopping a
-planted-worse arm, and refusals that store nothing."""
+planted-worse arm, an experiment concluded by hand, and refusals that store nothing."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from scipy.stats import binom
 from sqlalchemy import func, select
 
 from kubetune_studio import router
+from kubetune_studio.cli import main as studio_main
 from kubetune_studio.store.database import transaction
 from kubetune_studio.store.schema import Arm, Exchange, Feedback
 from tests.studio.conftest import RunningStudio, StudioDatabase
@@ -203,3 +204,69 @@ def test_a_chat_request_without_a_user_is_refused_naming_the_field(
             client.chat.completions.create(model="prime", messages=[], user="eve")
     with transaction(studio_db.sessions) as session:
         assert count(session, Exchange) == 0
+
+
+def test_a_concluded_experiment_serves_the_kept_arm_and_a_stopped_one_refuses(
+    studio_db: StudioDatabase, capsys, monkeypatch
+) -> None:
+    monkeypatch.setenv("KUBETUNE_STUDIO_DATABASE_URL", studio_db.url)
+
+    def studio_cli(*args: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = studio_main(list(args))
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    def arm_states() -> dict[str, str | None]:
+        with transaction(studio_db.sessions) as session:
+            return dict(session.execute(select(Arm.name, Arm.stop_reason)).all())
+
+    with experiment(studio_db, {"alpha": 1.0, "beta": 2.0, "gamma": 1.0}) as (client, http):
+        # A refused conclusion names the flag, exits 65 and changes nothing.
+        code, out, err = studio_cli("ab-stop", "prime", "--keep", "delta")
+        assert code == 65 and out == "", out
+        assert err == (
+            "kubetune-studio: keep: 'delta' is not a running arm of experiment 'prime' "
+            "(running: alpha, beta, gamma)\n"
+        )
+        assert arm_states() == {"alpha": None, "beta": None, "gamma": None}
+
+        code, out, _ = studio_cli("ab-stop", "prime", "--keep", "gamma")
+        assert code == 0 and out == (
+            "experiment prime concluded: gamma answers every request; stopped alpha, beta\n"
+        )
+        assert arm_states() == {
+            "alpha": "concluded by hand, gamma kept",
+            "beta": "concluded by hand, gamma kept",
+            "gamma": None,
+        }
+        # Users who had alpha or beta now get gamma; a side-by-side request gets it alone.
+        assert Counter(arm_of(ask(client, f"visitor-{n}")) for n in range(40)) == {"gamma": 40}
+        alone = client.chat.completions.create(
+            model="prime", messages=ASK, user="cat", extra_body={"compare": True}
+        )
+        assert [arm_of(alone)] == [c.message.content.split(" says: ")[0] for c in alone.choices]
+        assert arm_of(alone) == "gamma"
+        reply = http.post("/v1/feedback", json={"response_id": alone.id, "thumbs": "up"})
+        assert reply.status_code == 201, reply.text
+
+        # Stopped: the router refuses, a second stop is refused, nothing more is stored.
+        assert studio_cli("ab-stop", "prime") == (
+            0,
+            "experiment prime stopped: its router refuses requests from now on\n",
+            "",
+        )
+        with transaction(studio_db.sessions) as session:
+            exchanges = count(session, Exchange)
+        with pytest.raises(openai.ConflictError, match=r"experiment 'prime' is stopped"):
+            ask(client, "dan")
+        assert studio_cli("ab-stop", "prime", "--keep", "gamma") == (
+            1,
+            "",
+            "kubetune-studio: experiment 'prime' is stopped already\n",
+        )
+        with transaction(studio_db.sessions) as session:
+            assert count(session, Exchange) == exchanges
+    code, out, _ = studio_cli("ab-results", "prime")
+    assert code == 0 and "experiment prime (stopped)" in out
+    assert "stopped: concluded by hand, gamma kept" in out
