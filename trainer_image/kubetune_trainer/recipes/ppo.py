@@ -44,7 +44,7 @@ import torch
 from transformers import TrainerControl, TrainerState, get_scheduler, set_seed
 
 from kubetune_trainer.data import load_data
-from kubetune_trainer.evaluation.rewards import build_reward
+from kubetune_trainer.evaluation.rewards import TERM_PREFIX, build_reward
 from kubetune_trainer.models import load_model, load_tokenizer
 from kubetune_trainer.plan import PpoSpec
 from kubetune_trainer.ppo import state as checkpoint_state
@@ -220,7 +220,7 @@ def rollout_step(
 
     completions = tokenizer.batch_decode(batch.responses, skip_special_tokens=True)
     terms = reward.terms([row["prompt"] for row in rows], completions, rows)
-    scores = torch.tensor(reward.combine(terms), dtype=torch.float32, device=device)
+    scores = torch.tensor(reward.score(terms), dtype=torch.float32, device=device)
 
     kl = (batch.logprobs - batch.ref_logprobs) * mask
     rewards = token_rewards(scores, kl, mask, kl_coef)
@@ -238,7 +238,10 @@ def rollout_step(
         "entropy": float(masked_mean(entropies, mask)),
         "response_length": float(mask.sum(dim=1).mean()),
         "value_mean": float(masked_mean(batch.values, mask)),
-        **{f"reward_{name}": sum(values) / len(values) for name, values in terms.items()},
+        **{
+            key.replace(TERM_PREFIX, "reward_"): mean
+            for key, mean in reward.log_means(terms).items()
+        },
     }
     stats = mean_over_ranks(stats)
     stats["reward_mean"] = float(reward_mean)
@@ -358,6 +361,7 @@ def run(ctx: RunContext) -> RecipeResult:
             scheduler=scheduler,
         )
         kl.load_state_dict(loop.kl_controller)
+        reward.load_state_dict(loop.reward_moments)
         step = loop.step
     feed = PromptFeed(
         data.train, options.rollout_batch_size, training.seed, ctx.world_size, ctx.rank
@@ -389,6 +393,7 @@ def run(ctx: RunContext) -> RecipeResult:
             prompts_seen=step * options.rollout_batch_size,
             kl_controller=kl.state_dict(),
             world_size=ctx.world_size,
+            reward_moments=reward.state_dict(),
         )
         checkpoint_state.save(
             path,
