@@ -304,3 +304,36 @@ def test_judge_objective_without_a_readable_score_is_an_error() -> None:
     reward = judged(ScriptedJudge({"a": "I cannot rate this", "b": "Score: 9"}))
     with pytest.raises(RewardError, match=r"judge reward 'quality': none of 2 responses"):
         reward(["q", "q"], ["a", "b"], [{}, {}])
+
+
+def test_processes_standardise_by_the_moments_of_every_process_batch() -> None:
+    """Two workers, each scoring its own completions: both add both batches (in rank order),
+    so they hold the same moments and standardise alike, by the moments of all values."""
+    import numpy as np
+
+    from kubetune_trainer.evaluation.rewards import RunningMoments
+
+    batches = {0: [[1.0, 2.0], [10.0]], 1: [[3.0, 5.0, 8.0], [0.0, -4.0]]}
+    step = 0
+
+    def worker(rank: int):
+        def gather(batch: RunningMoments) -> list[RunningMoments]:
+            everyone = [RunningMoments.of(batches[r][step]) for r in (0, 1)]
+            assert everyone[rank] == batch
+            return everyone
+
+        rating = sources({"name": "rating", "type": "externalColumn", "normalize": "running"})
+        return build_reward(rating, 0.0, tokenizer=None, gather=gather)
+
+    workers = [worker(0), worker(1)]
+    seen: list[float] = []
+    for step in (0, 1):
+        seen += batches[0][step] + batches[1][step]
+        for rank, reward in enumerate(workers):
+            values = batches[rank][step]
+            scored = reward(
+                ["q"] * len(values), ["c"] * len(values), [{"score": v} for v in values]
+            )
+            expected = (np.array(values) - np.mean(seen)) / np.std(seen)
+            assert scored == pytest.approx(list(expected))
+    assert workers[0].state_dict() == workers[1].state_dict()

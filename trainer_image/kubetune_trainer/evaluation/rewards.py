@@ -162,17 +162,25 @@ class RunningMoments:
     mean: float = 0.0
     m2: float = 0.0
 
-    def update(self, values: Sequence[float]) -> None:
-        n = len(values)
-        if n == 0:
+    @classmethod
+    def of(cls, values: Sequence[float]) -> RunningMoments:
+        if not values:
+            return cls()
+        mean = fmean(values)
+        return cls(len(values), mean, math.fsum((v - mean) ** 2 for v in values))
+
+    def merge(self, other: RunningMoments) -> None:
+        """Add the values ``other`` summarises."""
+        if other.count == 0:
             return
-        batch_mean = fmean(values)
-        batch_m2 = math.fsum((v - batch_mean) ** 2 for v in values)
-        total = self.count + n
-        delta = batch_mean - self.mean
-        self.mean += delta * n / total
-        self.m2 += batch_m2 + delta * delta * self.count * n / total
+        total = self.count + other.count
+        delta = other.mean - self.mean
+        self.mean += delta * other.count / total
+        self.m2 += other.m2 + delta * delta * self.count * other.count / total
         self.count = total
+
+    def update(self, values: Sequence[float]) -> None:
+        self.merge(RunningMoments.of(values))
 
     @property
     def std(self) -> float:
@@ -192,6 +200,22 @@ class RunningMoments:
         return cls(count=int(state["count"]), mean=float(state["mean"]), m2=float(state["m2"]))
 
 
+GatherMoments = Callable[[RunningMoments], list[RunningMoments]]
+"""Every process's moments of its batch, in rank order (the same list on every process)."""
+
+
+def gather_across_processes(batch: RunningMoments) -> list[RunningMoments]:
+    """The batch moments of every process of the torch.distributed group; just ``batch``
+    outside one. Called by every process at the same point (each scores its own batch)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [batch]
+    found: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(found, batch.state_dict())
+    return [RunningMoments.from_state(state) for state in found]
+
+
 @dataclass
 class RewardTerm:
     name: str
@@ -208,7 +232,12 @@ class RewardFunction:
     """The spec's reward terms combined: reward = (1-α)·external + α·internal, where external is
     the sum of weighted externalColumn terms and internal the sum of the other weighted terms."""
 
-    def __init__(self, terms: list[RewardTerm], blend_alpha: float) -> None:
+    def __init__(
+        self,
+        terms: list[RewardTerm],
+        blend_alpha: float,
+        gather: GatherMoments = gather_across_processes,
+    ) -> None:
         if not terms:
             raise RewardError("no reward terms: give at least one reward source")
         if not 0.0 <= blend_alpha <= 1.0:
@@ -232,6 +261,7 @@ class RewardFunction:
         self.moments: dict[str, RunningMoments] = {
             t.name: RunningMoments() for t in terms if t.normalize
         }
+        self._gather = gather
 
     def terms(
         self, prompts: Sequence[Prompt], completions: Sequence[str], rows: Sequence[Row]
@@ -246,10 +276,12 @@ class RewardFunction:
 
     def normalize(self, terms: dict[str, list[float]]) -> dict[str, list[float]]:
         """The term values with every ``normalize: running`` term standardised by the moments
-        of all its values so far, these included (which it adds to the moments)."""
+        of all its values so far, these included (which it adds to the moments). With several
+        processes, every process adds every process's batch, so all standardise alike."""
         out = dict(terms)
         for name, moments in self.moments.items():
-            moments.update(terms[name])
+            for batch in self._gather(RunningMoments.of(terms[name])):
+                moments.merge(batch)
             out[name] = moments.standardize(terms[name])
         return out
 
@@ -463,11 +495,13 @@ def build_reward(
     answer_column: str | None = None,
     score_column: str | None = None,
     judge_client: Callable[[RewardSource, int], ChatClient] | None = None,
+    gather: GatherMoments = gather_across_processes,
 ) -> RewardFunction:
     """The reward of ``sources``. ``tokenizer`` is the policy's (length terms count its tokens);
     reward models load on ``device``. A source's ``column`` wins over ``answer_column`` /
     ``score_column``, which default to the keys the data layer writes (answer, score).
-    ``judge_client`` makes the client of a judge source (default: from its spec)."""
+    ``judge_client`` makes the client of a judge source (default: from its spec); ``gather``
+    collects the processes' batch moments for running normalisation."""
     terms: list[RewardTerm] = []
     names: list[str] = [s.name for s in sources if s.name is not None]
     for index, source in enumerate(sources):
@@ -509,4 +543,4 @@ def build_reward(
                 normalize=source.normalize == "running",
             )
         )
-    return RewardFunction(terms, blend_alpha)
+    return RewardFunction(terms, blend_alpha, gather)

@@ -7,7 +7,7 @@ Layout of one checkpoint directory::
     optimizer.pt          optimizer and learning-rate scheduler state
     rng-rank-<N>.pt       python, numpy and torch RNG states of rank N (ranks sample differently)
     ppo_state.json        step, prompts consumed, KL controller, world size, running moments
-                          of the normalised reward terms (rank 0's)
+                          of the normalised reward terms (the same on every rank)
 
 Rank 0 writes everything but the RNG files, which each rank writes for itself (the ranks of a
 node share the staging directory, as with HF Trainer's per-rank RNG files).
