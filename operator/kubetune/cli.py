@@ -18,7 +18,7 @@ from kubetune.api import FineTuneJob, model_dependencies
 from kubetune.checkpoints_cli import add_checkpoint_commands
 from kubetune.inference_cli import add_inference_commands
 from kubetune.manifest_yaml import Document
-from kubetune.objective_weights import apply_objective_weights, parse_objective_weight
+from kubetune.objectives import apply_objective_weights, parse_objective_weight
 from kubetune.planner import LOCAL_STORAGE, dependency_output, make_plan
 from kubetune.runs_cli import add_run_commands
 from kubetune.sweep_cli import add_sweep_command

@@ -1,5 +1,5 @@
-"""``--objective-weight NAME=WEIGHT``: the weight of a named reward source, set at the command
-line.
+"""Reward objectives at the command line: ``--objective-weight NAME=WEIGHT`` sets the weight of
+a named reward source, and ``kubetune status`` shows each objective's latest value.
 
 A reward source with a ``name`` (spec.ppo.rewards[] or spec.grpo.rewards[]) is an objective;
 ``--objective-weight fluency=0.3`` sets the ``weight`` of every source named ``fluency`` in the
@@ -20,6 +20,11 @@ from kubetune_trainer.exit_codes import EXIT_USAGE
 
 _OBJECTIVE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 REWARD_SECTIONS = ("ppo", "grpo")
+
+
+def objective_pairs(objectives: dict[str, str]) -> str:
+    """``fluency 0.31  quality 0.44``: a status record's objectives on one line."""
+    return "  ".join(f"{name} {value}" for name, value in objectives.items())
 
 
 def parse_objective_weight(text: str) -> tuple[str, float]:
