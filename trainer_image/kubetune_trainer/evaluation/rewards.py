@@ -289,12 +289,14 @@ class RewardFunction:
         """The reward of raw term values: normalised where asked, then blended."""
         return self.combine(self.normalize(terms))
 
-    def log_means(self, terms: dict[str, list[float]]) -> dict[str, float]:
+    def log_means(
+        self, terms: dict[str, list[float]], term_prefix: str = TERM_PREFIX
+    ) -> dict[str, float]:
         """The batch mean of each raw term under its logged name: objectives/<name> for an
-        objective, reward_terms/<name> for an unnamed term."""
+        objective, ``term_prefix`` + name for an unnamed term."""
         objectives = set(self.objectives)
         return {
-            (OBJECTIVE_PREFIX if name in objectives else TERM_PREFIX) + name: fmean(values)
+            (OBJECTIVE_PREFIX if name in objectives else term_prefix) + name: fmean(values)
             for name, values in terms.items()
         }
 

@@ -44,7 +44,7 @@ import torch
 from transformers import TrainerControl, TrainerState, get_scheduler, set_seed
 
 from kubetune_trainer.data import load_data
-from kubetune_trainer.evaluation.rewards import TERM_PREFIX, build_reward
+from kubetune_trainer.evaluation.rewards import build_reward
 from kubetune_trainer.models import load_model, load_tokenizer
 from kubetune_trainer.plan import PpoSpec
 from kubetune_trainer.ppo import state as checkpoint_state
@@ -238,10 +238,7 @@ def rollout_step(
         "entropy": float(masked_mean(entropies, mask)),
         "response_length": float(mask.sum(dim=1).mean()),
         "value_mean": float(masked_mean(batch.values, mask)),
-        **{
-            key.replace(TERM_PREFIX, "reward_"): mean
-            for key, mean in reward.log_means(terms).items()
-        },
+        **reward.log_means(terms, term_prefix="reward_"),
     }
     stats = mean_over_ranks(stats)
     stats["reward_mean"] = float(reward_mean)
