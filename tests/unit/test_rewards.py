@@ -287,7 +287,7 @@ def judged(client: ScriptedJudge):
         sources({"name": "quality", "type": "judge", "judge": JUDGE}),
         1.0,
         tokenizer=None,
-        judge_client=lambda source, index: client,
+        judge_client=lambda source, where: client,
     )
 
 
@@ -337,3 +337,29 @@ def test_processes_standardise_by_the_moments_of_every_process_batch() -> None:
             expected = (np.array(values) - np.mean(seen)) / np.std(seen)
             assert scored == pytest.approx(list(expected))
     assert workers[0].state_dict() == workers[1].state_dict()
+
+
+def test_judge_objective_asks_the_endpoint_of_its_spec_with_its_key(monkeypatch) -> None:
+    from kubetune_trainer.evaluation.judge import JudgeError
+    from kubetune_trainer.plan import secret_env_name
+
+    from .test_eval_metrics import StubEndpoint, reply
+
+    endpoint = StubEndpoint(lambda hit, body: reply("Score: 4"))
+    try:
+        key = {"name": "judge-creds", "key": "token"}
+        judge = {"endpoint": endpoint.url, "model": "judge-1", "apiKeySecret": key}
+        quality = sources({"name": "quality", "type": "judge", "judge": judge})
+        variable = secret_env_name(quality[0].judge.api_key_secret)
+        monkeypatch.delenv(variable, raising=False)
+        where = r"spec\.grpo\.rewards\[0\]\.judge\.apiKeySecret"
+        with pytest.raises(JudgeError, match=rf"{where}: secret judge-creds/token .*{variable}"):
+            build_reward(quality, 1.0, tokenizer=None, field_path="spec.grpo.rewards")
+        monkeypatch.setenv(variable, "sk-test")
+        reward = build_reward(quality, 1.0, tokenizer=None)
+        assert reward(["What is 2+2?"], ["4"], [{}]) == [0.75]
+        headers, body = endpoint.hits[0]
+        assert headers["authorization"] == "Bearer sk-test"
+        assert body["model"] == "judge-1"
+    finally:
+        endpoint.close()

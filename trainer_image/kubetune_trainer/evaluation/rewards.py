@@ -473,11 +473,11 @@ def model_term(scorer: RewardModelScorer) -> TermFn:
 # --------------------------------------------------------------------------- building
 
 
-def _client_of_spec(source: RewardSource, index: int) -> ChatClient:
+def _client_of_spec(source: RewardSource, where: str) -> ChatClient:
     from kubetune_trainer.evaluation.judge import ChatClient
 
     assert source.judge is not None  # RewardSource validation
-    return ChatClient.from_spec(source.judge, field_path=f"rewards[{index}].judge")
+    return ChatClient.from_spec(source.judge, field_path=f"{where}.judge")
 
 
 def _term_name(kind: str, taken: list[str]) -> str:
@@ -496,25 +496,28 @@ def build_reward(
     device: str = "cpu",
     answer_column: str | None = None,
     score_column: str | None = None,
-    judge_client: Callable[[RewardSource, int], ChatClient] | None = None,
+    judge_client: Callable[[RewardSource, str], ChatClient] | None = None,
     gather: GatherMoments = gather_across_processes,
+    field_path: str = "rewards",
 ) -> RewardFunction:
     """The reward of ``sources``. ``tokenizer`` is the policy's (length terms count its tokens);
     reward models load on ``device``. A source's ``column`` wins over ``answer_column`` /
     ``score_column``, which default to the keys the data layer writes (answer, score).
-    ``judge_client`` makes the client of a judge source (default: from its spec); ``gather``
-    collects the processes' batch moments for running normalisation."""
+    ``judge_client`` makes the client of a judge source and its field path (default: from its
+    spec); ``gather`` collects the processes' batch moments for running normalisation.
+    ``field_path`` is where the sources are in the spec (errors name it)."""
     terms: list[RewardTerm] = []
     names: list[str] = [s.name for s in sources if s.name is not None]
     for index, source in enumerate(sources):
         kind = source.type
+        where = f"{field_path}[{index}]"
         if kind == RewardSourceType.model:
             assert source.model is not None  # RewardSource validation
             compute = model_term(RewardModelScorer(source.model, device=device))
         elif kind == RewardSourceType.length:
             assert source.target_length is not None
             if tokenizer is None:
-                raise RewardError(f"rewards[{index}]: a length reward needs the policy tokenizer")
+                raise RewardError(f"{where}: a length reward needs the policy tokenizer")
             compute = length_term(source.target_length, tokenizer)
         elif kind == RewardSourceType.regex:
             assert source.pattern is not None
@@ -526,10 +529,10 @@ def build_reward(
             column = source.column or score_column or DEFAULT_SCORE_COLUMN
             compute = external_column_term(column)
         elif kind == RewardSourceType.judge:
-            client = (judge_client or _client_of_spec)(source, index)
-            compute = judge_term(client, source.name or f"rewards[{index}]")
+            client = (judge_client or _client_of_spec)(source, where)
+            compute = judge_term(client, source.name or where)
         else:
-            raise RewardError(f"rewards[{index}]: unknown reward type '{kind}'")
+            raise RewardError(f"{where}: unknown reward type '{kind}'")
         if source.name is None:
             name = _term_name(kind.value, names)
             names.append(name)

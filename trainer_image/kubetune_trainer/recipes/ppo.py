@@ -336,7 +336,11 @@ def run(ctx: RunContext) -> RecipeResult:
     tokenizer = load_tokenizer(recipe.model)
     data = load_data(recipe.data, kind="prompt")
     reward = build_reward(
-        options.rewards, options.blend_alpha, tokenizer=tokenizer, device=str(device)
+        options.rewards,
+        options.blend_alpha,
+        tokenizer=tokenizer,
+        device=str(device),
+        field_path="spec.ppo.rewards",
     )
     models = build_models(ctx, tokenizer, device)
     steps = total_steps(ctx, len(data.train))
