@@ -193,6 +193,8 @@ class Progress(Section):
     """When the trainer last reported (RFC 3339)."""
     eval_metrics: dict[str, ShortText] | None = None
     """The latest held-out metrics (at training.evalEverySteps), e.g. eval_loss."""
+    objectives: dict[str, ShortText] | None = None
+    """The latest batch mean of each reward objective (a named ppo/grpo reward source)."""
 
 
 class EvaluationSummary(Section):

@@ -18,6 +18,7 @@ from kubetune.api import FineTuneJob, model_dependencies
 from kubetune.checkpoints_cli import add_checkpoint_commands
 from kubetune.inference_cli import add_inference_commands
 from kubetune.manifest_yaml import Document
+from kubetune.objectives import apply_objective_weights, parse_objective_weight
 from kubetune.planner import LOCAL_STORAGE, dependency_output, make_plan
 from kubetune.runs_cli import add_run_commands
 from kubetune.sweep_cli import add_sweep_command
@@ -45,6 +46,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if problems:
         print(f"{len(problems)} problem(s) in {len(paths)} file(s)", file=sys.stderr)
         return 1
+    jobs = apply_objective_weights(jobs, args.objective_weight)
     if args.plan:
         by_name = {job_key(job): job for _, job in jobs}
         plans = {}
@@ -104,7 +106,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             exit_code=EXIT_USAGE,
         )
     paths = [Path(p) for p in args.files] or [DEMO_PIPELINE]
-    jobs = checked_jobs(paths)
+    jobs = apply_objective_weights(checked_jobs(paths), args.objective_weight)
     from kubetune.local import run_jobs, summary_table
 
     runs = run_jobs(
@@ -194,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=LOCAL_STORAGE,
         help=f"storage root for jobs that name none (default: {LOCAL_STORAGE})",
     )
+    add_objective_weight_option(validate)
     validate.set_defaults(func=cmd_validate)
 
     run = commands.add_parser(
@@ -209,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=int, default=1, help="training processes (Ray Train)")
     run.add_argument("--fresh", action="store_true", help="discard earlier checkpoints")
     run.add_argument("--mode", choices=["auto", "single", "ray"], default="auto")
+    add_objective_weight_option(run)
     run.set_defaults(func=cmd_run)
 
     export = commands.add_parser(
@@ -253,6 +257,18 @@ def build_parser() -> argparse.ArgumentParser:
     for command in commands.choices.values():
         add_debug_option(command, default=argparse.SUPPRESS)
     return parser
+
+
+def add_objective_weight_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--objective-weight",
+        action="append",
+        default=[],
+        type=parse_objective_weight,
+        metavar="NAME=WEIGHT",
+        help="set the weight of the reward source named NAME (repeatable), "
+        "e.g. --objective-weight fluency=0.3",
+    )
 
 
 def add_debug_option(parser: argparse.ArgumentParser, default: object = False) -> None:

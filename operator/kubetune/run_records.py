@@ -175,6 +175,8 @@ class LocalRunView:
     step: int | None = None
     total_steps: int | None = None
     loss: str | None = None
+    objectives: dict[str, str] = field(default_factory=dict)
+    """The latest batch mean of each reward objective (name -> value as text)."""
     seconds: float = 0.0
     """Wall time of all attempts together (a running one up to now)."""
     skipped_rows: int = 0
@@ -199,6 +201,7 @@ class LocalRunView:
             "step": self.step,
             "totalSteps": self.total_steps,
             "loss": self.loss,
+            "objectives": self.objectives,
             "seconds": round(self.seconds, 1),
             "skippedRows": self.skipped_rows,
             "resumedFrom": self.resumed_from,
@@ -264,6 +267,7 @@ def read_run(run_dir: Path, *, now: float | None = None) -> LocalRunView:
     view.step = progress.get("step")
     view.total_steps = progress.get("totalSteps")
     view.loss = progress.get("loss")
+    view.objectives = dict(progress.get("objectives") or {})
     view.skipped_rows = int(progress.get("skippedRows") or 0)
     view.updated = progress.get("updated")
     view.last_checkpoint = latest_checkpoint_step(run_dir)

@@ -24,6 +24,7 @@ from typing import Any
 
 from kubetune.api import GROUP, PLURAL, VERSION
 from kubetune.builders import names
+from kubetune.objectives import objective_pairs
 from kubetune.validation import job_key, load_jobs, pipeline_problems
 
 
@@ -306,6 +307,11 @@ def status_lines(job: dict[str, Any], events: list[dict[str, Any]], now: datetim
         f"disruptions {status.get('disruptions') or 0})",
         f"step:        {steps(progress)}  loss {progress.get('loss') or '-'}"
         + (f"  eta {progress['etaSeconds']}s" if progress.get("etaSeconds") else ""),
+        *(
+            [f"objectives:  {objective_pairs(progress['objectives'])}"]
+            if progress.get("objectives")
+            else []
+        ),
         "checkpoint:  "
         + (f"step {checkpoint['step']} at {checkpoint['uri']}" if checkpoint else "-"),
         f"output:      {status.get('output') or '-'}",

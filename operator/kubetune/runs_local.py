@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from kubetune.local import format_duration, format_table
+from kubetune.objectives import objective_pairs
 from kubetune.run_records import LocalRunView, LocalState, attempt_log, read_run, run_dirs, shown
 
 
@@ -71,6 +72,7 @@ def status_lines(view: LocalRunView) -> list[str]:
         f"state:        {view.state!s}" + (f" (exit {view.exit_code})" if view.exit_code else ""),
         f"attempt:      {view.attempt}, resumed from {resumed}",
         f"step:         {dash(view.step)}/{dash(view.total_steps)}  loss {dash(view.loss)}",
+        *([f"objectives:   {objective_pairs(view.objectives)}"] if view.objectives else []),
         f"duration:     {format_duration(view.seconds)} (all attempts)",
         "checkpoint:   " + (f"step {view.last_checkpoint}" if view.last_checkpoint else "-"),
         f"skipped rows: {view.skipped_rows}",

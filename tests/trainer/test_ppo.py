@@ -154,7 +154,9 @@ def test_adaptive_kl_keeps_the_policy_near_the_reference(
 
 
 RESUME_TRAINING = {"maxSteps": 6, "learningRate": 2e-3, "perDeviceBatchSize": 16, "seed": 11}
+OPENS_WITH_A_WORD_NORMALISED = {**OPENS_WITH_A_WORD, "name": "word", "normalize": "running"}
 RESUME_PPO = {
+    "rewards": [OPENS_WITH_A_WORD_NORMALISED],
     "rolloutBatchSize": 16,
     "miniBatchSize": 8,
     "ppoEpochs": 2,
@@ -193,6 +195,8 @@ def test_sigterm_then_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
     saved = json.loads((checkpoint / "ppo_state.json").read_text())
     assert saved["step"] == stopped_at
     assert saved["kl_controller"]["value"] != RESUME_PPO["klCoef"]  # the controller had moved
+    # The running moments of the normalised objective: every value of the stopped steps.
+    assert saved["reward_moments"]["word"]["count"] == 16 * stopped_at
 
     resumed = plan_for(tmp_path / "cut", ppo_job("cut", RESUME_TRAINING, RESUME_PPO), attempt=2)
     assert start(resumed).wait(timeout=600) == 0
@@ -201,8 +205,17 @@ def test_sigterm_then_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
     assert actual[stopped_at + 1]["attempt"] == 2
     # The resumed run's first coefficient is the one the stopped run left behind.
     assert actual[stopped_at + 1]["kl_coef"] == pytest.approx(saved["kl_controller"]["value"])
+    compared = (
+        "reward_mean",
+        "objectives/word",
+        "kl",
+        "kl_coef",
+        "policy_loss",
+        "value_loss",
+        "entropy",
+    )
     for step in range(1, 7):
-        for key in ("reward_mean", "kl", "kl_coef", "policy_loss", "value_loss", "entropy"):
+        for key in compared:
             assert actual[step][key] == pytest.approx(expected[step][key], rel=1e-4, abs=1e-5), (
                 f"step {step} {key}"
             )

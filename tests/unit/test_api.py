@@ -29,6 +29,7 @@ def set_in(job: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
 
 RM = {"type": "model", "model": {"source": "finetunejob://rm"}}
 DATASET = {"uri": "data/eval.jsonl"}
+JUDGE = {"endpoint": "http://judge.models.svc:8000/v1", "model": "judge"}
 
 # (description, changes to the base SFT job) — each must be accepted.
 VALID = [
@@ -41,6 +42,8 @@ VALID = [
     ("ppo rule rewards", {"spec.method": "ppo", "spec.ppo": {"rewards": [{"type": "length", "targetLength": 50}, {"type": "regex", "pattern": "^ok"}, {"type": "answerMatch", "match": "numeric"}, {"type": "externalColumn"}], "blendAlpha": 0.3}}),
     ("grpo", {"spec.method": "grpo", "spec.grpo": {"rewards": [{"type": "answerMatch"}], "numGenerations": 4}}),
     ("rloo", {"spec.method": "grpo", "spec.grpo": {"variant": "rloo", "rewards": [RM]}}),
+    ("grpo named objectives", {"spec.method": "grpo", "spec.grpo": {"rewards": [{**RM, "name": "fluency", "weight": 0.3, "normalize": "running"}, {"name": "faithfulness", "type": "answerMatch", "weight": 0.3}, {"name": "quality", "type": "judge", "judge": JUDGE, "weight": 0.4, "normalize": "running"}]}}),
+    ("ppo named objectives", {"spec.method": "ppo", "spec.ppo": {"rewards": [{**RM, "name": "fluency"}, {"type": "length", "targetLength": 50, "normalize": "running"}]}}),
     ("eval", {"spec.method": "eval", "spec.data": None, "spec.eval": {"metrics": [{"name": "ppl", "type": "perplexity", "dataset": DATASET}, {"name": "acc", "type": "accuracy", "extractor": "lastNumber", "dataset": DATASET}, {"name": "code", "type": "passAtK", "k": [1, 5], "samples": 10, "dataset": DATASET}]}}),
     ("eval gate on training job", {"spec.eval": {"metrics": [{"name": "acc", "type": "accuracy", "dataset": DATASET}]}, "spec.export": {"formats": ["gguf"], "gate": {"metric": "acc", "min": 0.5}}}),
     ("eval side by side with lm-eval tasks", {"spec.method": "eval", "spec.data": None, "spec.eval": {"metrics": [{"name": "mmlu", "type": "lmEval", "task": "mmlu", "dataDir": "pvc://bench/staged", "numFewshot": 5, "limit": 100}, {"name": "arith", "type": "lmEval", "task": "arithmetic", "taskDirs": ["builtin://arithmetic", "s3://tasks/mine"], "chatTemplate": True}], "models": [{"name": "base", "source": "builtin://tiny-llama"}, {"name": "sft", "source": "finetunejob://sft"}], "modelName": "dpo", "baseline": "base", "confidence": 0.9}}),
@@ -96,6 +99,12 @@ INVALID = [
     ("ppo alpha", {"spec.method": "ppo", "spec.ppo": {"rewards": [RM], "blendAlpha": 1.5}}, "spec.ppo.blendAlpha", "less than or equal to 1"),
     ("ppo kl target", {"spec.method": "ppo", "spec.ppo": {"rewards": [RM], "adaptiveKl": {"target": 0}}}, "spec.ppo.adaptiveKl.target", "greater than 0"),
     ("ppo clip", {"spec.method": "ppo", "spec.ppo": {"rewards": [RM], "clipRange": 0}}, "spec.ppo.clipRange", "greater than 0"),
+    ("objective named twice", {"spec.method": "grpo", "spec.grpo": {"rewards": [{**RM, "name": "fluency"}, {"type": "regex", "pattern": "a"}, {"type": "answerMatch", "name": "fluency"}]}}, "spec.grpo.rewards[2].name", "objective 'fluency' is named twice"),
+    ("ppo objective named twice", {"spec.method": "ppo", "spec.ppo": {"rewards": [{**RM, "name": "fluency"}, {**RM, "name": "fluency"}]}}, "spec.ppo.rewards[1].name", "objective names must be unique"),
+    ("objective name not lowercase", {"spec.method": "grpo", "spec.grpo": {"rewards": [{**RM, "name": "Fluency"}]}}, "spec.grpo.rewards[0].name", "should match pattern '^[a-z][a-z0-9_]*$'"),
+    ("unknown normalisation", {"spec.method": "grpo", "spec.grpo": {"rewards": [{**RM, "normalize": "zscore"}]}}, "spec.grpo.rewards[0].normalize", "'none' or 'running'"),
+    ("judge reward without judge", {"spec.method": "grpo", "spec.grpo": {"rewards": [{"type": "judge", "name": "quality"}]}}, "spec.grpo.rewards[0]", "a judge reward needs 'judge'"),
+    ("pairwise judge reward", {"spec.method": "grpo", "spec.grpo": {"rewards": [{"type": "judge", "judge": {**JUDGE, "mode": "pairwise"}}]}}, "spec.grpo.rewards[0].judge.mode", "use mode single"),
     ("grpo without rewards", {"spec.method": "grpo", "spec.grpo": {"numGenerations": 4}}, "spec.grpo.rewards", "at least one reward"),
     ("grpo one generation", {"spec.method": "grpo", "spec.grpo": {"rewards": [RM], "numGenerations": 1}}, "spec.grpo.numGenerations", "greater than or equal to 2"),
     ("grpo variant", {"spec.method": "grpo", "spec.grpo": {"rewards": [RM], "variant": "ppo"}}, "spec.grpo.variant", "'grpo' or 'rloo'"),

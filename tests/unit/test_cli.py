@@ -104,3 +104,44 @@ def test_entry_point_is_installed(flag: str) -> None:
     exe = Path(sys.executable).with_name("kubetune")
     result = subprocess.run([str(exe), flag], capture_output=True, text=True)
     assert result.returncode == 0 and "kubetune" in result.stdout
+
+
+def objectives_job(job: dict) -> dict:
+    job["spec"]["method"] = "grpo"
+    job["spec"]["data"] = {"sources": [{"uri": "builtin://arithmetic-prompts"}]}
+    job["spec"]["grpo"] = {
+        "rewards": [
+            {"name": "fluency", "type": "regex", "pattern": "a", "weight": 0.3},
+            {"type": "length", "targetLength": 8, "weight": 0.5},
+            {"name": "quality", "type": "answerMatch", "weight": 0.4},
+        ]
+    }
+    return job
+
+
+def test_objective_weight_flags_set_the_named_weights(write_yaml, job, capsys) -> None:
+    path = write_yaml(objectives_job(job))
+    flags = ["--objective-weight", "fluency=0.8", "--objective-weight", "quality=0.2"]
+    assert main(["validate", "--plan", str(path), *flags]) == 0
+    rewards = json.loads(capsys.readouterr().out)["recipe"]["grpo"]["rewards"]
+    assert [(r.get("name"), r["weight"]) for r in rewards] == [
+        ("fluency", 0.8),
+        (None, 0.5),
+        ("quality", 0.2),
+    ]
+
+
+def test_objective_weight_for_no_objective_is_refused(write_yaml, job, capsys) -> None:
+    path = write_yaml(objectives_job(job))
+    assert main(["validate", str(path), "--objective-weight", "fluence=0.8"]) == 2
+    err = capsys.readouterr().err
+    assert "no reward source is named fluence (objectives in these jobs: fluency, quality)" in err
+
+
+@pytest.mark.parametrize("flag", ["fluency", "fluency=heavy", "Fluency=1", "fluency=inf"])
+def test_objective_weight_must_be_name_equals_number(write_yaml, job, flag, capsys) -> None:
+    path = write_yaml(objectives_job(job))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--local", str(path), "--objective-weight", flag])
+    assert exit_info.value.code == 2
+    assert "argument --objective-weight" in capsys.readouterr().err

@@ -88,8 +88,13 @@ def test_status_patch_without_checkpoint():
 def test_status_patch_carries_held_out_metrics_and_an_evaluation_and_fits_the_schema():
     from kubetune.api import FineTuneJobStatus
 
-    training = status_patch(ProgressRecord(step=5, evalMetrics={"eval_loss": "0.5"}))
+    training = status_patch(
+        ProgressRecord(
+            step=5, evalMetrics={"eval_loss": "0.5"}, objectives={"fluency": "0.25", "quality": "1"}
+        )
+    )
     assert training["status"]["progress"]["evalMetrics"] == {"eval_loss": "0.5"}
+    assert training["status"]["progress"]["objectives"] == {"fluency": "0.25", "quality": "1"}
     summary = {
         "models": ["base", "dpo"],
         "baseline": "base",

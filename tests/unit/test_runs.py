@@ -476,3 +476,19 @@ def test_streamed_text_holds_back_what_may_become_a_stop_string():
     assert safe_prefix("12 + 1 = 13\nUs", ["\nUser"]) == "12 + 1 = 13"
     assert safe_prefix("12 + 1 = 13\nAnd", ["\nUser"]) == "12 + 1 = 13\nAnd"
     assert safe_prefix("caf\ufffd", []) == "caf"  # half a character so far
+
+
+def test_status_shows_each_reward_objective_locally_and_on_a_cluster(tmp_path: Path):
+    from kubetune.runs_local import status_lines as local_status_lines
+
+    objectives = {"fluency": "0.3125", "quality": "0.75"}
+    run = fake_run(tmp_path)
+    write(run / "progress.json", {"step": 30, "totalSteps": 30, "objectives": objectives})
+    view = read_run(run)
+    assert view.objectives == objectives
+    assert view.to_dict()["objectives"] == objectives
+    assert "objectives:   fluency 0.3125  quality 0.75" in local_status_lines(view)
+    job = cluster_job(phase="Running", progress={"step": 3, "objectives": objectives})
+    assert "objectives:  fluency 0.3125  quality 0.75" in status_lines(job, [], NOW)
+    plain = cluster_job(phase="Running", progress={"step": 3})
+    assert not any(line.startswith("objectives:") for line in status_lines(plain, [], NOW))

@@ -43,3 +43,16 @@ def test_metrics_endpoint_serves_training_and_method_metrics() -> None:
     # Trainer summary values are not method metrics.
     assert "train_runtime" not in body and "eval_runtime" not in body
     assert "eval_samples_per_second" not in body
+
+
+def test_each_reward_objective_is_a_series_of_its_own() -> None:
+    metrics = TrainMetrics("team-a", "grpo-chat", "grpo")
+    metrics.observe_logs({"objectives/fluency": 0.25, "objectives/quality": 0.75, "reward": 1.0})
+    port = free_port()
+    metrics.serve(port)
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    labels = 'job="grpo-chat",method="grpo",name="{}",namespace="team-a"'
+    assert f"kubetune_train_objective{{{labels.format('fluency')}}} 0.25" in body
+    assert f"kubetune_train_objective{{{labels.format('quality')}}} 0.75" in body
+    assert f"kubetune_train_method_metric{{{labels.format('reward')}}} 1.0" in body
+    assert "objectives_fluency" not in body  # not a method metric as well

@@ -662,24 +662,60 @@ class RewardSpec(Section):
     """Weight of a penalty keeping rewards centred on zero."""
 
 
+class JudgeSpec(Section):
+    """An LLM judge behind an OpenAI-compatible chat-completions endpoint."""
+
+    endpoint: ShortText
+    """Base URL, e.g. http://judge.models.svc:8000/v1."""
+    model: ShortText
+    """Model name sent to the endpoint."""
+    mode: Literal["single", "pairwise"] = "single"
+    """single: a 1–5 score per response; pairwise: A/B preference against the baseline, asked
+    in both orders."""
+    api_key_secret: SecretKeyRef | None = None
+    """Secret holding the endpoint's API key."""
+    timeout_seconds: float = Field(default=60, gt=0)
+    """Per-request timeout."""
+    retries: int = Field(default=3, ge=0, le=20)
+    """Retries per request on errors and timeouts."""
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, value: str) -> str:
+        return check_http_url(value)
+
+
 class RewardSourceType(StrEnum):
     model = "model"
     length = "length"
     regex = "regex"
     answer_match = "answerMatch"
     external_column = "externalColumn"
+    judge = "judge"
+
+
+ObjectiveName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]*$", max_length=63)]
 
 
 class RewardSource(Section):
-    """One term of the reward. Terms are summed by weight; see blendAlpha for external scores."""
+    """One term of the reward. Terms are summed by weight; see blendAlpha for external scores.
+    A named term is an objective: its mean is reported on its own (objectives/NAME)."""
 
     type: RewardSourceType = Field(strict=False)
     """model: a reward model scores the prompt and response; length: penalty on the distance
     from targetLength tokens; regex: 1 when the response matches pattern; answerMatch: 1 when
     the response's answer equals the row's answer column; externalColumn: the row's score
-    column."""
+    column; judge: an LLM judge's 1–5 score mapped to 0–1."""
+    name: ObjectiveName | None = None
+    """Objective name, e.g. fluency: lowercase letters, digits and _, unique among the
+    rewards. Its raw batch mean is reported as objectives/NAME in the history, in
+    status.progress.objectives and as the kubetune_train_objective metric."""
     weight: float = 1.0
     """Weight of this term."""
+    normalize: Literal["none", "running"] = "none"
+    """running: the term is standardised before weighting, by the running mean and standard
+    deviation of every value it has produced in the run (so objectives on different scales
+    weigh as their weights say); none: the raw value is weighted."""
     model: ModelSpec | None = None
     """The reward model (type model), e.g. finetunejob://my-reward-job."""
     target_length: int | None = Field(default=None, ge=1)
@@ -692,6 +728,8 @@ class RewardSource(Section):
     column: ShortText | None = None
     """Data column holding the answer (answerMatch) or the score (externalColumn). Default:
     the data section's answer or score column."""
+    judge: JudgeSpec | None = None
+    """The LLM judge (type judge, mode single): its 1–5 score s becomes (s-1)/4."""
 
     @model_validator(mode="after")
     def _fields_for_type(self) -> RewardSource:
@@ -699,15 +737,34 @@ class RewardSource(Section):
             RewardSourceType.model: ("model", self.model),
             RewardSourceType.length: ("targetLength", self.target_length),
             RewardSourceType.regex: ("pattern", self.pattern),
+            RewardSourceType.judge: ("judge", self.judge),
         }
         if self.type in needs and needs[self.type][1] is None:
             raise ValueError(f"a {self.type.value} reward needs '{needs[self.type][0]}'")
+        if self.judge is not None and self.judge.mode != "single":
+            raise FieldError(
+                ("judge", "mode"), "a judge reward scores each response alone; use mode single"
+            )
         if self.pattern is not None:
             try:
                 re.compile(self.pattern)
             except re.error as err:
                 raise ValueError(f"pattern is not a valid regular expression: {err}") from None
         return self
+
+
+def check_objective_names(rewards: list[RewardSource]) -> None:
+    """Objective names are unique within a method's rewards (FieldError at the repeat)."""
+    seen: set[str] = set()
+    for index, source in enumerate(rewards):
+        if source.name is None:
+            continue
+        if source.name in seen:
+            raise FieldError(
+                ("rewards", index, "name"),
+                f"objective '{source.name}' is named twice; objective names must be unique",
+            )
+        seen.add(source.name)
 
 
 class AdaptiveKl(Section):
@@ -762,6 +819,7 @@ class PpoSpec(Section):
 
     @model_validator(mode="after")
     def _minibatch_fits(self) -> PpoSpec:
+        check_objective_names(self.rewards)
         if self.mini_batch_size > self.rollout_batch_size:
             raise ValueError(
                 f"miniBatchSize ({self.mini_batch_size}) exceeds rolloutBatchSize "
@@ -789,6 +847,11 @@ class GrpoSpec(Section):
     beta: float = Field(default=0.0, ge=0)
     """KL coefficient against the reference model (0 loads no reference)."""
 
+    @model_validator(mode="after")
+    def _objective_names(self) -> GrpoSpec:
+        check_objective_names(self.rewards)
+        return self
+
 
 class EvalMetricType(StrEnum):
     perplexity = "perplexity"
@@ -797,29 +860,6 @@ class EvalMetricType(StrEnum):
     win_rate = "winRate"
     judge = "judge"
     lm_eval = "lmEval"
-
-
-class JudgeSpec(Section):
-    """An LLM judge behind an OpenAI-compatible chat-completions endpoint."""
-
-    endpoint: ShortText
-    """Base URL, e.g. http://judge.models.svc:8000/v1."""
-    model: ShortText
-    """Model name sent to the endpoint."""
-    mode: Literal["single", "pairwise"] = "single"
-    """single: a 1–5 score per response; pairwise: A/B preference against the baseline, asked
-    in both orders."""
-    api_key_secret: SecretKeyRef | None = None
-    """Secret holding the endpoint's API key."""
-    timeout_seconds: float = Field(default=60, gt=0)
-    """Per-request timeout."""
-    retries: int = Field(default=3, ge=0, le=20)
-    """Retries per request on errors and timeouts."""
-
-    @field_validator("endpoint")
-    @classmethod
-    def _endpoint(cls, value: str) -> str:
-        return check_http_url(value)
 
 
 class EvalMetric(Section):

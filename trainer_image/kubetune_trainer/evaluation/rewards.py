@@ -16,9 +16,19 @@ Terms:
   compares the stripped text, ``numeric`` the value of the last number (extractors of
   :mod:`kubetune_trainer.evaluation.measures`).
 - ``externalColumn``: the row's score column.
+- ``judge``: an LLM judge (OpenAI-compatible endpoint, :mod:`kubetune_trainer.evaluation.judge`)
+  scores each response 1–5; the score s becomes ``(s-1)/4``. A response whose score cannot be
+  read gets the mean of the batch's readable ones (no advantage either way); a batch without
+  a single readable score is an error.
+
+Objectives: a source with a ``name`` is an objective; its raw batch mean is logged as
+``objectives/<name>`` (unnamed terms as ``reward_terms/<type>``). A source with
+``normalize: running`` is standardised before weighting by the running mean and standard
+deviation of every value it has produced (:class:`RunningMoments`), so objectives on different
+scales weigh as their weights say.
 
 Blending (ADLF): reward = (1-α)·external + α·internal, where external is the weighted sum of the
-externalColumn terms and internal the weighted sum of the others.
+(normalised) externalColumn terms and internal the weighted sum of the others.
 
 Rows are the dataset rows the prompts came from; :func:`kubetune_trainer.data.load_data` puts
 the data section's answer and score columns under the keys ``answer`` and ``score``, which are
@@ -27,6 +37,7 @@ the default columns here.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -36,10 +47,13 @@ from typing import TYPE_CHECKING, Any
 
 from kubetune_trainer.evaluation.measures import answers_match, extract_answer
 from kubetune_trainer.plan import ModelSpec, RewardSource, RewardSourceType
+from kubetune_trainer.reporting.train_metrics import OBJECTIVE_PREFIX
 
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedTokenizerBase
+
+    from kubetune_trainer.evaluation.judge import ChatClient
 
 Message = dict[str, str]
 Prompt = str | list[Message]
@@ -47,9 +61,13 @@ Prompt = str | list[Message]
 Row = dict[str, Any]
 TermFn = Callable[[Sequence[Prompt], Sequence[str], Sequence[Row]], list[float]]
 
+log = logging.getLogger("kubetune.trainer")
+
 DEFAULT_ANSWER_COLUMN = "answer"
 DEFAULT_SCORE_COLUMN = "score"
 _MATCH_EXTRACTOR = {"exact": "exact", "numeric": "lastNumber"}
+TERM_PREFIX = "reward_terms/"
+_MIN_STD = 1e-8
 
 
 class RewardError(ValueError):
@@ -135,18 +153,91 @@ class RewardModelScorer:
 
 
 @dataclass
+class RunningMoments:
+    """Count, mean and sum of squared deviations of every value seen so far, merged batch by
+    batch (Chan, Golub and LeVeque's update of Welford's moments): numerically stable and
+    independent of how the values were split into batches."""
+
+    count: int = 0
+    mean: float = 0.0
+    m2: float = 0.0
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> RunningMoments:
+        if not values:
+            return cls()
+        mean = fmean(values)
+        return cls(len(values), mean, math.fsum((v - mean) ** 2 for v in values))
+
+    def merge(self, other: RunningMoments) -> None:
+        """Add the values ``other`` summarises."""
+        if other.count == 0:
+            return
+        total = self.count + other.count
+        delta = other.mean - self.mean
+        self.mean += delta * other.count / total
+        self.m2 += other.m2 + delta * delta * self.count * other.count / total
+        self.count = total
+
+    def update(self, values: Sequence[float]) -> None:
+        self.merge(RunningMoments.of(values))
+
+    @property
+    def std(self) -> float:
+        """Population standard deviation of the values seen (0 before any)."""
+        return math.sqrt(self.m2 / self.count) if self.count else 0.0
+
+    def standardize(self, values: Sequence[float]) -> list[float]:
+        """``(v - mean) / std``; only centred while every value seen was the same."""
+        scale = self.std if self.std > _MIN_STD else 1.0
+        return [(v - self.mean) / scale for v in values]
+
+    def state_dict(self) -> dict[str, float]:
+        return {"count": self.count, "mean": self.mean, "m2": self.m2}
+
+    @classmethod
+    def from_state(cls, state: dict[str, float]) -> RunningMoments:
+        return cls(count=int(state["count"]), mean=float(state["mean"]), m2=float(state["m2"]))
+
+
+GatherMoments = Callable[[RunningMoments], list[RunningMoments]]
+"""Every process's moments of its batch, in rank order (the same list on every process)."""
+
+
+def gather_across_processes(batch: RunningMoments) -> list[RunningMoments]:
+    """The batch moments of every process of the torch.distributed group; just ``batch``
+    outside one. Called by every process at the same point (each scores its own batch)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [batch]
+    found: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(found, batch.state_dict())
+    return [RunningMoments.from_state(state) for state in found]
+
+
+@dataclass
 class RewardTerm:
     name: str
     weight: float
     external: bool
     compute: TermFn
+    objective: bool = False
+    """Named by the spec: reported as objectives/<name>."""
+    normalize: bool = False
+    """Standardised by its running moments before weighting."""
 
 
 class RewardFunction:
     """The spec's reward terms combined: reward = (1-α)·external + α·internal, where external is
     the sum of weighted externalColumn terms and internal the sum of the other weighted terms."""
 
-    def __init__(self, terms: list[RewardTerm], blend_alpha: float) -> None:
+    def __init__(
+        self,
+        terms: list[RewardTerm],
+        blend_alpha: float,
+        gather: GatherMoments = gather_across_processes,
+    ) -> None:
         if not terms:
             raise RewardError("no reward terms: give at least one reward source")
         if not 0.0 <= blend_alpha <= 1.0:
@@ -166,6 +257,11 @@ class RewardFunction:
         self._terms = terms
         self.blend_alpha = blend_alpha
         self.names: list[str] = [t.name for t in terms]
+        self.objectives: list[str] = [t.name for t in terms if t.objective]
+        self.moments: dict[str, RunningMoments] = {
+            t.name: RunningMoments() for t in terms if t.normalize
+        }
+        self._gather = gather
 
     def terms(
         self, prompts: Sequence[Prompt], completions: Sequence[str], rows: Sequence[Row]
@@ -178,8 +274,43 @@ class RewardFunction:
             )
         return {t.name: t.compute(prompts, completions, rows) for t in self._terms}
 
+    def normalize(self, terms: dict[str, list[float]]) -> dict[str, list[float]]:
+        """The term values with every ``normalize: running`` term standardised by the moments
+        of all its values so far, these included (which it adds to the moments). With several
+        processes, every process adds every process's batch, so all standardise alike."""
+        out = dict(terms)
+        for name, moments in self.moments.items():
+            for batch in self._gather(RunningMoments.of(terms[name])):
+                moments.merge(batch)
+            out[name] = moments.standardize(terms[name])
+        return out
+
+    def score(self, terms: dict[str, list[float]]) -> list[float]:
+        """The reward of raw term values: normalised where asked, then blended."""
+        return self.combine(self.normalize(terms))
+
+    def log_means(
+        self, terms: dict[str, list[float]], term_prefix: str = TERM_PREFIX
+    ) -> dict[str, float]:
+        """The batch mean of each raw term under its logged name: objectives/<name> for an
+        objective, ``term_prefix`` + name for an unnamed term."""
+        objectives = set(self.objectives)
+        return {
+            (OBJECTIVE_PREFIX if name in objectives else term_prefix) + name: fmean(values)
+            for name, values in terms.items()
+        }
+
+    def state_dict(self) -> dict[str, dict[str, float]]:
+        """The running moments of the normalised terms, to save with a checkpoint."""
+        return {name: moments.state_dict() for name, moments in self.moments.items()}
+
+    def load_state_dict(self, state: dict[str, dict[str, float]]) -> None:
+        for name, saved in state.items():
+            if name in self.moments:
+                self.moments[name] = RunningMoments.from_state(saved)
+
     def combine(self, terms: dict[str, list[float]]) -> list[float]:
-        """The blended reward from the raw term values :meth:`terms` returned."""
+        """The blended reward from term values (no normalisation: see :meth:`score`)."""
         count = len(next(iter(terms.values())))
         external = [0.0] * count
         internal = [0.0] * count
@@ -193,7 +324,7 @@ class RewardFunction:
     def __call__(
         self, prompts: Sequence[Prompt], completions: Sequence[str], rows: Sequence[Row]
     ) -> list[float]:
-        return self.combine(self.terms(prompts, completions, rows))
+        return self.score(self.terms(prompts, completions, rows))
 
 
 # TRL passes these to reward functions besides the dataset's columns.
@@ -211,7 +342,7 @@ def completion_text(completion: str | list[dict[str, Any]]) -> str:
 class TrlReward:
     """A :class:`RewardFunction` in the form TRL's reward_funcs take:
     ``f(prompts, completions, **columns) -> list[float]``; each term's batch mean is logged as
-    ``reward_terms/<name>``."""
+    ``objectives/<name>`` (named sources) or ``reward_terms/<name>``."""
 
     __name__ = "reward"  # TRL names the logged reward after the function
 
@@ -230,9 +361,9 @@ class TrlReward:
         texts = [completion_text(c) for c in completions]
         terms = self.reward.terms(prompts, texts, rows)
         if log_metric is not None:
-            for name, values in terms.items():
-                log_metric(f"reward_terms/{name}", fmean(values))
-        return self.reward.combine(terms)
+            for key, mean in self.reward.log_means(terms).items():
+                log_metric(key, mean)
+        return self.reward.score(terms)
 
 
 # --------------------------------------------------------------------------- rule terms
@@ -301,6 +432,35 @@ def external_column_term(column: str) -> TermFn:
     return compute
 
 
+def _as_messages(prompt: Prompt) -> list[Message]:
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+
+
+def judge_term(client: ChatClient, name: str, parallel: int = 4) -> TermFn:
+    from kubetune_trainer.evaluation.judge import judge_single
+
+    def compute(
+        prompts: Sequence[Prompt], completions: Sequence[str], _: Sequence[Row]
+    ) -> list[float]:
+        result = judge_single(
+            client, [_as_messages(p) for p in prompts], list(completions), parallel=parallel
+        )
+        readable = [s for s in result.scores if s is not None]
+        if not readable:
+            example = (result.details.get("failure_examples") or [{}])[0]
+            raise RewardError(
+                f"judge reward '{name}': none of {len(completions)} responses got a readable "
+                f"score from {client.url}; e.g. {example}"
+            )
+        unscored = len(result.scores) - len(readable)
+        if unscored:
+            log.warning("event=judge_unscored reward=%s count=%d", name, unscored)
+        fallback = fmean(readable)
+        return [((fallback if s is None else s) - 1.0) / 4.0 for s in result.scores]
+
+    return compute
+
+
 def model_term(scorer: RewardModelScorer) -> TermFn:
     def compute(
         prompts: Sequence[Prompt], completions: Sequence[str], _: Sequence[Row]
@@ -311,6 +471,13 @@ def model_term(scorer: RewardModelScorer) -> TermFn:
 
 
 # --------------------------------------------------------------------------- building
+
+
+def _client_of_spec(source: RewardSource, where: str) -> ChatClient:
+    from kubetune_trainer.evaluation.judge import ChatClient
+
+    assert source.judge is not None  # RewardSource validation
+    return ChatClient.from_spec(source.judge, field_path=f"{where}.judge")
 
 
 def _term_name(kind: str, taken: list[str]) -> str:
@@ -329,21 +496,28 @@ def build_reward(
     device: str = "cpu",
     answer_column: str | None = None,
     score_column: str | None = None,
+    judge_client: Callable[[RewardSource, str], ChatClient] | None = None,
+    gather: GatherMoments = gather_across_processes,
+    field_path: str = "rewards",
 ) -> RewardFunction:
     """The reward of ``sources``. ``tokenizer`` is the policy's (length terms count its tokens);
     reward models load on ``device``. A source's ``column`` wins over ``answer_column`` /
-    ``score_column``, which default to the keys the data layer writes (answer, score)."""
+    ``score_column``, which default to the keys the data layer writes (answer, score).
+    ``judge_client`` makes the client of a judge source and its field path (default: from its
+    spec); ``gather`` collects the processes' batch moments for running normalisation.
+    ``field_path`` is where the sources are in the spec (errors name it)."""
     terms: list[RewardTerm] = []
-    names: list[str] = []
+    names: list[str] = [s.name for s in sources if s.name is not None]
     for index, source in enumerate(sources):
         kind = source.type
+        where = f"{field_path}[{index}]"
         if kind == RewardSourceType.model:
             assert source.model is not None  # RewardSource validation
             compute = model_term(RewardModelScorer(source.model, device=device))
         elif kind == RewardSourceType.length:
             assert source.target_length is not None
             if tokenizer is None:
-                raise RewardError(f"rewards[{index}]: a length reward needs the policy tokenizer")
+                raise RewardError(f"{where}: a length reward needs the policy tokenizer")
             compute = length_term(source.target_length, tokenizer)
         elif kind == RewardSourceType.regex:
             assert source.pattern is not None
@@ -354,16 +528,24 @@ def build_reward(
         elif kind == RewardSourceType.external_column:
             column = source.column or score_column or DEFAULT_SCORE_COLUMN
             compute = external_column_term(column)
+        elif kind == RewardSourceType.judge:
+            client = (judge_client or _client_of_spec)(source, where)
+            compute = judge_term(client, source.name or where)
         else:
-            raise RewardError(f"rewards[{index}]: unknown reward type '{kind}'")
-        name = _term_name(kind.value, names)
-        names.append(name)
+            raise RewardError(f"{where}: unknown reward type '{kind}'")
+        if source.name is None:
+            name = _term_name(kind.value, names)
+            names.append(name)
+        else:
+            name = source.name
         terms.append(
             RewardTerm(
                 name=name,
                 weight=source.weight,
                 external=kind == RewardSourceType.external_column,
                 compute=compute,
+                objective=source.name is not None,
+                normalize=source.normalize == "running",
             )
         )
-    return RewardFunction(terms, blend_alpha)
+    return RewardFunction(terms, blend_alpha, gather)

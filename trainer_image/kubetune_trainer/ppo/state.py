@@ -6,7 +6,8 @@ Layout of one checkpoint directory::
     value.safetensors     the value model's trainable parameters (head, trunk or its adapter)
     optimizer.pt          optimizer and learning-rate scheduler state
     rng-rank-<N>.pt       python, numpy and torch RNG states of rank N (ranks sample differently)
-    ppo_state.json        step, prompts consumed, KL controller, world size
+    ppo_state.json        step, prompts consumed, KL controller, world size, running moments
+                          of the normalised reward terms (the same on every rank)
 
 Rank 0 writes everything but the RNG files, which each rank writes for itself (the ranks of a
 node share the staging directory, as with HF Trainer's per-rank RNG files).
@@ -17,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ class LoopState:
     prompts_seen: int
     kl_controller: dict[str, Any]
     world_size: int
+    reward_moments: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -56,7 +56,13 @@ def run(ctx: RunContext) -> RecipeResult:
     tokenizer = load_tokenizer(recipe.model)
     data = load_data(recipe.data, kind="prompt")
     device = "cuda" if ctx.hardware.cuda else "cpu"
-    reward = build_reward(options.rewards, options.blend_alpha, tokenizer=tokenizer, device=device)
+    reward = build_reward(
+        options.rewards,
+        options.blend_alpha,
+        tokenizer=tokenizer,
+        device=device,
+        field_path="spec.grpo.rewards",
+    )
     args = trl_args(ctx) | {
         "num_generations": options.num_generations,
         "max_completion_length": options.max_completion_length,

@@ -220,7 +220,7 @@ def rollout_step(
 
     completions = tokenizer.batch_decode(batch.responses, skip_special_tokens=True)
     terms = reward.terms([row["prompt"] for row in rows], completions, rows)
-    scores = torch.tensor(reward.combine(terms), dtype=torch.float32, device=device)
+    scores = torch.tensor(reward.score(terms), dtype=torch.float32, device=device)
 
     kl = (batch.logprobs - batch.ref_logprobs) * mask
     rewards = token_rewards(scores, kl, mask, kl_coef)
@@ -238,7 +238,7 @@ def rollout_step(
         "entropy": float(masked_mean(entropies, mask)),
         "response_length": float(mask.sum(dim=1).mean()),
         "value_mean": float(masked_mean(batch.values, mask)),
-        **{f"reward_{name}": sum(values) / len(values) for name, values in terms.items()},
+        **reward.log_means(terms, term_prefix="reward_"),
     }
     stats = mean_over_ranks(stats)
     stats["reward_mean"] = float(reward_mean)
@@ -336,7 +336,11 @@ def run(ctx: RunContext) -> RecipeResult:
     tokenizer = load_tokenizer(recipe.model)
     data = load_data(recipe.data, kind="prompt")
     reward = build_reward(
-        options.rewards, options.blend_alpha, tokenizer=tokenizer, device=str(device)
+        options.rewards,
+        options.blend_alpha,
+        tokenizer=tokenizer,
+        device=str(device),
+        field_path="spec.ppo.rewards",
     )
     models = build_models(ctx, tokenizer, device)
     steps = total_steps(ctx, len(data.train))
@@ -358,6 +362,7 @@ def run(ctx: RunContext) -> RecipeResult:
             scheduler=scheduler,
         )
         kl.load_state_dict(loop.kl_controller)
+        reward.load_state_dict(loop.reward_moments)
         step = loop.step
     feed = PromptFeed(
         data.train, options.rollout_batch_size, training.seed, ctx.world_size, ctx.rank
@@ -389,6 +394,7 @@ def run(ctx: RunContext) -> RecipeResult:
             prompts_seen=step * options.rollout_batch_size,
             kl_controller=kl.state_dict(),
             world_size=ctx.world_size,
+            reward_moments=reward.state_dict(),
         )
         checkpoint_state.save(
             path,

@@ -45,6 +45,7 @@ STATUS_PROGRESS_FIELDS = (
     "tokensPerSecond",
     "updated",
     "evalMetrics",
+    "objectives",
 )
 
 

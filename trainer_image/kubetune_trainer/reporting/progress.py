@@ -1,8 +1,8 @@
 """Progress records and where they go.
 
 The trainer reports progress (step, total, epoch, percent, ETA, loss, tokens/s, latest
-checkpoint, the latest held-out metrics, an eval job's summary) through a reporter the runtime
-chooses from the environment
+checkpoint, the latest held-out metrics and reward objectives, an eval job's summary) through a
+reporter the runtime chooses from the environment
 (:func:`kubetune_trainer.runtime.context.reporter_from_env`): a JSON file for local runs, the
 job's status in Kubernetes when the operator runs it (``kube_status``). Reports are throttled;
 the operator owns phase and conditions, the trainer only progress.
@@ -39,6 +39,8 @@ class ProgressRecord:
     skippedRows: int = 0
     evalMetrics: dict[str, str] | None = None
     """The latest held-out metrics during training (name -> value as text)."""
+    objectives: dict[str, str] | None = None
+    """The latest batch mean of each reward objective (name -> value as text)."""
     evaluation: dict[str, Any] | None = None
     """An eval job's outcome: models, baseline, summary lines, where the results are."""
 

@@ -7,6 +7,8 @@ import re
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 LABELS = ("namespace", "job", "method")
+OBJECTIVE_PREFIX = "objectives/"
+"""Log keys of reward objectives (named reward sources of ppo and grpo): objectives/<name>."""
 
 
 _EVAL_BOOKKEEPING = ("eval_runtime", "eval_samples_per_second", "eval_steps_per_second")
@@ -15,6 +17,15 @@ _EVAL_BOOKKEEPING = ("eval_runtime", "eval_samples_per_second", "eval_steps_per_
 def is_held_out_metric(key: str) -> bool:
     """A held-out evaluation's metric in a HF Trainer log (not its timing)."""
     return key.startswith("eval_") and key not in _EVAL_BOOKKEEPING
+
+
+def objective_means(logs: dict[str, object]) -> dict[str, float]:
+    """The reward objectives' batch means in a log, by objective name."""
+    return {
+        key.removeprefix(OBJECTIVE_PREFIX): float(value)
+        for key, value in logs.items()
+        if key.startswith(OBJECTIVE_PREFIX) and isinstance(value, int | float)
+    }
 
 
 class TrainMetrics:
@@ -43,6 +54,13 @@ class TrainMetrics:
             "kubetune_train_eval_metric",
             "Held-out metric at the latest evaluation (e.g. eval_loss, eval_perplexity, "
             "eval_rewards_accuracies).",
+            (*LABELS, "name"),
+            registry=self.registry,
+        )
+        self.objective = Gauge(
+            "kubetune_train_objective",
+            "Mean raw value of a reward objective (a named ppo/grpo reward source) at the "
+            "latest logged step.",
             (*LABELS, "name"),
             registry=self.registry,
         )
@@ -77,6 +95,10 @@ class TrainMetrics:
             name = re.sub(r"[^a-zA-Z0-9_]", "_", key)
             if key in known:
                 self.set(known[key], value)
+            elif key.startswith(OBJECTIVE_PREFIX):
+                self.objective.labels(**self.labels, name=key.removeprefix(OBJECTIVE_PREFIX)).set(
+                    value
+                )
             elif is_held_out_metric(key):
                 self.eval_metric.labels(**self.labels, name=name).set(value)
             elif not key.startswith(("train_", "eval_", "total_flos")):

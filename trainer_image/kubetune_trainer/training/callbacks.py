@@ -16,7 +16,11 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 
 from kubetune_trainer.plan import BestModel, EarlyStopping, MetricGoal
 from kubetune_trainer.reporting.progress import ProgressRecord, Throttled, now_rfc3339
-from kubetune_trainer.reporting.train_metrics import TrainMetrics, is_held_out_metric
+from kubetune_trainer.reporting.train_metrics import (
+    TrainMetrics,
+    is_held_out_metric,
+    objective_means,
+)
 from kubetune_trainer.training.held_out import derived_held_out_metrics, improved
 
 log = logging.getLogger("kubetune.trainer")
@@ -140,6 +144,9 @@ class ProgressCallback(TrainerCallback):
         held_out = {k: v for k, v in self._last_logs.items() if is_held_out_metric(k)}
         if held_out:
             self.record.evalMetrics = {k: f"{v:.6g}" for k, v in held_out.items()}
+        objectives = objective_means(self._last_logs)
+        if objectives:
+            self.record.objectives = {k: f"{v:.6g}" for k, v in objectives.items()}
         if "loss" in logs and isinstance(logs["loss"], int | float) and math.isfinite(logs["loss"]):
             self.record.loss = f"{logs['loss']:.4f}"
         tokens = getattr(state, "num_input_tokens_seen", 0) or 0
