@@ -177,6 +177,7 @@ INVALID = [
     ("contrastive negatives unknown", {"spec.training.contrastive": {"negatives": "hard"}}, "spec.training.contrastive.negatives", "'pair' or 'inBatch'"),
     ("contrastive pair on sft", {"spec.training.contrastive": {"negatives": "pair"}}, "spec.training.contrastive.negatives", "pair needs a rejected response (method dpo)"),
     ("contrastive in a batch of one", {"spec.training": {"perDeviceBatchSize": 1, "contrastive": {}}}, "spec.training.contrastive.negatives", "perDeviceBatchSize to at least 2"),
+    ("contrastive on text rows", {"spec.data.sources": [{"uri": "t.jsonl", "format": "text"}], "spec.training.contrastive": {}}, "spec.data.sources[0].format", "format text has no prompt"),
     ("contrastive with packing", {"spec.training": {"packing": True, "contrastive": {}}}, "spec.training.contrastive", "set training.packing to false"),
     ("contrastive on reward", {"spec.method": "reward", "spec.data.sources": [{"uri": "p.jsonl", "format": "preference"}], "spec.training.contrastive": {}}, "spec.training.contrastive", "applies to methods sft and dpo, not reward"),
     ("conversation format unknown", {"spec.model.conversationFormat": "role_markers"}, "spec.model.conversationFormat", "'standard', 'roleMarkers' or 'turnMarkers'"),

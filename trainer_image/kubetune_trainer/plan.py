@@ -1387,24 +1387,33 @@ class RecipeSpec(Section):
         where = ("training", "contrastive")
         if self.method not in ("sft", "dpo"):
             raise FieldError(where, f"applies to methods sft and dpo, not {self.method}; remove it")
-        if self.method == "sft" and spec.negatives == "pair":
+        if self.method == "dpo":
+            return
+        if spec.negatives == "pair":
             raise FieldError(
                 (*where, "negatives"),
                 "pair needs a rejected response (method dpo); sft contrasts within the batch: "
                 "use inBatch",
             )
-        if self.method == "sft" and t.per_device_batch_size < 2:
+        if t.per_device_batch_size < 2:
             raise FieldError(
                 (*where, "negatives"),
                 "inBatch needs other responses in the batch: set training.perDeviceBatchSize "
                 "to at least 2",
             )
-        if self.method == "sft" and t.packing:
+        if t.packing:
             raise FieldError(
                 where,
                 "needs one row per sequence to find each row's prompt and response; "
                 "set training.packing to false",
             )
+        for loc, source in self.data_sources():
+            if read_format(source) == DataFormat.text.value:
+                raise FieldError(
+                    (*loc, "format"),
+                    "format text has no prompt for training.contrastive to pair responses "
+                    "with; use messages, prompt-completion or conversation",
+                )
 
     def _check_trl_args(self) -> None:
         args = self.training.trl_args
