@@ -207,3 +207,14 @@ def test_under_loss_scaled_accumulation_the_term_is_divided_by_the_steps() -> No
     loss = trainer.compute_loss(trainer.model, dpo_batch(), num_items_in_batch=8)
     term, _ = contrastive_terms(trainer.forwards[0], dpo_batch(), "preference", spec)
     assert loss.item() == pytest.approx(0.25 + 0.5 * term.item() / 4, rel=1e-5)
+
+
+def test_a_forward_that_skips_the_backbone_is_an_error_naming_the_field() -> None:
+    class Headless(FakeTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            return torch.tensor(0.25)
+
+    trainer = with_contrastive(Headless, ContrastiveSpec(), "preference")()
+    with pytest.raises(RuntimeError, match=r"^spec.training.contrastive: the forward did not"):
+        trainer.compute_loss(trainer.model, dpo_batch())
+    assert not trainer.model.base_model._forward_hooks

@@ -175,6 +175,12 @@ class ContrastiveMixin:
             )
         finally:
             handle.remove()
+        if not captured:
+            raise RuntimeError(
+                "spec.training.contrastive: the forward did not run the model's backbone "
+                f"({type(backbone_of(unwrapped)).__name__}), so there are no hidden states to "
+                "contrast; this architecture is not supported"
+            )
         loss, outputs = result if return_outputs else (result, None)
         term, logged = contrastive_terms(
             captured[0], inputs, self.contrastive_layout, self.contrastive
