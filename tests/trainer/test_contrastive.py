@@ -2,9 +2,9 @@
 without it (same tiny model, data, seed and steps):
 
 - the term, logged apart from the loss as contrastive_loss, falls over training;
-- on held-out pairs the representation margin (cosine of the pooled chosen response's final
-  hidden states to the pooled prompt's, minus the rejected response's), measured here from the
-  trained models' own forward, grows with the term and more than without it;
+- on held-out pairs the representation margin (cosine of the chosen response's last-token final
+  hidden state to the prompt's, minus the rejected response's), measured here from the trained
+  models' own forward, grows with the term and more than without it;
 - the main metric, held-out DPO preference accuracy, is no worse than without it.
 
 SFT (in-batch negatives: the other rows' responses) is run for a few steps, to show its term is
@@ -53,7 +53,7 @@ def history_of(plan: Any) -> list[dict[str, Any]]:
     return [json.loads(line) for line in lines]
 
 
-def representation_margins(model_dir: str, rows: list[dict[str, Any]]) -> list[float]:
+def representation_margins(model_source: str, rows: list[dict[str, Any]]) -> list[float]:
     """Per held-out pair: cos(prompt, chosen) - cos(prompt, rejected), each side the backbone's
     final hidden state at its last token (the response's tokens follow the prompt rendered with
     its generation prompt)."""
@@ -62,7 +62,7 @@ def representation_margins(model_dir: str, rows: list[dict[str, Any]]) -> list[f
 
     from kubetune_trainer.models import load_model_and_tokenizer
 
-    model, tokenizer = load_model_and_tokenizer(model_dir)
+    model, tokenizer = load_model_and_tokenizer(model_source)
     model.eval()
     prompt_ends, sequences = [], []
     for side in ("chosen", "rejected"):
