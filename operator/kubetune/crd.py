@@ -120,6 +120,21 @@ def spec_rules() -> list[dict[str, str]]:
                 f".training.{alias}",
             )
         )
+    rules += [
+        _rule(
+            "!has(self.training) || !has(self.training.contrastive) || "
+            "self.method == 'sft' || self.method == 'dpo'",
+            "spec.training.contrastive applies to methods sft and dpo",
+            ".training.contrastive",
+        ),
+        _rule(
+            "!has(self.training) || !has(self.training.contrastive) || "
+            "!has(self.training.contrastive.negatives) || "
+            "self.training.contrastive.negatives != 'pair' || self.method == 'dpo'",
+            "spec.training.contrastive.negatives pair needs a rejected response (method dpo)",
+            ".training.contrastive.negatives",
+        ),
+    ]
     rules.append(
         _rule(
             "!has(self.model.conversationFormat) || self.model.conversationFormat == 'standard' "

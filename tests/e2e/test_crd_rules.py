@@ -66,6 +66,14 @@ def variant(**spec: Any) -> dict[str, Any]:
             "difficulty column needs the column to read",
         ),
         (
+            variant(method="reward", training={"contrastive": {}}),
+            "spec.training.contrastive applies to methods sft and dpo",
+        ),
+        (
+            variant(training={"contrastive": {"negatives": "pair"}}),
+            "negatives pair needs a rejected response (method dpo)",
+        ),
+        (
             variant(
                 model={
                     "source": "builtin://tiny-llama",
@@ -78,7 +86,7 @@ def variant(**spec: Any) -> dict[str, Any]:
     ],
     ids=["ppo-rewards", "grpo-rewards", "qlora-cpu", "section-method", "eval-metrics",
          "reward-fields", "env-names", "unknown-field", "bounds", "curriculum-method",
-         "curriculum-column", "format-template"],
+         "curriculum-column", "contrastive-method", "contrastive-pair", "format-template"],
 )  # fmt: skip
 def test_api_server_refuses_what_validate_refuses(cluster, namespace, obj, message) -> None:
     if obj["spec"].get("data") is None:

@@ -99,3 +99,16 @@ def held_out_prompts(numbers: list[int]) -> list[tuple[list[dict[str, str]], str
         else:
             found.append(([{"role": "user", "content": add_one_question(n)}], str(n + 1)))
     return found
+
+
+def last_digit_preference_rows(numbers: list[int]) -> list[Row]:
+    """Preference rows (prompt, chosen, rejected messages): the last digit of each number
+    preferred to its first digit, a wrong answer that is in the question too."""
+    return [
+        {
+            "prompt": [{"role": "user", "content": last_digit_question(n)}],
+            "chosen": [{"role": "assistant", "content": str(n)[2]}],
+            "rejected": [{"role": "assistant", "content": str(n)[0]}],
+        }
+        for n in numbers
+    ]

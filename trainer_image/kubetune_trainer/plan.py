@@ -475,6 +475,27 @@ class ScoreConditioningSpec(Section):
         return value
 
 
+class ContrastiveSpec(Section):
+    """A contrastive auxiliary loss (methods sft and dpo): an InfoNCE term on pooled response
+    representations, added to the method's loss with a weight and logged apart from it as
+    contrastive_loss. Each row's prompt representation (the final hidden states over the
+    prompt's tokens, pooled) is the anchor; its positive is the representation of its response
+    (dpo: the chosen one), pooled over the response's tokens only; the negatives are set by
+    negatives. Logits are cosine similarities divided by temperature."""
+
+    weight: float = Field(default=0.1, gt=0)
+    """Multiplier of the term in the optimised loss."""
+    temperature: float = Field(default=0.07, gt=0)
+    """Softmax temperature of the InfoNCE logits; lower sharpens it."""
+    negatives: Literal["pair", "inBatch"] = "inBatch"
+    """pair: each preference pair's rejected response is its prompt's one negative (method dpo);
+    inBatch: every other response of the micro-batch is a negative too (for dpo, all chosen and
+    rejected ones; for sft, needs perDeviceBatchSize of at least 2)."""
+    pooling: Literal["last", "mean"] = "last"
+    """How a span's token representations become one: last, the span's last token's (in a
+    causal model the one that has seen the whole span); mean, their mean."""
+
+
 # --------------------------------------------------------------------------- training
 
 HeldOutMetric = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_./-]+$", max_length=128)]
@@ -568,6 +589,9 @@ class TrainingSpec(Section):
     """Order the data from easy to hard (method sft). Default: shuffled."""
     score_conditioning: ScoreConditioningSpec | None = None
     """Condition on each row's score (method sft). Default: off."""
+    contrastive: ContrastiveSpec | None = None
+    """Add a contrastive auxiliary loss on response representations (methods sft and dpo).
+    Default: off."""
     trl_args: dict[str, Any] = Field(default_factory=dict)
     """Extra arguments for the method's TRL config (e.g. SFTConfig, DPOConfig), checked against
     that config's fields when the plan is made. Arguments kubetune sets from other fields are
@@ -1320,6 +1344,7 @@ class RecipeSpec(Section):
                 )
         self._check_trl_args()
         self._check_data_techniques()
+        self._check_contrastive()
         return self
 
     def _check_data_formats(self) -> None:
@@ -1392,6 +1417,43 @@ class RecipeSpec(Section):
                 "the Jinja template has no {% generation %}…{% endgeneration %} markers around "
                 "assistant output; SFT trains on assistant tokens only and needs them",
             )
+
+    def _check_contrastive(self) -> None:
+        """The contrastive term needs responses to contrast: SFT's or DPO's, unpacked."""
+        t = self.training
+        spec = t.contrastive
+        if spec is None:
+            return
+        where = ("training", "contrastive")
+        if self.method not in ("sft", "dpo"):
+            raise FieldError(where, f"applies to methods sft and dpo, not {self.method}; remove it")
+        if self.method == "dpo":
+            return
+        if spec.negatives == "pair":
+            raise FieldError(
+                (*where, "negatives"),
+                "pair needs a rejected response (method dpo); sft contrasts within the batch: "
+                "use inBatch",
+            )
+        if t.per_device_batch_size < 2:
+            raise FieldError(
+                (*where, "negatives"),
+                "inBatch needs other responses in the batch: set training.perDeviceBatchSize "
+                "to at least 2",
+            )
+        if t.packing:
+            raise FieldError(
+                where,
+                "needs one row per sequence to find each row's prompt and response; "
+                "set training.packing to false",
+            )
+        for loc, source in self.data_sources():
+            if read_format(source) == DataFormat.text.value:
+                raise FieldError(
+                    (*loc, "format"),
+                    "format text has no prompt for training.contrastive to pair responses "
+                    "with; use messages, prompt-completion or conversation",
+                )
 
     def _check_trl_args(self) -> None:
         args = self.training.trl_args

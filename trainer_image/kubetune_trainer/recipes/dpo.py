@@ -3,7 +3,8 @@
 The reference model is spec.dpo.referenceModel when given; otherwise the starting model — with
 LoRA that is the same weights with the adapters disabled, so no second copy is loaded. With
 spec.dpo.onPolicy the pairs are made from the starting model's own wrong answers to the data's
-prompts (:mod:`kubetune_trainer.recipes.on_policy`).
+prompts (:mod:`kubetune_trainer.recipes.on_policy`). spec.training.contrastive adds an InfoNCE
+term on the responses' representations (:mod:`kubetune_trainer.training.contrastive`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from kubetune_trainer.recipes.common import (
     trl_args,
 )
 from kubetune_trainer.recipes.on_policy import on_policy_pairs
+from kubetune_trainer.training.contrastive import with_contrastive
 
 
 def run(ctx: RunContext) -> RecipeResult:
@@ -54,7 +56,8 @@ def run(ctx: RunContext) -> RecipeResult:
             options.reference_model, dtype=dtype, tokenizer=tokenizer, **quantization
         )
     found, preemption = callbacks(ctx, skipped_rows=data.skipped_rows)
-    trainer = DPOTrainer(
+    trainer_class = with_contrastive(DPOTrainer, recipe.training.contrastive, "preference")
+    trainer = trainer_class(
         model=model,
         ref_model=ref_model,
         args=DPOConfig(**args),

@@ -1,6 +1,6 @@
-"""SFT's data-side techniques: curriculum order (spec.training.curriculum) and score
-conditioning (spec.training.scoreConditioning), applied to the loaded data and the tokenizer
-before the SFTTrainer is built."""
+"""SFT's techniques: curriculum order (spec.training.curriculum) and score conditioning
+(spec.training.scoreConditioning), applied to the loaded data and the tokenizer before the
+SFTTrainer is built, and the contrastive term (spec.training.contrastive) in its loss."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from kubetune_trainer.evaluation.difficulty import difficulties
 from kubetune_trainer.models.templates import FORMAT_TOKENS
 from kubetune_trainer.plan import RecipeSpec
 from kubetune_trainer.recipes.common import RunContext, peft_config
+from kubetune_trainer.training.contrastive import with_contrastive
 from kubetune_trainer.training.curriculum import DIFFICULTY, STAGE, CurriculumMixin, stage_labels
 
 log = logging.getLogger("kubetune.trainer")
@@ -75,11 +76,14 @@ def load_sft_data(ctx: RunContext, tokenizer: Any) -> LoadedData:
 
 
 def trainer_class(base: type, ctx: RunContext) -> type:
-    """``base`` (a TRL trainer class), in curriculum order when the plan has a curriculum."""
-    curriculum = ctx.plan.recipe.training.curriculum
-    if curriculum is None:
-        return base
-    return type(f"Curriculum{base.__name__}", (CurriculumMixin, base), {"curriculum": curriculum})
+    """``base`` (a TRL trainer class), in curriculum order when the plan has a curriculum, with
+    the contrastive term when it has one."""
+    t = ctx.plan.recipe.training
+    if t.curriculum is not None:
+        base = type(
+            f"Curriculum{base.__name__}", (CurriculumMixin, base), {"curriculum": t.curriculum}
+        )
+    return with_contrastive(base, t.contrastive, "single")
 
 
 def cache_dir_of(ctx: RunContext) -> Path:
