@@ -251,3 +251,22 @@ def test_an_endpoint_critic_sends_the_protocol_through_the_openai_client() -> No
     assert first["path"] == "/v1/chat/completions" and first["model"] == "critic-7b"
     assert (first["max_tokens"], first["temperature"]) == (64, 0.2)
     assert first["messages"] == asked[0]
+
+
+def test_the_critics_api_key_reaches_the_trainer_by_reference(job) -> None:
+    from kubetune.api import FineTuneJob
+    from kubetune.builders.common import secret_env
+    from kubetune.planner import make_plan
+    from kubetune_trainer.plan import SecretKeyRef, secret_env_name
+
+    key = {"name": "critic-api", "key": "token"}
+    job["spec"]["selfCritique"] = {
+        "critic": {"endpoint": "http://critic:8000/v1", "model": "c", "apiKeySecret": key},
+        "rewards": [{"type": "answerMatch"}],
+    }
+    parsed = FineTuneJob.model_validate(job)
+    env = secret_env(parsed.spec, make_plan(parsed))
+    assert {
+        "name": secret_env_name(SecretKeyRef(**key)),
+        "valueFrom": {"secretKeyRef": key},
+    } in env

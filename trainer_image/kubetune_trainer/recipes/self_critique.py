@@ -514,6 +514,8 @@ def with_revisions(
             steps = read_steps(path)
             log.info("event=self_critique_cached path=%s steps=%d", path, len(steps))
         else:
+            if device != "cpu" and getattr(model, "hf_device_map", None) is None:
+                model.to(device)  # generate on the accelerator; the trainer keeps it there
             critic: Critic = (
                 PolicyCritic(model, tokenizer, options.critic, recipe.training.seed)
                 if options.critic.policy

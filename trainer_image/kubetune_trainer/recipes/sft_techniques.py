@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,7 @@ def load_sft_data(ctx: RunContext, tokenizer: Any, policy: Any = None) -> Loaded
     )
     if recipe.self_critique is not None:
         assert policy is not None  # the stage's answers come from the starting model
-        device = "cuda" if ctx.hardware.cuda else "cpu"
+        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if ctx.hardware.cuda else "cpu"
         data.generated = with_revisions(ctx, policy, tokenizer, data, device=device)
     if conditioning is not None:
         highest = default_score(data.train["score"])
