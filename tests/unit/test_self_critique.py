@@ -17,6 +17,7 @@ from kubetune_trainer.evaluation.rewards import build_reward
 from kubetune_trainer.plan import CriticSpec, RewardSource
 from kubetune_trainer.recipes.self_critique import (
     CRITIC_SYSTEM,
+    PROVENANCE_COLUMNS,
     CriticReply,
     EndpointCritic,
     Step,
@@ -124,6 +125,7 @@ def test_each_answer_keeps_at_most_its_best_round() -> None:
         "completion": [{"role": "assistant", "content": "r0.0.2"}],
         "answer": "0",
     }
+    assert tuple(steps[0].to_json()) == PROVENANCE_COLUMNS  # the saved dataset's columns
     summary = summarize(steps)
     assert (summary.answers, summary.revisions, summary.kept) == (3, 5, 2)
     assert summary.kept_original_mean == 0.0 and summary.kept_revision_mean == 1.5
