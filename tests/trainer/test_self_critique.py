@@ -45,9 +45,10 @@ from typing import Any
 
 import pytest
 from technique_tasks import NON_ANSWER, last_digit_question, number_pools, write_jsonl
-from trainer_support import run_job, start_job
+from trainer_support import run_dir, run_job, start_job
 
 from kubetune_trainer.plan import Plan
+from kubetune_trainer.recipes.self_critique import PROVENANCE_FILE
 
 pytestmark = pytest.mark.trainer
 
@@ -295,8 +296,6 @@ def compared(tmp_path_factory: pytest.TempPathFactory, critic: ScriptedCritic) -
 
 
 def steps_of(plan: Plan) -> list[dict[str, Any]]:
-    from kubetune_trainer.recipes.self_critique import PROVENANCE_FILE
-
     path = Path(plan.storage.output_dir) / PROVENANCE_FILE
     return [json.loads(line) for line in path.read_text().splitlines()]
 
@@ -352,3 +351,55 @@ def test_self_critique_raises_the_held_out_reward_and_is_compared_with_best_of_n
     # sentence; the critic writes one for every answer it revises. (At this budget best-of-N
     # kept a better sample for a few prompts and did not move the greedy answers.)
     assert critique_versus_bon.significant and critique_versus_bon.delta.value > 0, report
+
+
+def test_a_resumed_attempt_reads_the_saved_steps_instead_of_asking_again(
+    compared: dict[str, Any], critic: ScriptedCritic
+) -> None:
+    from types import SimpleNamespace
+
+    from kubetune_trainer.data import load_data
+    from kubetune_trainer.recipes.self_critique import with_revisions
+
+    plan = compared["critiqued"]
+    asked = len(critic.requests)
+    ctx = SimpleNamespace(
+        plan=plan, run_dir=run_dir(plan), staging_dir=run_dir(plan) / "staging", is_main=True
+    )
+    assert plan.recipe.data is not None
+    data = load_data(plan.recipe.data, kind="sft")
+    # No model: computing the steps again would fail; reading them needs none.
+    path = with_revisions(ctx, None, None, data)  # type: ignore[arg-type]
+    assert len(critic.requests) == asked
+    assert path.read_text() == (Path(plan.storage.output_dir) / PROVENANCE_FILE).read_text()
+    revisions = [r for r in data.train if r["messages"][-1]["content"].startswith("The last")]
+    mixed = re.search(r"data_rows=(\d+) revision_rows=(\d+)", compared["log"])
+    assert mixed is not None
+    assert len(data.train) == int(mixed.group(1)) + int(mixed.group(2))
+    # Revision rows, plus the data's own sentences (15% of the data rows drawn).
+    assert len(revisions) >= int(mixed.group(2))
+
+
+def test_a_policy_as_small_as_the_builtins_cannot_critique_its_own_answers(
+    compared: dict[str, Any],
+) -> None:
+    """Why the plan refuses critic.policy for builtin models: asked the critique protocol, the
+    starting policy (tiny-llama after a short SFT) replies with nothing that parses."""
+    from kubetune_trainer.evaluation.rewards import build_reward
+    from kubetune_trainer.models import load_model_and_tokenizer
+    from kubetune_trainer.plan import CriticSpec
+    from kubetune_trainer.recipes.self_critique import PolicyCritic, critique_and_revise
+
+    plan = compared["critiqued"]
+    model, tokenizer = load_model_and_tokenizer(plan.recipe.model)
+    options = plan.recipe.self_critique
+    assert options is not None
+    prompts = [
+        {"prompt": [{"role": "user", "content": last_digit_question(n)}], "answer": str(n)[2]}
+        for n in number_pools()[1][:16]
+    ]
+    policy = PolicyCritic(model, tokenizer, CriticSpec(policy=True, max_tokens=32), seed=1)
+    reward = build_reward(options.rewards, options.blend_alpha, tokenizer=tokenizer)
+    steps = critique_and_revise(prompts, [["I do not know."]] * 16, policy, reward, rounds=1)
+    assert len(steps) == 16 and not any(s.kept for s in steps)
+    assert all(s.error is not None and s.error.startswith("parse failure") for s in steps)
