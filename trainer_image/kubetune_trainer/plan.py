@@ -1065,7 +1065,11 @@ class SelfCritiqueSpec(Section):
     data's answer column, a regex, a reward model), summed by weight."""
     blend_alpha: float = Field(default=1.0, ge=0, le=1)
     """α in reward = (1-α)·external + α·internal (see ppo.blendAlpha)."""
-    critique_weight: float = 0.5
+    critique_weight: float = Field(
+        default=0.5,
+        # The bounds, for the CRD schema; _weight checks them with a message that says why.
+        json_schema_extra={"exclusiveMinimum": 0, "maximum": 1},
+    )
     """Share of the training rows that are kept revisions (above 0, at most 1): the data and
     the revisions are mixed as two weighted sources (1 - critiqueWeight and critiqueWeight) of
     as many rows as both hold, revisions repeated as needed; 1 trains on revisions alone."""
