@@ -137,6 +137,13 @@ def spec_rules() -> list[dict[str, str]]:
     ]
     rules.append(
         _rule(
+            "!has(self.selfCritique) || self.method == 'sft'",
+            "spec.selfCritique applies to method sft",
+            ".selfCritique",
+        )
+    )
+    rules.append(
+        _rule(
             "!has(self.model.conversationFormat) || self.model.conversationFormat == 'standard' "
             "|| !has(self.model.chatTemplate)",
             "a conversationFormat other than standard brings its own template; remove chatTemplate",

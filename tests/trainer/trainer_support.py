@@ -24,6 +24,21 @@ def run_job(
     model: str = "builtin://tiny-llama",
 ) -> Plan:
     """Train the job in a child process (asserting it succeeded); its plan."""
+    plan, child = start_job(tmp_path, name, method, spec, model)
+    assert child.wait() == 0
+    return plan
+
+
+def start_job(
+    tmp_path: Path,
+    name: str,
+    method: str,
+    spec: dict[str, Any],
+    model: str = "builtin://tiny-llama",
+    log: Path | None = None,
+) -> tuple[Plan, subprocess.Popen[bytes]]:
+    """Start training the job in a child process (its output written to ``log`` when given);
+    its plan and the child."""
     job = FineTuneJob.model_validate(
         {
             "apiVersion": "kubetune.io/v1alpha1",
@@ -41,8 +56,10 @@ def run_job(
         "KUBETUNE_PROGRESS_FILE": str(run_dir(plan) / "progress.json"),
     }
     command = [sys.executable, "-m", "kubetune_trainer.cli", "--plan", str(plan_path)]
-    assert subprocess.run(command, env=env).returncode == 0
-    return plan
+    if log is None:
+        return plan, subprocess.Popen(command, env=env)
+    with log.open("wb") as out:
+        return plan, subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
 def run_dir(plan: Plan) -> Path:

@@ -28,6 +28,12 @@ def set_in(job: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
 
 
 RM = {"type": "model", "model": {"source": "finetunejob://rm"}}
+CRITIC = {
+    "endpoint": "http://critic.models.svc:8000/v1",
+    "model": "critic",
+    "apiKeySecret": {"name": "critic", "key": "token"},
+}
+CRITIQUE = {"critic": CRITIC, "rewards": [{"type": "answerMatch"}]}
 DATASET = {"uri": "data/eval.jsonl"}
 JUDGE = {"endpoint": "http://judge.models.svc:8000/v1", "model": "judge"}
 
@@ -65,6 +71,8 @@ VALID = [
     ("contrastive term on sft", {"spec.training.contrastive": {"weight": 0.2, "temperature": 0.05, "pooling": "mean"}}),
     ("contrastive term on dpo, pair negatives", {"spec.method": "dpo", "spec.data.sources": [{"uri": "p.jsonl", "format": "preference"}], "spec.training.contrastive": {"negatives": "pair"}}),
     ("conversation formats", {"spec.model.conversationFormat": "turnMarkers"}),
+    ("self-critique by an endpoint", {"spec.selfCritique": {"critic": CRITIC, "rewards": [{"type": "answerMatch"}], "critiqueWeight": 1, "samples": 2, "temperature": 0.8}}),
+    ("self-critique by the policy", {"spec.model.source": "hf://Qwen/Qwen2.5-7B-Instruct", "spec.selfCritique": {"critic": {"policy": True}, "rewards": [RM], "rounds": 2}}),
     ("jinja template with generation markers", {"spec.model.chatTemplate": "{% for m in messages %}{% generation %}{{ m['content'] }}{% endgeneration %}{% endfor %}"}),
     ("eval asks a score", {"spec.method": "eval", "spec.data": None, "spec.eval": {"metrics": [{"name": "acc", "type": "accuracy", "dataset": DATASET, "score": 1.5}]}}),
 ]  # fmt: skip
@@ -191,6 +199,17 @@ INVALID = [
     ("contrastive on reward", {"spec.method": "reward", "spec.data.sources": [{"uri": "p.jsonl", "format": "preference"}], "spec.training.contrastive": {}}, "spec.training.contrastive", "applies to methods sft and dpo, not reward"),
     ("conversation format unknown", {"spec.model.conversationFormat": "role_markers"}, "spec.model.conversationFormat", "'standard', 'roleMarkers' or 'turnMarkers'"),
     ("conversation format with a template", {"spec.model.conversationFormat": "roleMarkers", "spec.model.chatTemplate": "chatml"}, "spec.model.chatTemplate", "brings its own template"),
+    ("self-critique weight zero", {"spec.selfCritique": {**CRITIQUE, "critiqueWeight": 0}}, "spec.selfCritique.critiqueWeight", "must be above 0 and at most 1"),
+    ("self-critique weight above one", {"spec.selfCritique": {**CRITIQUE, "critiqueWeight": 1.5}}, "spec.selfCritique.critiqueWeight", "must be above 0 and at most 1"),
+    ("self-critique on dpo", {"spec.method": "dpo", "spec.data.sources": [{"uri": "p.jsonl", "format": "preference"}], "spec.selfCritique": CRITIQUE}, "spec.selfCritique", "applies to method sft, not dpo"),
+    ("self-critique without rewards", {"spec.selfCritique": {"critic": CRITIC, "rewards": []}}, "spec.selfCritique.rewards", "at least 1 item"),
+    ("self-critique critic unnamed", {"spec.selfCritique": {**CRITIQUE, "critic": {"model": "m"}}}, "spec.selfCritique.critic.endpoint", "or policy: true"),
+    ("self-critique critic without model", {"spec.selfCritique": {**CRITIQUE, "critic": {"endpoint": "http://critic:8000/v1"}}}, "spec.selfCritique.critic.model", "the model name"),
+    ("self-critique critic both", {"spec.selfCritique": {**CRITIQUE, "critic": {**CRITIC, "policy": True}}}, "spec.selfCritique.critic.endpoint", "the critic is the policy"),
+    ("self-critique by a builtin policy", {"spec.selfCritique": {**CRITIQUE, "critic": {"policy": True}}}, "spec.selfCritique.critic.policy", "too small to critique"),
+    ("self-critique samples greedy", {"spec.selfCritique": {**CRITIQUE, "samples": 4}}, "spec.selfCritique.temperature", "needs a temperature above 0"),
+    ("self-critique on text", {"spec.data.sources": [{"uri": "t.jsonl", "format": "text"}], "spec.selfCritique": CRITIQUE}, "spec.selfCritique", "format text (data.sources[0]) has none"),
+    ("self-critique with score conditioning", {"spec.training.scoreConditioning": {}, "spec.selfCritique": CRITIQUE}, "spec.selfCritique", "not with training.scoreConditioning"),
     ("jinja template without generation markers", {"spec.model.chatTemplate": "{% for m in messages %}{{ m['content'] }}{% endfor %}"}, "spec.model.chatTemplate", "no {% generation %}"),
 ]  # fmt: skip
 

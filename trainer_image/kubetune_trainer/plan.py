@@ -1060,6 +1060,116 @@ class EvalSpec(Section):
         return metrics
 
 
+# --------------------------------------------------------------------------- self-critique
+
+
+class CriticSpec(Section):
+    """Who critiques and revises the policy's answers: a model behind an OpenAI-compatible
+    chat-completions endpoint (endpoint and model, e.g. a job's model served by kubetune serve),
+    or the policy itself (policy: true; a builtin tiny model is too small to critique)."""
+
+    endpoint: ShortText | None = None
+    """Base URL of the critic, e.g. http://critic.models.svc:8000/v1."""
+    model: ShortText | None = None
+    """Model name sent to the endpoint."""
+    api_key_secret: SecretKeyRef | None = None
+    """Secret holding the endpoint's API key."""
+    policy: bool = False
+    """The policy critiques and revises its own answers (the same prompts, rendered with its
+    chat template), instead of an endpoint."""
+    max_tokens: int = Field(default=512, ge=16, le=32768)
+    """Longest critic reply in tokens (the critique and the revision together)."""
+    temperature: float = Field(default=0.0, ge=0, le=2)
+    """Sampling temperature of the critic (0: greedy)."""
+    timeout_seconds: float = Field(default=60, gt=0)
+    """Per-request timeout (endpoint)."""
+    retries: int = Field(default=3, ge=0, le=20)
+    """Retries per request on errors and timeouts (endpoint)."""
+    parallel: int = Field(default=4, ge=1, le=64)
+    """Requests in flight at once (endpoint)."""
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        return None if value is None else check_http_url(value)
+
+    @model_validator(mode="after")
+    def _one_critic(self) -> CriticSpec:
+        if self.policy:
+            for alias, value in (
+                ("endpoint", self.endpoint),
+                ("model", self.model),
+                ("apiKeySecret", self.api_key_secret),
+            ):
+                if value is not None:
+                    raise FieldError((alias,), "the critic is the policy (policy: true); remove it")
+            return self
+        if self.endpoint is None:
+            raise FieldError(
+                ("endpoint",),
+                "name the critic: an OpenAI-compatible endpoint (endpoint and model), "
+                "or policy: true",
+            )
+        if self.model is None:
+            raise FieldError(("model",), "the model name to send to the critic's endpoint")
+        return self
+
+
+class SelfCritiqueSpec(Section):
+    """Self-critique (method sft): before training, the policy answers the training data's
+    prompts; the critic critiques each answer and writes a revision; a revision is kept when
+    the reward scores it strictly higher than the policy's answer; the kept revisions
+    (prompt → revision) are mixed into the training data by critiqueWeight. Every answer,
+    critique, revision and score is saved with the model as self-critique/revisions.jsonl."""
+
+    critic: CriticSpec
+    """The critic: an endpoint, or the policy itself."""
+    rewards: list[RewardSource] = Field(min_length=1, max_length=16)
+    """What decides "better": reward terms as in grpo.rewards (e.g. answerMatch against the
+    data's answer column, a regex, a reward model), summed by weight."""
+    blend_alpha: float = Field(default=1.0, ge=0, le=1)
+    """α in reward = (1-α)·external + α·internal (see ppo.blendAlpha)."""
+    critique_weight: float = Field(
+        default=0.5,
+        # The bounds, for the CRD schema; _weight checks them with a message that says why.
+        json_schema_extra={"exclusiveMinimum": 0, "maximum": 1},
+    )
+    """Share of the training rows that are kept revisions (above 0, at most 1): the data and
+    the revisions are mixed as two weighted sources (1 - critiqueWeight and critiqueWeight) of
+    as many rows as both hold, revisions repeated as needed; 1 trains on revisions alone."""
+    samples: int = Field(default=1, ge=1, le=16)
+    """Answers the policy samples per prompt, each critiqued and revised."""
+    rounds: int = Field(default=1, ge=1, le=4)
+    """Critique-and-revise rounds: each round after the first critiques the previous round's
+    revision. The best revision of an answer's rounds is the one that may be kept."""
+    max_prompts: int | None = Field(default=None, ge=1)
+    """Answer at most this many distinct prompts of the training data (in mixture order).
+    Default: all of them."""
+    max_new_tokens: int = Field(default=256, ge=1, le=32768)
+    """Longest policy answer in tokens."""
+    temperature: float = Field(default=0.0, ge=0, le=2)
+    """Sampling temperature of the policy's answers (0: greedy; samples above 1 need more)."""
+
+    @field_validator("critique_weight")
+    @classmethod
+    def _weight(cls, value: float) -> float:
+        if not 0 < value <= 1:
+            raise ValueError(
+                f"must be above 0 and at most 1 (the share of training rows that are kept "
+                f"revisions), got {value}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _sampling(self) -> SelfCritiqueSpec:
+        if self.samples > 1 and self.temperature == 0:
+            raise FieldError(
+                ("temperature",),
+                f"samples {self.samples} needs a temperature above 0 (greedy answers repeat)",
+            )
+        return self
+
+
 # --------------------------------------------------------------------------- deepspeed
 
 
@@ -1277,6 +1387,9 @@ class RecipeSpec(Section):
     """Options of method grpo (required: at least one reward)."""
     eval: EvalSpec | None = None
     """Metrics of method eval, or of the export gate."""
+    self_critique: SelfCritiqueSpec | None = None
+    """Self-critique (method sft): a critic critiques and revises the policy's answers to the
+    data's prompts; revisions the reward scores higher are mixed into the training data."""
     deepspeed: DeepSpeedSpec = Field(default_factory=DeepSpeedSpec)
     """DeepSpeed ZeRO sharding."""
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
@@ -1345,6 +1458,7 @@ class RecipeSpec(Section):
         self._check_trl_args()
         self._check_data_techniques()
         self._check_contrastive()
+        self._check_self_critique()
         return self
 
     def _check_data_formats(self) -> None:
@@ -1455,6 +1569,43 @@ class RecipeSpec(Section):
                     "with; use messages, prompt-completion or conversation",
                 )
 
+    def _check_self_critique(self) -> None:
+        """Self-critique is SFT's, needs prompts to answer, and a critic that can critique."""
+        options = self.self_critique
+        if options is None:
+            return
+        if self.method != "sft":
+            raise FieldError(
+                ("selfCritique",), f"applies to method sft, not {self.method}; remove it"
+            )
+        assert self.data is not None  # checked above: sft needs data
+        for index, source in enumerate(self.data.sources):
+            if read_format(source) == DataFormat.text.value:
+                raise FieldError(
+                    ("selfCritique",),
+                    f"needs prompts to answer, and format text (data.sources[{index}]) has none; "
+                    "use messages, prompt-completion, conversation or preference data",
+                )
+        source = self.model.source
+        if options.critic.policy and uri_scheme(source) == "builtin":
+            raise FieldError(
+                ("selfCritique", "critic", "policy"),
+                f"{source} is too small to critique and revise answers; name a critic "
+                "endpoint (critic.endpoint and critic.model)",
+            )
+        t = self.training
+        if t.score_conditioning is not None:
+            raise FieldError(
+                ("selfCritique",),
+                "not with training.scoreConditioning: revisions have no score to condition on",
+            )
+        if t.curriculum is not None and t.curriculum.difficulty == "column":
+            raise FieldError(
+                ("selfCritique",),
+                "not with a curriculum by column: revisions have no difficulty column; use "
+                "difficulty length or referenceLoss",
+            )
+
     def _check_trl_args(self) -> None:
         args = self.training.trl_args
         if not args:
@@ -1503,6 +1654,10 @@ class RecipeSpec(Section):
             for i, reward in enumerate(options.rewards):
                 if reward.model is not None:
                     found.append(((section, "rewards", str(i), "model"), reward.model))
+        if self.self_critique:
+            for i, reward in enumerate(self.self_critique.rewards):
+                if reward.model is not None:
+                    found.append((("selfCritique", "rewards", str(i), "model"), reward.model))
         if self.export and self.export.gate and self.export.gate.baseline:
             found.append((("export", "gate", "baseline"), self.export.gate.baseline))
         if self.eval:

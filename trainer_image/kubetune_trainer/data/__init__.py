@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kubetune_trainer.data.errors import SKIP_HINT, BadRow, DataError
@@ -69,6 +70,9 @@ class LoadedData:
     """The first few bad-row messages, for the log."""
     mixture: dict[str, int] = field(default_factory=dict)
     """Training rows taken from each source (a source listed twice appears as ``uri#2``)."""
+    generated: Path | None = None
+    """A dataset generated for the training rows (self-critique's steps), saved with the
+    model."""
 
 
 def _raw_rows(source: DataSource) -> Iterator[RawRow]:

@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from kubetune_trainer.plan import JudgeSpec, secret_env_name
+from kubetune_trainer.plan import CriticSpec, JudgeSpec, secret_env_name
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,9 @@ class MalformedReply(ValueError):
     """The endpoint answered, but not with a chat completion."""
 
 
-def api_key_from_env(spec: JudgeSpec, field_path: str = "judge.apiKeySecret") -> str | None:
+def api_key_from_env(
+    spec: JudgeSpec | CriticSpec, field_path: str = "judge.apiKeySecret"
+) -> str | None:
     """The judge's API key, from the variable its secret reference maps to (see
     :func:`kubetune_trainer.plan.secret_env_name`); None when no secret is referenced."""
     if spec.api_key_secret is None:

@@ -1,11 +1,13 @@
-"""SFT's techniques: curriculum order (spec.training.curriculum) and score conditioning
-(spec.training.scoreConditioning), applied to the loaded data and the tokenizer before the
-SFTTrainer is built, and the contrastive term (spec.training.contrastive) in its loss."""
+"""SFT's techniques: self-critique's revisions (spec.selfCritique), curriculum order
+(spec.training.curriculum) and score conditioning (spec.training.scoreConditioning), applied to
+the loaded data and the tokenizer before the SFTTrainer is built, and the contrastive term
+(spec.training.contrastive) in its loss."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +21,18 @@ from kubetune_trainer.evaluation.difficulty import difficulties
 from kubetune_trainer.models.templates import FORMAT_TOKENS
 from kubetune_trainer.plan import RecipeSpec
 from kubetune_trainer.recipes.common import RunContext, peft_config
+from kubetune_trainer.recipes.self_critique import with_revisions
 from kubetune_trainer.training.contrastive import with_contrastive
 from kubetune_trainer.training.curriculum import DIFFICULTY, STAGE, CurriculumMixin, stage_labels
 
 log = logging.getLogger("kubetune.trainer")
 
 
-def load_sft_data(ctx: RunContext, tokenizer: Any) -> LoadedData:
-    """The SFT data, with each training row's difficulty and stage when there is a curriculum,
-    and each row's score in its chat template arguments (the tokenizer's template wrapped to
-    render it) under score conditioning."""
+def load_sft_data(ctx: RunContext, tokenizer: Any, policy: Any = None) -> LoadedData:
+    """The SFT data, with the kept revisions of self-critique mixed in (``policy`` answers the
+    prompts; the steps file is ``generated``), each training row's difficulty and stage when
+    there is a curriculum, and each row's score in its chat template arguments (the
+    tokenizer's template wrapped to render it) under score conditioning."""
     recipe = ctx.plan.recipe
     t = recipe.training
     assert recipe.data is not None  # the plan requires data for sft
@@ -40,6 +44,10 @@ def load_sft_data(ctx: RunContext, tokenizer: Any) -> LoadedData:
         numeric_columns=[column] if column else [],
         require_score=conditioning is not None,
     )
+    if recipe.self_critique is not None:
+        assert policy is not None  # the stage's answers come from the starting model
+        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if ctx.hardware.cuda else "cpu"
+        data.generated = with_revisions(ctx, policy, tokenizer, data, device=device)
     if conditioning is not None:
         highest = default_score(data.train["score"])
         tokenizer.chat_template = conditioned_template(
