@@ -16,6 +16,18 @@ from typing import Any
 Row = dict[str, Any]
 
 
+# The training section the technique proofs share (tiny-llama, a few dozen steps), and a
+# checkpoint setting that saves none.
+TRAINING = {
+    "learningRate": 3e-3,
+    "perDeviceBatchSize": 16,
+    "maxLength": 64,
+    "logEverySteps": 10,
+    "seed": 1,
+}
+NO_SAVES = {"everySteps": 1000}
+
+
 def number_pools(seed: int = 11, held_out: int = 96) -> tuple[list[int], list[int]]:
     """(train, held-out) three-digit numbers whose first, middle and last digits all differ
     (so a wrong digit is never the right answer by chance)."""

@@ -25,6 +25,8 @@ from typing import Any
 
 import pytest
 from technique_tasks import (
+    NO_SAVES,
+    TRAINING,
     easy_hard_rows,
     last_digit_question,
     number_pools,
@@ -40,14 +42,6 @@ from kubetune_trainer.plan import Plan
 
 pytestmark = pytest.mark.trainer
 
-TRAINING = {
-    "learningRate": 3e-3,
-    "perDeviceBatchSize": 16,
-    "maxLength": 64,
-    "logEverySteps": 10,
-    "seed": 1,
-}
-NO_SAVES = {"everySteps": 1000}
 Prompt = list[dict[str, str]]
 
 

@@ -35,20 +35,28 @@ import hashlib
 import json
 import random
 import re
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from pathlib import Path
 from statistics import fmean
 from typing import Any
 
 import pytest
-from technique_tasks import NON_ANSWER, last_digit_question, number_pools, write_jsonl
+from fastapi import FastAPI, Request
+from technique_tasks import (
+    NO_SAVES,
+    NON_ANSWER,
+    TRAINING,
+    last_digit_question,
+    number_pools,
+    write_jsonl,
+)
 from trainer_support import run_dir, run_job, start_job
 
 from kubetune_trainer.plan import Plan
 from kubetune_trainer.recipes.self_critique import PROVENANCE_FILE
+from tests.support.asgi import serving
 
 pytestmark = pytest.mark.trainer
 
@@ -58,14 +66,6 @@ BEST_OF = SAMPLES * 2  # a policy answer and a critic reply per sample
 WEIGHT = 0.5
 WARMUP_STEPS = 30
 STEPS = 40
-TRAINING = {
-    "learningRate": 3e-3,
-    "perDeviceBatchSize": 16,
-    "maxLength": 64,
-    "logEverySteps": 10,
-    "seed": 1,
-}
-NO_SAVES = {"everySteps": 1000}
 REWARD = [
     {"type": "answerMatch", "match": "numeric"},
     {"type": "regex", "pattern": r"^The last digit of \d+ is \d\.$"},
@@ -123,56 +123,45 @@ def critic_reply(request: str) -> str:
     return f"Critique: {critique}\nRevision: {revision}"
 
 
+@dataclass
 class ScriptedCritic:
-    """An OpenAI-compatible chat-completions endpoint answering with :func:`critic_reply`."""
+    """An OpenAI-compatible chat-completions endpoint answering with :func:`critic_reply`, and
+    the requests it got."""
 
-    def __init__(self) -> None:
-        self.requests: list[dict[str, Any]] = []
-        critic = self
+    url: str
+    requests: list[dict[str, Any]]
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
 
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                critic.requests.append(body)
-                content = critic_reply(body["messages"][-1]["content"])
-                reply = {
-                    "id": "chatcmpl-critic",
-                    "object": "chat.completion",
-                    "created": int(time.time()),
-                    "model": body["model"],
-                    "choices": [
-                        {
-                            "index": 0,
-                            "message": {"role": "assistant", "content": content},
-                            "finish_reason": "stop",
-                        }
-                    ],
+def critic_app(requests: list[dict[str, Any]]) -> FastAPI:
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    async def complete(request: Request) -> dict[str, Any]:
+        body: dict[str, Any] = await request.json()
+        requests.append(body)
+        content = critic_reply(body["messages"][-1]["content"])
+        return {
+            "id": "chatcmpl-critic",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body["model"],
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": content},
+                    "finish_reason": "stop",
                 }
-                payload = json.dumps(reply).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+            ],
+        }
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    return app
 
 
 @pytest.fixture(scope="module")
 def critic() -> Iterator[ScriptedCritic]:
-    served = ScriptedCritic()
-    yield served
-    served.close()
+    requests: list[dict[str, Any]] = []
+    with serving(critic_app(requests)) as base:
+        yield ScriptedCritic(f"{base}/v1", requests)
 
 
 def held_out_rewards(output: str, numbers: list[int]) -> list[float]:
