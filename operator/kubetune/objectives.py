@@ -17,8 +17,9 @@ from kubetune.api import FineTuneJob
 from kubetune.manifest_yaml import Document
 from kubetune_trainer.errors import UserError
 from kubetune_trainer.exit_codes import EXIT_USAGE
+from kubetune_trainer.plan import OBJECTIVE_NAME_PATTERN
 
-_OBJECTIVE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_OBJECTIVE_NAME = re.compile(OBJECTIVE_NAME_PATTERN)
 REWARD_SECTIONS = ("ppo", "grpo")
 
 

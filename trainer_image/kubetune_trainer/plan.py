@@ -718,7 +718,8 @@ class RewardSourceType(StrEnum):
     judge = "judge"
 
 
-ObjectiveName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]*$", max_length=63)]
+OBJECTIVE_NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
+ObjectiveName = Annotated[str, StringConstraints(pattern=OBJECTIVE_NAME_PATTERN, max_length=63)]
 
 
 class RewardSource(Section):
