@@ -26,6 +26,7 @@ import sys
 
 import kopf
 
+from kubetune.controller import memory
 from kubetune.controller.config import OperatorConfig
 from kubetune.controller.handlers import build_registry
 
@@ -39,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
         stream=sys.stderr,
     )
+    memory.limit_arenas()  # before kopf starts its threads
     config = OperatorConfig.from_env()
     logging.getLogger("kubetune.operator").info(
         "starting namespace=%s ha=%s metrics_port=%s trainer_image=%s",

@@ -37,8 +37,9 @@ class ConditionType(_Documented):
     SUSPENDED = "Suspended", "True while spec.runtime.suspend holds the job"
     PODS_READY = (
         "PodsReady",
-        "False while the current attempt's pods cannot run (set after a grace; the scheduler's or "
-        "the Job controller's message), True once they run again; absent when they ran in time",
+        "False while the current attempt's pods cannot run and somebody said why (after a grace; "
+        "the scheduler's, the kubelet's or the Job controller's message; pods queued silently "
+        "for ten graces), True once they run again; absent when they ran without a word",
     )
     # FineTuneSweep (with InvalidSpec, Succeeded and Failed above)
     STUDY_READY = "StudyReady", "sweep: whether its Optuna study is in the operator's storage"
@@ -51,7 +52,11 @@ class Reason(_Documented):
     on Running (False) and Resuming (False, when it was True)."""
 
     # Admission and dependencies
-    ACCEPTED = "Accepted", "event: a new job was accepted (phase Pending)"
+    ACCEPTED = (
+        "Accepted",
+        "event: a new job or sweep was accepted (phase Pending); a job that moves on in the "
+        "same pass gets only the event of where it went (Launched, WaitingForDependencies)",
+    )
     INVALID_SPEC = (
         "InvalidSpec",
         "InvalidSpec, Failed, event: the spec breaks a rule; the job failed",
@@ -84,7 +89,11 @@ class Reason(_Documented):
         "FailedCreate",
         "PodsReady, event: the Job controller cannot create the pods (a ResourceQuota, a policy)",
     )
-    PODS_PENDING = "PodsPending", "PodsReady, event: pods exist but do not run yet"
+    PODS_PENDING = (
+        "PodsPending",
+        "PodsReady, event: a pod waits (a container's waiting reason, a scheduler's other "
+        "word, or ten graces of silence)",
+    )
     PODS_RUNNING = "PodsRunning", "PodsReady, event: the attempt's pods run after all"
     CHECKPOINT_SAVED = "CheckpointSaved", "Checkpointed: the trainer published a checkpoint"
     APPLICATION_FAILURE = (

@@ -191,7 +191,7 @@ def run_job_to_success(
         timeout=20,
         what="events",
     )
-    assert {"Accepted", "Launched", "Succeeded"} <= set(reasons), reasons
+    assert {"Launched", "Succeeded"} <= set(reasons), reasons
     log = operator.logs(tail=100_000)
     assert not [line for line in log.splitlines() if DENIED.search(line)], log
     return launcher(api, namespace, name, 1)

@@ -12,6 +12,7 @@ import pytest
 from kubetune.api import Phase
 from kubetune.builders import ClusterFacts, names
 from kubetune.controller.lifecycle import (
+    PATIENCE_GRACES,
     TRANSITIONS,
     Child,
     Create,
@@ -22,6 +23,7 @@ from kubetune.controller.lifecycle import (
     backoff_seconds,
     launcher_signal,
     launcher_state,
+    pods_need_pass,
     pods_problem,
     pods_to_explain,
     reads,
@@ -168,6 +170,14 @@ def test_pods_are_asked_about_only_after_the_grace():
     assert not pods_to_explain(launcher_job(1, SUCCEEDED), NOW, grace)
 
 
+PATIENCE = SETTINGS.pods_grace_seconds * PATIENCE_GRACES
+
+
+def aged(pod: dict[str, Any], age: float) -> dict[str, Any]:
+    pod["metadata"]["creationTimestamp"] = rfc3339(NOW - timedelta(seconds=age))
+    return pod
+
+
 @pytest.mark.parametrize(
     ("pods", "events", "reason", "says"),
     [
@@ -179,14 +189,49 @@ def test_pods_are_asked_about_only_after_the_grace():
             "PodsPending",
             "ImagePullBackOff: no such image",
         ),
-        ((), (), "PodsPending", "no pod"),
+        (
+            (aged(pending_pod(), PATIENCE + 1),),
+            (),
+            "PodsPending",
+            f"Pending for {int(PATIENCE + 1)}s, default-scheduler said nothing",
+        ),
     ],
-    ids=["scheduler", "quota", "waiting-container", "nothing-known"],
+    ids=["scheduler", "quota", "waiting-container", "silence-past-patience"],
 )
 def test_pods_problem_quotes_who_knows(pods, events, reason, says):
-    got_reason, message = pods_problem(pods, events)
+    launcher = pending_launcher(SETTINGS.pods_grace_seconds)
+    got_reason, message = pods_problem(launcher, pods, events, NOW, PATIENCE)
     assert got_reason == reason
     assert says in message
+
+
+def test_pods_in_a_busy_schedulers_queue_are_no_problem_until_the_patience_runs_out():
+    launcher = pending_launcher(PATIENCE - 1)
+    queued = (aged(pending_pod(), PATIENCE - 1),)  # no PodScheduled condition: not looked at
+    assert pods_problem(launcher, queued, (), NOW, PATIENCE) is None
+    assert not pods_need_pass(queued, 1, NOW, PATIENCE)
+    assert pods_need_pass(queued, 2, NOW, PATIENCE)  # one pod of two missing: why?
+    assert pods_need_pass((aged(pending_pod([UNSCHEDULABLE]), 1),), 1, NOW, PATIENCE)
+    # Pods not created, nobody says why: a count once the patience runs out.
+    assert pods_problem(launcher, (), (), NOW, PATIENCE) is None
+    late = pods_problem(pending_launcher(PATIENCE), (), (), NOW, PATIENCE)
+    assert late == ("PodsPending", f"1 of 1 pods not created after {int(PATIENCE)}s")
+    # A pod on its way out does not count as existing.
+    leaving = aged(pending_pod(), 1)
+    leaving["metadata"]["deletionTimestamp"] = rfc3339(NOW)
+    assert pods_need_pass((leaving,), 1, NOW, PATIENCE)
+
+
+def test_queued_pods_after_the_grace_are_looked_at_again_and_not_reported():
+    job = make_job(running())
+    world = Observed(
+        launcher=pending_launcher(SETTINGS.pods_grace_seconds + 5),
+        launcher_pods=(aged(pending_pod(), SETTINGS.pods_grace_seconds + 4),),
+    )
+    d = reconcile(job, world, NOW, SETTINGS)
+    said = {c["type"] for c in d.status_patch.get("conditions") or []}
+    assert "PodsReady" not in said and d.events == []
+    assert d.recheck_pods_after == SETTINGS.pods_grace_seconds and d.pods_expected == 1
 
 
 def test_pods_not_running_after_the_grace_become_a_condition_and_one_event():
@@ -268,8 +313,10 @@ def test_new_job_launches_attempt_one_with_every_child():
         ("Job", "demo-a1"),
     ]
     assert cond(d, "Running")["status"] == "True"
-    # One event per phase change: accepted (Pending), launched (Running).
-    assert [e.reason for e in d.events] == ["Accepted", "Launched"]
+    # One event per phase change the status shows: Pending is never written, only Running.
+    assert [(e.reason, e.message) for e in d.events] == [
+        ("Launched", "Running: attempt 1 launched")
+    ]
     assert d.status_patch["observedGeneration"] == 1
     # Nothing asks about the pods unless they have not run within the grace.
     assert d.recheck_pods_after == SETTINGS.pods_grace_seconds

@@ -123,43 +123,35 @@ def test_pods_that_run_again_are_reconciled_only_for_a_job_that_said_they_did_no
 
 
 def test_a_pods_check_is_skipped_when_the_launchers_events_say_they_run():
+    """After the grace: nothing when the launcher's events said its pods run; a look at the
+    pods (one request, a pass only if somebody said why they do not run) when they did not; a
+    pass at once for a job whose PodsReady is False already (it refreshes the word)."""
+    launcher_name = names.launcher_name("demo", 1)
+    looks: list[int] = []
+
+    def check(s: Scheduler) -> None:
+        s.schedule_pods_check(NS, "demo", launcher_name, 0, expected=2)
+        s._check_pods((NS, "demo"))
+        looks.append(len(s.tasks))
+        for task in s.tasks:
+            task.cancel()
+
     def steps(s: Scheduler) -> None:
         created_launcher(s)
         s.child_event("MODIFIED", launcher(ready=1))
-        s.schedule_pods_check(NS, "demo", names.launcher_name("demo", 1), 0)
-        s._check_pods((NS, "demo"))
+        check(s)
 
     def still_pending(s: Scheduler) -> None:
         created_launcher(s)
-        s.schedule_pods_check(NS, "demo", names.launcher_name("demo", 1), 0)
-        s._check_pods((NS, "demo"))
+        check(s)
 
-    assert passes(steps) == []
-    assert passes(still_pending) == [(NS, "demo")]
-
-
-def test_children_of_a_deleted_job_cost_nothing():
-    def steps(s: Scheduler) -> None:
+    def flagged(s: Scheduler) -> None:
         created_launcher(s)
-        s.job_event("DELETED", job())
-        s.child_event("DELETED", launcher())
-
-    assert passes(steps) == []
-
-
-def test_every_step_kuberay_reports_is_reconciled():
-    def rayjob(deployment: str) -> dict[str, Any]:
-        body = launcher()
-        body.update(
-            apiVersion="ray.io/v1", kind="RayJob", status={"jobDeploymentStatus": deployment}
-        )
-        return body
-
-    def steps(s: Scheduler) -> None:
-        s.job_event(None, job())
+        conditions = [{"type": "PodsReady", "status": "False", "reason": "Unschedulable"}]
+        s.job_event("MODIFIED", job(phase="Running", conditions=conditions))
         s.timers.clear()
-        s._seed_signals(NS, "demo", Decision(actions=[Create([rayjob("")])]))
-        s.child_event("ADDED", rayjob(""))
-        s.child_event("MODIFIED", rayjob("Running"))  # the Running condition follows it
+        check(s)
 
-    assert passes(steps) == [(NS, "demo")]
+    assert passes(steps) == [] and looks == [0]
+    assert passes(still_pending) == [] and looks[-1] == 1
+    assert passes(flagged) == [(NS, "demo")] and looks[-1] == 0

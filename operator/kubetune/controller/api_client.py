@@ -174,6 +174,10 @@ class ApiClient:
             item.setdefault("apiVersion", api_version)
         return out
 
+    def launcher_pods(self, namespace: str, launcher: str) -> list[dict[str, Any]]:
+        """The pods of a launcher Job (the Job controller labels them with its name)."""
+        return self.list("v1", "Pod", namespace, f"batch.kubernetes.io/job-name={launcher}")
+
     def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self.get(API_VERSION, KIND, name, namespace)
 
@@ -396,8 +400,8 @@ def observe(
         launcher_name = launcher["metadata"]["name"]
         # Optional like the export pods: without the power to read them, PodsReady says less.
         with contextlib.suppress(ApiException):
-            pods = api.list("v1", "Pod", namespace, f"batch.kubernetes.io/job-name={launcher_name}")
-            if not pods:
+            pods = api.launcher_pods(namespace, launcher_name)
+            if len(lifecycle.live_pods(pods)) < lifecycle.expected_pods(launcher):
                 about = f"involvedObject.name={launcher_name},involvedObject.kind=Job"
                 path = path_of("v1", "Event", namespace)
                 events = api.request("GET", path, query={"fieldSelector": about}).get("items") or []

@@ -180,6 +180,8 @@ class Decision:
     recheck_pods_after: float | None = None
     """Seconds until the job should be looked at again *unless* its launcher's pods all run by
     then (the launcher's own events tell the handler so, without a request)."""
+    pods_expected: int = 1
+    """How many pods that launcher runs: fewer existing is worth a pass (FailedCreate)."""
 
     @property
     def events(self) -> list[Event]:
@@ -238,18 +240,23 @@ def launcher_state(launcher: Manifest) -> tuple[LauncherState, LauncherFailure |
     return "running", None
 
 
+def expected_pods(launcher: Manifest) -> int:
+    """How many pods a Job launcher runs at once (its spec.parallelism)."""
+    return int((launcher.get("spec") or {}).get("parallelism") or 1)
+
+
 def pods_ready(launcher: Manifest) -> bool | None:
     """Whether every pod of a Job launcher runs and is ready (or already finished): its
     status.ready + status.succeeded reach spec.parallelism. None for a RayJob (KubeRay's pods)
     and for a suspended Job."""
     if launcher.get("kind") != "Job":
         return None
-    spec = launcher.get("spec") or {}
-    if spec.get("suspend"):
+    if (launcher.get("spec") or {}).get("suspend"):
         return None  # held (by Kueue, until admitted): no pod is meant to run yet
     status = launcher.get("status") or {}
-    wanted = int(spec.get("parallelism") or 1)
-    return int(status.get("ready") or 0) + int(status.get("succeeded") or 0) >= wanted
+    return int(status.get("ready") or 0) + int(status.get("succeeded") or 0) >= expected_pods(
+        launcher
+    )
 
 
 LauncherSignal = tuple[LauncherState, bool | str | None]
@@ -288,13 +295,26 @@ def pods_to_explain(launcher: Manifest | None, now: datetime, grace: float) -> b
     return pods_ready(launcher) is False and _age_seconds(launcher, now) >= grace
 
 
-def pods_problem(pods: tuple[Manifest, ...], events: tuple[Manifest, ...]) -> tuple[Reason, str]:
-    """Why a launcher's pods do not run, in the words of who knows: the scheduler (a pending
-    pod's PodScheduled condition), a waiting container, or, when no pod exists, the Job
-    controller (its latest FailedCreate event)."""
-    for pod in sorted(pods, key=lambda p: p["metadata"]["name"]):
+PATIENCE_GRACES = 10
+"""A pending pod nobody has said anything about (the scheduler has not looked at it yet) is
+reported after this many graces: a busy scheduler is no problem, one that never comes is."""
+
+
+def live_pods(pods: tuple[Manifest, ...] | list[Manifest]) -> list[Manifest]:
+    return [p for p in pods if not (p.get("metadata") or {}).get("deletionTimestamp")]
+
+
+def pods_word(
+    pods: tuple[Manifest, ...] | list[Manifest], now: datetime, patience: float
+) -> tuple[Reason, str] | None:
+    """What whoever knows says of a launcher's pending pods: the scheduler (a PodScheduled
+    condition that is False), the kubelet (a waiting container's reason), or, after
+    ``patience`` seconds, the silence itself. None while no pending pod has a word: pods wait
+    in a busy scheduler's queue without one, and that is no problem worth a condition."""
+    silent: Manifest | None = None
+    for pod in sorted(live_pods(pods), key=lambda p: p["metadata"]["name"]):
         status = pod.get("status") or {}
-        if status.get("phase") != "Pending" or pod["metadata"].get("deletionTimestamp"):
+        if status.get("phase") != "Pending":
             continue
         name = pod["metadata"]["name"]
         for cond in status.get("conditions") or []:
@@ -308,12 +328,49 @@ def pods_problem(pods: tuple[Manifest, ...], events: tuple[Manifest, ...]) -> tu
             if waiting:
                 detail = ": ".join(x for x in (waiting.get("reason"), waiting.get("message")) if x)
                 return Reason.PODS_PENDING, f"pod {name}: {detail or 'waiting'}"
-        return Reason.PODS_PENDING, f"pod {name} is Pending"
+        if silent is None and _age_seconds(pod, now) >= patience:
+            silent = pod
+    if silent is not None:
+        waited = int(_age_seconds(silent, now))
+        scheduler = (silent.get("spec") or {}).get("schedulerName") or "default-scheduler"
+        text = f"pod {silent['metadata']['name']}: Pending for {waited}s, {scheduler} said nothing"
+        return Reason.PODS_PENDING, text
+    return None
+
+
+def pods_need_pass(
+    pods: tuple[Manifest, ...] | list[Manifest], expected: int, now: datetime, patience: float
+) -> bool:
+    """Whether a look at a launcher's pods found something a pass would report: a word on a
+    pending pod, or fewer pods than the launcher runs (the Job controller may say why)."""
+    return len(live_pods(pods)) < expected or pods_word(pods, now, patience) is not None
+
+
+def pods_problem(
+    launcher: Manifest,
+    pods: tuple[Manifest, ...],
+    events: tuple[Manifest, ...],
+    now: datetime,
+    patience: float,
+) -> tuple[Reason, str] | None:
+    """Why a launcher's pods do not run, in the words of who knows: :func:`pods_word` for
+    the pods that exist; for pods that do not, the Job controller (its latest FailedCreate
+    event) or, after ``patience`` seconds, the count of those missing. None: no word yet."""
+    word = pods_word(pods, now, patience)
+    if word is not None:
+        return word
+    expected = expected_pods(launcher)
+    missing = expected - len(live_pods(pods))
+    if missing <= 0:
+        return None
     failed = [e for e in events if e.get("reason") == KubernetesReason.FAILED_CREATE]
-    if not pods and failed:
+    if failed:
         latest = max(failed, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
         return Reason.FAILED_CREATE, str(latest.get("message") or "pods cannot be created")
-    return Reason.PODS_PENDING, "no pod of the launcher runs yet"
+    waited = _age_seconds(launcher, now)
+    if waited >= patience:
+        return Reason.PODS_PENDING, f"{missing} of {expected} pods not created after {int(waited)}s"
+    return None
 
 
 Reads = Literal["none", "jobs", "all"]
@@ -365,6 +422,7 @@ class _Pass:
         ]
         self._conditions_changed = False
         self._model: FineTuneJob | None = None
+        self._transition_event: Event | None = None
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -446,18 +504,29 @@ class _Pass:
         warning: bool = False,
         restart: Reason | None = None,
     ) -> None:
-        """Enter ``phase``: one event per phase change, with the reason for the change."""
-        if self.phase != phase:
-            self.set(phase=phase.value)
-            self.event(reason, f"{phase.value}: {message}", warning, restart)
+        """Enter ``phase``: one event per phase change, with the reason for the change. A pass
+        that moves twice (Pending, then Running at once) says only where it ended: the status
+        never showed the phase in between."""
+        if self.phase == phase:
+            return
+        self.set(phase=phase.value)
+        earlier = self._transition_event
+        if earlier is not None:
+            actions = self.decision.actions
+            actions.pop(next(i for i, a in enumerate(actions) if a is earlier))
+            restart = restart or earlier.restart
+        kind: Literal["Normal", "Warning"] = "Warning" if warning else "Normal"
+        self._transition_event = Event(kind, reason, f"{phase.value}: {message}", restart)
+        self.decision.actions.append(self._transition_event)
 
     def requeue(self, seconds: float) -> None:
         seconds = max(0.0, seconds)
         current = self.decision.requeue_after
         self.decision.requeue_after = seconds if current is None else min(current, seconds)
 
-    def recheck_pods(self, seconds: float) -> None:
+    def recheck_pods(self, seconds: float, expected: int) -> None:
         self.decision.recheck_pods_after = max(0.0, seconds)
+        self.decision.pods_expected = expected
 
     def finish(self) -> Decision:
         if self._conditions_changed:
@@ -662,7 +731,8 @@ def _launch(
         p.event(reason, text, restart=restart)
     else:
         p.transition(Phase.running, reason, text, restart=restart)
-    p.recheck_pods(p.settings.pods_grace_seconds)
+    launchers = [m for m in children if m["kind"] == "Job"]
+    p.recheck_pods(p.settings.pods_grace_seconds, expected_pods(launchers[0]) if launchers else 1)
     _deadline_passed(p)  # only to requeue at the deadline
 
 
@@ -1120,11 +1190,11 @@ class _Training(_Attempts):
 
 
 def _pods(p: _Pass, attempt: int) -> None:
-    """PodsReady: said only when the launcher's pods have not all run within the grace (False,
-    with who says why), and again once they run (True)."""
+    """PodsReady: said only when the launcher's pods have not all run within the grace and
+    somebody said why (False, in their words), and again once they run (True)."""
     launcher = p.world.launcher
     ready = pods_ready(launcher) if launcher is not None else None
-    if ready is None:
+    if launcher is None or ready is None:
         return
     old = p.condition(PODS_READY)
     if ready:
@@ -1133,17 +1203,23 @@ def _pods(p: _Pass, attempt: int) -> None:
             p.set_condition(PODS_READY, True, Reason.PODS_RUNNING, message)
             p.event(Reason.PODS_RUNNING, message)
         return
-    left = p.settings.pods_grace_seconds - _age_seconds(launcher, p.now)
+    grace = p.settings.pods_grace_seconds
+    expected = expected_pods(launcher)
+    left = grace - _age_seconds(launcher, p.now)
     if left > 0:
-        p.recheck_pods(left)
+        p.recheck_pods(left, expected)
         return
-    reason, detail = pods_problem(p.world.launcher_pods, p.world.launcher_events)
+    pods, events = p.world.launcher_pods, p.world.launcher_events
+    problem = pods_problem(launcher, pods, events, p.now, grace * PATIENCE_GRACES)
+    # Look again later for a (newer) word; recovery itself comes with the launcher's events.
+    p.recheck_pods(grace, expected)
+    if problem is None:
+        return
+    reason, detail = problem
     message = f"attempt {attempt}: {detail}"
     if old is None or old.get("status") != "False" or old.get("reason") != reason:
         p.event(reason, message, warning=True)
     p.set_condition(PODS_READY, False, reason, message)
-    # Look again later for a newer word (recovery itself comes with the launcher's events).
-    p.recheck_pods(max(p.settings.pods_grace_seconds, 30.0))
 
 
 class _Export(_Attempts):
@@ -1245,6 +1321,7 @@ __all__ = [
     "launcher_signal",
     "launcher_state",
     "pods_flagged",
+    "pods_need_pass",
     "pods_problem",
     "pods_ready",
     "pods_to_explain",

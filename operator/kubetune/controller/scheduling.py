@@ -24,7 +24,7 @@ from typing import Any
 
 from kubetune.api import KIND, Phase
 from kubetune.builders import ClusterFacts, names
-from kubetune.controller import lifecycle
+from kubetune.controller import lifecycle, memory
 from kubetune.controller.api_client import (
     KUEUE_CRD,
     RAYJOB_CRD,
@@ -66,8 +66,9 @@ class Scheduler:
         self.timers: dict[JobKey, asyncio.TimerHandle] = {}
         self.failures: dict[JobKey, int] = {}
         self.tasks: set[asyncio.Task[None]] = set()
-        self.pod_checks: dict[JobKey, tuple[asyncio.TimerHandle, str]] = {}
-        """Conditional requeues: (timer, launcher name): a pass unless its pods run by then."""
+        self.pod_checks: dict[JobKey, tuple[asyncio.TimerHandle, str, int]] = {}
+        """Conditional looks: (timer, launcher name, its pod count), unless its pods run by
+        then."""
         self.generations: dict[JobKey, int | None] = {}
         """The metadata.generation of each job as last seen in its events."""
         self.versions: dict[JobKey, str] = {}
@@ -220,7 +221,9 @@ class Scheduler:
                 self.schedule(namespace, name, 0)
             if decision.recheck_pods_after is not None and status.get("attempt"):
                 launcher = names.launcher_name(name, int(status["attempt"]))
-                self.schedule_pods_check(namespace, name, launcher, decision.recheck_pods_after)
+                self.schedule_pods_check(
+                    namespace, name, launcher, decision.recheck_pods_after, decision.pods_expected
+                )
             if decision.status_patch.get("phase") == Phase.succeeded:
                 self._nudge_waiting(namespace)
 
@@ -280,7 +283,8 @@ class Scheduler:
             self.schedule(*job, self.config.launcher_debounce)
         elif previous[1][1] is None and signal[1] is False:
             # Unsuspended (admitted by Kueue): its pods have the grace from now on.
-            self.schedule_pods_check(*job, key[1], self.config.pods_grace)
+            expected = lifecycle.expected_pods(dict(body))
+            self.schedule_pods_check(*job, key[1], self.config.pods_grace, expected)
 
     def _nudge_waiting(self, namespace: str) -> None:
         """A job succeeded: jobs of the namespace waiting for dependencies look again now.
@@ -308,22 +312,50 @@ class Scheduler:
             handle.cancel()
         self.timers[key] = loop.call_at(when, self._fire, key)
 
-    def schedule_pods_check(self, namespace: str, name: str, launcher: str, delay: float) -> None:
-        """A pass after delay seconds unless the launcher's pods all run by then."""
+    def schedule_pods_check(
+        self, namespace: str, name: str, launcher: str, delay: float, expected: int = 1
+    ) -> None:
+        """A look at the launcher's ``expected`` pods after delay seconds, unless they all run
+        by then."""
         key = (namespace, name)
         old = self.pod_checks.pop(key, None)
         if old is not None:
             old[0].cancel()
         loop = asyncio.get_running_loop()
         handle = loop.call_at(loop.time() + max(0.0, delay), self._check_pods, key)
-        self.pod_checks[key] = (handle, launcher)
+        self.pod_checks[key] = (handle, launcher, expected)
 
     def _check_pods(self, key: JobKey) -> None:
-        _, launcher = self.pod_checks.pop(key, (None, ""))
+        _, launcher, expected = self.pod_checks.pop(key, (None, "", 1))
         known = self.signals.get((key[0], launcher))
         if known is not None and known[1] != ("running", False):
             return  # its pods run (or it finished: that event asked for its own pass)
-        self.schedule(*key, 0)
+        if key in self.flagged:
+            self.schedule(*key, 0)  # a pass refreshes what its PodsReady says
+            return
+        task = asyncio.get_running_loop().create_task(self._look_at_pods(key, launcher, expected))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _look_at_pods(self, key: JobKey, launcher: str, expected: int) -> None:
+        """One list of the launcher's pods: a pass only when somebody said why they do not
+        run, or some do not exist; otherwise (they wait in the scheduler's queue) another look
+        a grace later. Under a burst most jobs' pods wait a while: a look costs one request
+        where a pass costs three or four and two status patches."""
+        namespace, _ = key
+        try:
+            pods = await asyncio.to_thread(self.api.launcher_pods, namespace, launcher)
+        except Exception:
+            self.schedule(*key, 0)  # the pass reads them itself (and retries on errors)
+            return
+        if key not in self.generations:
+            return  # deleted meanwhile
+        now = datetime.now(UTC)
+        patience = self.config.pods_grace * lifecycle.PATIENCE_GRACES
+        if lifecycle.pods_need_pass(pods, expected, now, patience):
+            self.schedule(*key, 0)
+        else:
+            self.schedule_pods_check(namespace, key[1], launcher, self.config.pods_grace, expected)
 
     def _fire(self, key: JobKey) -> None:
         self.timers.pop(key, None)
@@ -370,6 +402,7 @@ class Scheduler:
             except Exception as err:
                 log.warning("resync: cannot list jobs (%s)", describe(err))
                 continue
+            memory.trim()  # what the interval's passes freed
             took_over, self.was_acting = not self.was_acting, True
             kept = {*self.locks, *self.timers, *self.failures, *self.generations}
             missing = {k for k in kept | set(self.metrics.known_jobs()) if k not in jobs}
