@@ -155,3 +155,26 @@ def test_a_pods_check_is_skipped_when_the_launchers_events_say_they_run():
     assert passes(steps) == [] and looks == [0]
     assert passes(still_pending) == [] and looks[-1] == 1
     assert passes(flagged) == [(NS, "demo")] and looks[-1] == 0
+
+
+def test_only_a_new_jobs_first_pass_uses_the_events_body_instead_of_a_fresh_read():
+    """A job nobody has written a status on is what its event shows; any later version may
+    be behind the operator's own last patch, so its pass reads the job again."""
+    kept: list[dict[str, Any]] = []
+
+    def new_job(s: Scheduler) -> None:
+        s.job_event("ADDED", job())
+        kept.append(dict(s.untouched))
+
+    def listed_at_start(s: Scheduler) -> None:
+        s.job_event(None, job(phase="Running", attempt=1))
+        kept.append(dict(s.untouched))
+
+    def edited_before_its_pass(s: Scheduler) -> None:
+        s.job_event("ADDED", job())
+        s.job_event("MODIFIED", job(generation=2))
+        kept.append(dict(s.untouched))
+
+    assert passes(new_job) == [(NS, "demo")] and kept[-1] == {(NS, "demo"): job()}
+    assert passes(listed_at_start) == [(NS, "demo")] and kept[-1] == {}
+    assert passes(edited_before_its_pass) == [(NS, "demo")] and kept[-1] == {}

@@ -6,8 +6,7 @@ owns, post events.
 Requests are plain JSON over the kubernetes package's authenticated connection pool: no
 discovery, no typed or dynamic-client objects (their decoding cost more CPU than the rest of
 a pass). A pass reads only what its decision can depend on (:func:`lifecycle.reads`): a job's
-first pass reads nothing but the job (nothing of it can exist yet; create-or-adopt settles a
-conflict), later passes list its Jobs (launchers and export Jobs) by label, and the pods and
+first pass reads no children (nothing of it can exist yet; create-or-adopt settles a conflict), later passes list its Jobs (launchers and export Jobs) by label, and the pods and
 events of a launcher only when its pods have not run within the grace.
 """
 

@@ -10,7 +10,8 @@ PodsReady is False), the requeues a decision asks for, and the safety net (:meth
 The operator's own status patches and a launcher's pods starting trigger nothing.
 
 Every trigger ends in :meth:`Scheduler.reconcile_job`, which, under a per-job lock, reads the
-job fresh from the API server, observes what its decision can depend on, asks
+job fresh from the API server (not for a new job's first pass: nothing has written it since its
+event), observes what its decision can depend on, asks
 :func:`kubetune.controller.lifecycle.reconcile` what to do, and does it (``api_client``).
 """
 
@@ -82,6 +83,9 @@ class Scheduler:
         resync (a missed event if it still differs at the next)."""
         self.missing: set[JobKey] = set()
         """Jobs with state kept here that the last resync's list did not show."""
+        self.untouched: dict[JobKey, dict[str, Any]] = {}
+        """New jobs as their first event showed them, with no status yet: their first pass
+        reads nothing (a GET would return the same; nothing of them can exist yet)."""
         self.was_acting = not config.ha
 
     def reset(self) -> None:
@@ -98,6 +102,7 @@ class Scheduler:
         self.child_versions.clear()
         self.suspects.clear()
         self.missing.clear()
+        self.untouched.clear()
         self.was_acting = not self.config.ha
 
     def _lock(self, key: JobKey) -> asyncio.Lock:
@@ -119,6 +124,7 @@ class Scheduler:
         self.generations.pop(key, None)
         self.versions.pop(key, None)
         self.flagged.discard(key)
+        self.untouched.pop(key, None)
         lock = self.locks.get(key)
         if lock is not None and not lock.locked():
             self.locks.pop(key, None)
@@ -143,13 +149,16 @@ class Scheduler:
             pods_grace_seconds=config.pods_grace,
         )
 
-    def _pass(self, namespace: str, name: str) -> tuple[dict[str, Any], Decision, list[str]] | None:
+    def _pass(
+        self, namespace: str, name: str, untouched: dict[str, Any] | None = None
+    ) -> tuple[dict[str, Any], Decision, list[str]] | None:
         """Read, decide, act: the blocking part of a pass, in one worker thread, so a pass
         waits for a worker once (under a burst, passes finish in arrival order instead of all
-        of them finishing together at the end). None when the job no longer exists."""
+        of them finishing together at the end). None when the job no longer exists. The job is
+        read fresh (an event may predate the last pass's patch) unless it is ``untouched``."""
         started = time.perf_counter()
         try:
-            job = self.api.get_job(namespace, name)
+            job = untouched or self.api.get_job(namespace, name)
             if job is None:
                 return None
             settings = self.lifecycle_settings()
@@ -188,7 +197,8 @@ class Scheduler:
         """One pass for one job, serialized per job. Raises on API errors (callers retry)."""
         key = (namespace, name)
         async with self._lock(key):
-            result = await asyncio.to_thread(self._pass, namespace, name)
+            untouched = self.untouched.pop(key, None)
+            result = await asyncio.to_thread(self._pass, namespace, name, untouched)
             if result is None:
                 self.forget(namespace, name)
                 return
@@ -253,6 +263,10 @@ class Scheduler:
             self.flagged.discard(key)
         generation = meta.get("generation")
         first = key not in self.generations
+        if first and not body.get("status"):
+            self.untouched[key] = body
+        else:
+            self.untouched.pop(key, None)  # a newer version: the pass reads it
         if first or self.generations[key] != generation or lifecycle.status_wants_pass(body):
             self.generations[key] = generation
             self.schedule(*key, 0)
