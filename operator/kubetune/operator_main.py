@@ -41,6 +41,11 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     memory.limit_arenas()  # before kopf starts its threads
+    if not args.verbose:
+        # kopf says "Handler 'on_job_event' succeeded." for every watch event: two lines per
+        # event of every job and launcher, nothing an operator can act on. Its warnings and
+        # errors still show.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     config = OperatorConfig.from_env()
     logging.getLogger("kubetune.operator").info(
         "starting namespace=%s ha=%s metrics_port=%s trainer_image=%s",

@@ -25,6 +25,7 @@ from kubetune.controller.lifecycle import (
     launcher_state,
     pods_need_pass,
     pods_problem,
+    pods_started,
     pods_to_explain,
     reads,
     reconcile,
@@ -209,17 +210,24 @@ def test_pods_in_a_busy_schedulers_queue_are_no_problem_until_the_patience_runs_
     launcher = pending_launcher(PATIENCE - 1)
     queued = (aged(pending_pod(), PATIENCE - 1),)  # no PodScheduled condition: not looked at
     assert pods_problem(launcher, queued, (), NOW, PATIENCE) is None
-    assert not pods_need_pass(queued, 1, NOW, PATIENCE)
-    assert pods_need_pass(queued, 2, NOW, PATIENCE)  # one pod of two missing: why?
-    assert pods_need_pass((aged(pending_pod([UNSCHEDULABLE]), 1),), 1, NOW, PATIENCE)
+    assert not pods_need_pass(queued, (), 1, NOW, PATIENCE)
+    # One pod of two missing: worth a pass once the Job controller says why, not before.
+    assert not pods_need_pass(queued, (), 2, NOW, PATIENCE)
+    assert pods_need_pass(queued, (QUOTA,), 2, NOW, PATIENCE)
+    assert not pods_need_pass(queued, (QUOTA,), 1, NOW, PATIENCE)  # an old word: all exist now
+    assert pods_need_pass((aged(pending_pod([UNSCHEDULABLE]), 1),), (), 1, NOW, PATIENCE)
     # Pods not created, nobody says why: a count once the patience runs out.
     assert pods_problem(launcher, (), (), NOW, PATIENCE) is None
     late = pods_problem(pending_launcher(PATIENCE), (), (), NOW, PATIENCE)
     assert late == ("PodsPending", f"1 of 1 pods not created after {int(PATIENCE)}s")
+    # Looks end when every pod runs, whatever the launcher's events said so far.
+    running_pod = {"metadata": {"name": "demo-a1-0-abcde"}, "status": {"phase": "Running"}}
+    assert pods_started((running_pod,), 1) and not pods_started((running_pod,), 2)
+    assert not pods_started(queued, 1)
     # A pod on its way out does not count as existing.
     leaving = aged(pending_pod(), 1)
     leaving["metadata"]["deletionTimestamp"] = rfc3339(NOW)
-    assert pods_need_pass((leaving,), 1, NOW, PATIENCE)
+    assert pods_need_pass((leaving,), (QUOTA,), 1, NOW, PATIENCE)
 
 
 def test_queued_pods_after_the_grace_are_looked_at_again_and_not_reported():

@@ -145,6 +145,12 @@ def test_a_pods_check_is_skipped_when_the_launchers_events_say_they_run():
         created_launcher(s)
         check(s)
 
+    def silent_for_ten_graces(s: Scheduler) -> None:
+        created_launcher(s)
+        s.schedule_pods_check(NS, "demo", launcher_name, 0, expected=1, silent_looks=10)
+        s._check_pods((NS, "demo"))
+        looks.append(len(s.tasks))
+
     def flagged(s: Scheduler) -> None:
         created_launcher(s)
         conditions = [{"type": "PodsReady", "status": "False", "reason": "Unschedulable"}]
@@ -155,6 +161,7 @@ def test_a_pods_check_is_skipped_when_the_launchers_events_say_they_run():
     assert passes(steps) == [] and looks == [0]
     assert passes(still_pending) == [] and looks[-1] == 1
     assert passes(flagged) == [(NS, "demo")] and looks[-1] == 0
+    assert passes(silent_for_ten_graces) == [(NS, "demo")] and looks[-1] == 0
 
 
 def test_only_a_new_jobs_first_pass_uses_the_events_body_instead_of_a_fresh_read():

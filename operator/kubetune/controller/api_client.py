@@ -6,7 +6,8 @@ owns, post events.
 Requests are plain JSON over the kubernetes package's authenticated connection pool: no
 discovery, no typed or dynamic-client objects (their decoding cost more CPU than the rest of
 a pass). A pass reads only what its decision can depend on (:func:`lifecycle.reads`): a job's
-first pass reads no children (nothing of it can exist yet; create-or-adopt settles a conflict), later passes list its Jobs (launchers and export Jobs) by label, and the pods and
+first pass reads no children (nothing of it can exist yet; create-or-adopt settles a
+conflict), later passes list its Jobs (launchers and export Jobs) by label, and the pods and
 events of a launcher only when its pods have not run within the grace.
 """
 
@@ -176,6 +177,12 @@ class ApiClient:
     def launcher_pods(self, namespace: str, launcher: str) -> list[dict[str, Any]]:
         """The pods of a launcher Job (the Job controller labels them with its name)."""
         return self.list("v1", "Pod", namespace, f"batch.kubernetes.io/job-name={launcher}")
+
+    def launcher_events(self, namespace: str, launcher: str) -> list[dict[str, Any]]:
+        """The events about a launcher Job (the Job controller's FailedCreate)."""
+        about = f"involvedObject.name={launcher},involvedObject.kind=Job"
+        path = path_of("v1", "Event", namespace)
+        return self.request("GET", path, query={"fieldSelector": about}).get("items") or []
 
     def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self.get(API_VERSION, KIND, name, namespace)
@@ -401,9 +408,7 @@ def observe(
         with contextlib.suppress(ApiException):
             pods = api.launcher_pods(namespace, launcher_name)
             if len(lifecycle.live_pods(pods)) < lifecycle.expected_pods(launcher):
-                about = f"involvedObject.name={launcher_name},involvedObject.kind=Job"
-                path = path_of("v1", "Event", namespace)
-                events = api.request("GET", path, query={"fieldSelector": about}).get("items") or []
+                events = api.launcher_events(namespace, launcher_name)
     dependencies: dict[str, dict[str, Any] | None] = {}
     try:
         spec = FineTuneJobSpec.model_validate(job.get("spec") or {})

@@ -338,12 +338,28 @@ def pods_word(
     return None
 
 
+def pods_started(pods: tuple[Manifest, ...] | list[Manifest], expected: int) -> bool:
+    """Whether every pod of a launcher exists and none is Pending (running or finished)."""
+    live = live_pods(pods)
+    pending = [p for p in live if (p.get("status") or {}).get("phase", "Pending") == "Pending"]
+    return len(live) >= expected and not pending
+
+
 def pods_need_pass(
-    pods: tuple[Manifest, ...] | list[Manifest], expected: int, now: datetime, patience: float
+    pods: tuple[Manifest, ...] | list[Manifest],
+    events: tuple[Manifest, ...] | list[Manifest],
+    expected: int,
+    now: datetime,
+    patience: float,
 ) -> bool:
-    """Whether a look at a launcher's pods found something a pass would report: a word on a
-    pending pod, or fewer pods than the launcher runs (the Job controller may say why)."""
-    return len(live_pods(pods)) < expected or pods_word(pods, now, patience) is not None
+    """Whether a look at a launcher's pods (and, when some are missing, its events) found
+    something a pass would report: a word on a pending pod, or the Job controller's word on
+    the pods it cannot create. Missing pods alone are no word: the Job controller may not have
+    got to them yet."""
+    if pods_word(pods, now, patience) is not None:
+        return True
+    failed = any(e.get("reason") == KubernetesReason.FAILED_CREATE for e in events)
+    return failed and len(live_pods(pods)) < expected
 
 
 def pods_problem(
@@ -1324,6 +1340,7 @@ __all__ = [
     "pods_need_pass",
     "pods_problem",
     "pods_ready",
+    "pods_started",
     "pods_to_explain",
     "reads",
     "reconcile",

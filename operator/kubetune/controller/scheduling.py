@@ -67,9 +67,9 @@ class Scheduler:
         self.timers: dict[JobKey, asyncio.TimerHandle] = {}
         self.failures: dict[JobKey, int] = {}
         self.tasks: set[asyncio.Task[None]] = set()
-        self.pod_checks: dict[JobKey, tuple[asyncio.TimerHandle, str, int]] = {}
-        """Conditional looks: (timer, launcher name, its pod count), unless its pods run by
-        then."""
+        self.pod_checks: dict[JobKey, tuple[asyncio.TimerHandle, str, int, int]] = {}
+        """Conditional looks: (timer, launcher name, its pod count, looks that found no word
+        so far), unless its pods run by then."""
         self.generations: dict[JobKey, int | None] = {}
         """The metadata.generation of each job as last seen in its events."""
         self.versions: dict[JobKey, str] = {}
@@ -327,7 +327,13 @@ class Scheduler:
         self.timers[key] = loop.call_at(when, self._fire, key)
 
     def schedule_pods_check(
-        self, namespace: str, name: str, launcher: str, delay: float, expected: int = 1
+        self,
+        namespace: str,
+        name: str,
+        launcher: str,
+        delay: float,
+        expected: int = 1,
+        silent_looks: int = 0,
     ) -> None:
         """A look at the launcher's ``expected`` pods after delay seconds, unless they all run
         by then."""
@@ -337,39 +343,47 @@ class Scheduler:
             old[0].cancel()
         loop = asyncio.get_running_loop()
         handle = loop.call_at(loop.time() + max(0.0, delay), self._check_pods, key)
-        self.pod_checks[key] = (handle, launcher, expected)
+        self.pod_checks[key] = (handle, launcher, expected, silent_looks)
 
     def _check_pods(self, key: JobKey) -> None:
-        _, launcher, expected = self.pod_checks.pop(key, (None, "", 1))
+        _, launcher, expected, silent_looks = self.pod_checks.pop(key, (None, "", 1, 0))
         known = self.signals.get((key[0], launcher))
         if known is not None and known[1] != ("running", False):
             return  # its pods run (or it finished: that event asked for its own pass)
-        if key in self.flagged:
-            self.schedule(*key, 0)  # a pass refreshes what its PodsReady says
+        if key in self.flagged or silent_looks >= lifecycle.PATIENCE_GRACES:
+            self.schedule(*key, 0)  # a pass refreshes what PodsReady says (or says the silence)
             return
-        task = asyncio.get_running_loop().create_task(self._look_at_pods(key, launcher, expected))
+        look = self._look_at_pods(key, launcher, expected, silent_looks)
+        task = asyncio.get_running_loop().create_task(look)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _look_at_pods(self, key: JobKey, launcher: str, expected: int) -> None:
-        """One list of the launcher's pods: a pass only when somebody said why they do not
-        run, or some do not exist; otherwise (they wait in the scheduler's queue) another look
-        a grace later. Under a burst most jobs' pods wait a while: a look costs one request
-        where a pass costs three or four and two status patches."""
+    async def _look_at_pods(
+        self, key: JobKey, launcher: str, expected: int, silent_looks: int
+    ) -> None:
+        """A list of the launcher's pods (and of its events when some are missing): a pass
+        only when somebody said why they do not run; otherwise (queued for the scheduler, or
+        not created yet) another look a grace later. Under a burst most jobs' pods wait a
+        while: a look costs one request where a pass costs four and a status patch."""
         namespace, _ = key
         try:
             pods = await asyncio.to_thread(self.api.launcher_pods, namespace, launcher)
+            events: list[dict[str, Any]] = []
+            if len(lifecycle.live_pods(pods)) < expected:
+                events = await asyncio.to_thread(self.api.launcher_events, namespace, launcher)
         except Exception:
             self.schedule(*key, 0)  # the pass reads them itself (and retries on errors)
             return
-        if key not in self.generations:
-            return  # deleted meanwhile
+        if key not in self.generations or lifecycle.pods_started(pods, expected):
+            return  # deleted meanwhile; or its pods run (the launcher's event is on its way)
         now = datetime.now(UTC)
         patience = self.config.pods_grace * lifecycle.PATIENCE_GRACES
-        if lifecycle.pods_need_pass(pods, expected, now, patience):
+        if lifecycle.pods_need_pass(pods, events, expected, now, patience):
             self.schedule(*key, 0)
         else:
-            self.schedule_pods_check(namespace, key[1], launcher, self.config.pods_grace, expected)
+            self.schedule_pods_check(
+                namespace, key[1], launcher, self.config.pods_grace, expected, silent_looks + 1
+            )
 
     def _fire(self, key: JobKey) -> None:
         self.timers.pop(key, None)
