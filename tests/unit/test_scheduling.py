@@ -147,7 +147,8 @@ def test_a_pods_check_is_skipped_when_the_launchers_events_say_they_run():
 
     def silent_for_ten_graces(s: Scheduler) -> None:
         created_launcher(s)
-        s.schedule_pods_check(NS, "demo", launcher_name, 0, expected=1, silent_looks=10)
+        silence = s.config.pods_grace * 10
+        s.schedule_pods_check(NS, "demo", launcher_name, 0, expected=1, silent_for=silence)
         s._check_pods((NS, "demo"))
         looks.append(len(s.tasks))
 

@@ -333,38 +333,40 @@ class Scheduler:
         launcher: str,
         delay: float,
         expected: int = 1,
-        silent_looks: int = 0,
+        silent_for: float = 0.0,
     ) -> None:
         """A look at the launcher's ``expected`` pods after delay seconds, unless they all run
-        by then."""
+        by then; ``silent_for``: seconds of looks that found no word so far."""
         key = (namespace, name)
         old = self.pod_checks.pop(key, None)
         if old is not None:
             old[0].cancel()
         loop = asyncio.get_running_loop()
         handle = loop.call_at(loop.time() + max(0.0, delay), self._check_pods, key)
-        self.pod_checks[key] = (handle, launcher, expected, silent_looks)
+        self.pod_checks[key] = (handle, launcher, expected, silent_for)
 
     def _check_pods(self, key: JobKey) -> None:
-        _, launcher, expected, silent_looks = self.pod_checks.pop(key, (None, "", 1, 0))
+        _, launcher, expected, silent_for = self.pod_checks.pop(key, (None, "", 1, 0.0))
         known = self.signals.get((key[0], launcher))
         if known is not None and known[1] != ("running", False):
             return  # its pods run (or it finished: that event asked for its own pass)
-        if key in self.flagged or silent_looks >= lifecycle.PATIENCE_GRACES:
+        patience = self.config.pods_grace * lifecycle.PATIENCE_GRACES
+        if key in self.flagged or silent_for >= patience:
             self.schedule(*key, 0)  # a pass refreshes what PodsReady says (or says the silence)
             return
-        look = self._look_at_pods(key, launcher, expected, silent_looks)
+        look = self._look_at_pods(key, launcher, expected, silent_for)
         task = asyncio.get_running_loop().create_task(look)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
     async def _look_at_pods(
-        self, key: JobKey, launcher: str, expected: int, silent_looks: int
+        self, key: JobKey, launcher: str, expected: int, silent_for: float
     ) -> None:
         """A list of the launcher's pods (and of its events when some are missing): a pass
         only when somebody said why they do not run; otherwise (queued for the scheduler, or
-        not created yet) another look a grace later. Under a burst most jobs' pods wait a
-        while: a look costs one request where a pass costs four and a status patch."""
+        not created yet) another look later, each wait twice the last (up to four graces).
+        Under a burst most jobs' pods wait a while: a look costs one request where a pass
+        costs four and a status patch."""
         namespace, _ = key
         try:
             pods = await asyncio.to_thread(self.api.launcher_pods, namespace, launcher)
@@ -380,10 +382,10 @@ class Scheduler:
         patience = self.config.pods_grace * lifecycle.PATIENCE_GRACES
         if lifecycle.pods_need_pass(pods, events, expected, now, patience):
             self.schedule(*key, 0)
-        else:
-            self.schedule_pods_check(
-                namespace, key[1], launcher, self.config.pods_grace, expected, silent_looks + 1
-            )
+            return
+        grace = self.config.pods_grace
+        wait = min(4 * grace, max(grace, 2 * silent_for))
+        self.schedule_pods_check(namespace, key[1], launcher, wait, expected, silent_for + wait)
 
     def _fire(self, key: JobKey) -> None:
         self.timers.pop(key, None)
