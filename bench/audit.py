@@ -10,8 +10,10 @@ versions and platforms do not split one client in two.
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 AUDIT_POLICY = Path(__file__).resolve().parent / "audit-policy.yaml"
@@ -89,6 +91,37 @@ class AuditLog:
             out.by_client[client] += 1
             out.by_client_verb[(client, verb)] += 1
         return out
+
+    def wait_quiet(self, products: tuple[str, ...], seconds: float, timeout: float) -> None:
+        """Until the clients whose product is one of ``products`` have sent no request but
+        watches for ``seconds``: they are done with the work the window called for (checks a
+        controller makes later, such as looks at pending pods, are that work's). Reads from
+        the window's start without moving it."""
+        offset, last = self.offset, 0.0
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.path.open("rb") as f:
+                f.seek(offset)
+                data = f.read()
+            end = data.rfind(b"\n") + 1
+            offset += end
+            for line in data[:end].splitlines():
+                event = json.loads(line)
+                if (
+                    event.get("verb") == "watch"
+                    or client_of(event).rsplit(" ", 1)[-1] not in products
+                ):
+                    continue
+                stamp = event.get("stageTimestamp") or event.get("requestReceivedTimestamp")
+                if stamp:
+                    last = max(
+                        last, datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+                    )
+            if time.time() - last >= seconds:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{products}: still sending requests after {timeout:.0f}s")
+            time.sleep(0.5)
 
 
 def request_total(metrics_text: str) -> float:

@@ -330,6 +330,7 @@ class Bench:
         )
         self.wait_running(t, names, f"{system.key} {tag}")
         t.wait_quiet(self.args.settle, f"{system.key} {tag}: statuses", self.args.timeout)
+        self.accounts.audit.wait_quiet(system.products(), self.args.settle, self.args.timeout)
         cpu, requests, metric = self.accounts.read()
         launched = sorted(t.launcher_seen[n] for n in names)
         p10, p90 = percentile(launched, 10), percentile(launched, 90)
@@ -479,7 +480,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--settle",
         type=float,
         default=10.0,
-        help="a burst is settled when every pod is Running and no root changed for this long",
+        help="a burst is settled when every pod is Running, no root changed for this long and "
+        "its controllers sent no request (watches aside) for this long",
     )
     parser.add_argument("--churn", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--sender-workers", type=int, default=32)
