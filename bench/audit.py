@@ -93,10 +93,10 @@ class AuditLog:
         return out
 
     def wait_quiet(self, products: tuple[str, ...], seconds: float, timeout: float) -> None:
-        """Until the clients whose product is one of ``products`` have sent no request but
-        watches for ``seconds``: they are done with the work the window called for (checks a
-        controller makes later, such as looks at pending pods, are that work's). Reads from
-        the window's start without moving it."""
+        """Until the clients whose product is one of ``products`` have sent no request for
+        ``seconds`` (watches and leader-election leases aside): they are done with the work the
+        window called for (checks a controller makes later, such as looks at pending pods, are
+        that work's). Reads from the window's start without moving it."""
         offset, last = self.offset, 0.0
         deadline = time.monotonic() + timeout
         while True:
@@ -109,6 +109,7 @@ class AuditLog:
                 event = json.loads(line)
                 if (
                     event.get("verb") == "watch"
+                    or "/leases/" in event.get("requestURI", "")
                     or client_of(event).rsplit(" ", 1)[-1] not in products
                 ):
                     continue
