@@ -186,3 +186,21 @@ def test_only_a_new_jobs_first_pass_uses_the_events_body_instead_of_a_fresh_read
     assert passes(new_job) == [(NS, "demo")] and kept[-1] == {(NS, "demo"): job()}
     assert passes(listed_at_start) == [(NS, "demo")] and kept[-1] == {}
     assert passes(edited_before_its_pass) == [(NS, "demo")] and kept[-1] == {}
+
+
+def test_a_launcher_that_finished_unseen_is_reconciled():
+    """A launcher whose earlier events this process never saw (its state was dropped, or it
+    was made before a restart) and that has finished asks for a pass; one that runs does not."""
+
+    def finished(s: Scheduler) -> None:
+        created_launcher(s)
+        s.signals.clear()
+        s.child_event("MODIFIED", launcher(conditions=[{"type": "Complete", "status": "True"}]))
+
+    def running(s: Scheduler) -> None:
+        created_launcher(s)
+        s.signals.clear()
+        s.child_event("MODIFIED", launcher(active=1))
+
+    assert passes(finished) == [(NS, "demo")]
+    assert passes(running) == []

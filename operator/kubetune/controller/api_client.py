@@ -205,15 +205,20 @@ class ApiClient:
         }
 
     def launcher_versions(self) -> dict[tuple[str, str], tuple[str, str]]:
-        """(namespace, Job name) → (its FineTuneJob's name, resourceVersion) of every Job the
-        operator made (launchers and export Jobs)."""
+        """(namespace, name) → (its FineTuneJob's name, resourceVersion) of every Job the
+        operator made (launchers and export Jobs), and of every RayJob launcher when the
+        cluster has KubeRay's CRD."""
         selector = f"{names.LABEL_MANAGED_BY}={names.MANAGER}"
+        kinds = [("batch/v1", "Job")]
+        if self.installed_crds()[RAYJOB_CRD]:
+            kinds.append(RAYJOB)
         return {
             (m.get("namespace", ""), m.get("name", "")): (
                 (m.get("labels") or {}).get(names.LABEL_JOB, ""),
                 m.get("resourceVersion", ""),
             )
-            for m in self._metadata("batch/v1", "Job", selector)
+            for api_version, kind in kinds
+            for m in self._metadata(api_version, kind, selector)
         }
 
     def installed_crds(self) -> dict[str, bool]:

@@ -747,8 +747,9 @@ def _launch(
         p.event(reason, text, restart=restart)
     else:
         p.transition(Phase.running, reason, text, restart=restart)
-    launchers = [m for m in children if m["kind"] == "Job"]
-    p.recheck_pods(p.settings.pods_grace_seconds, expected_pods(launchers[0]) if launchers else 1)
+    jobs = [m for m in children if m["kind"] == "Job"]
+    if jobs:  # a RayJob's pods are KubeRay's: its progress comes with the RayJob's events
+        p.recheck_pods(p.settings.pods_grace_seconds, expected_pods(jobs[0]))
     _deadline_passed(p)  # only to requeue at the deadline
 
 

@@ -292,7 +292,11 @@ class Scheduler:
         previous = self.signals.get(key)
         self.signals[key] = (owner, signal)
         if previous is None or job not in self.generations:
-            return  # made by a pass of ours (seeded), or listed at start (its job's pass reads it)
+            # Made by a pass of ours (seeded), or listed at start (its job's pass reads it);
+            # one that finished unseen is worth a pass whatever the reason it was not known.
+            if previous is None and job in self.generations and signal[0] != "running":
+                self.schedule(*job, self.config.launcher_debounce)
+            return
         if lifecycle.signal_needs_pass(previous[1], signal, job in self.flagged):
             self.schedule(*job, self.config.launcher_debounce)
         elif previous[1][1] is None and signal[1] is False:
@@ -413,13 +417,13 @@ class Scheduler:
     # -- the safety net ----------------------------------------------------------------------
 
     async def resync_loop(self) -> None:
-        """Each interval: one metadata-only list of the jobs and one of their Jobs. State kept
-        for objects that no longer exist is dropped (a missed DELETED event cannot leak
-        memory); an object whose resourceVersion differs from the last one its events showed,
-        twice in a row, missed an event: its job is reconciled. A replica that just became the
-        active one reconciles every job (its timers never ran). An operator-level loop rather
-        than ``kopf.timer``, which would put a kopf finalizer on every job, so that deleting a
-        job would wait for a running operator."""
+        """Each interval: one metadata-only list of the jobs and one of their Jobs (and one of
+        their RayJobs, with KubeRay). State kept for objects that no longer exist is dropped
+        (a missed DELETED event cannot leak memory); an object whose resourceVersion differs
+        from the last one its events showed, twice in a row, missed an event: its job is
+        reconciled. A replica that just became the active one reconciles every job (its timers
+        never ran). An operator-level loop rather than ``kopf.timer``, which would put a kopf
+        finalizer on every job, so that deleting a job would wait for a running operator."""
         interval = self.config.timer_interval
         while True:
             await asyncio.sleep(interval)
