@@ -67,9 +67,9 @@ class Scheduler:
         self.timers: dict[JobKey, asyncio.TimerHandle] = {}
         self.failures: dict[JobKey, int] = {}
         self.tasks: set[asyncio.Task[None]] = set()
-        self.pod_checks: dict[JobKey, tuple[asyncio.TimerHandle, str, int, int]] = {}
-        """Conditional looks: (timer, launcher name, its pod count, looks that found no word
-        so far), unless its pods run by then."""
+        self.pod_checks: dict[JobKey, tuple[asyncio.TimerHandle, str, int, float]] = {}
+        """Conditional looks: (timer, launcher name, its pod count, seconds of looks that found
+        no word so far), unless its pods run by then."""
         self.generations: dict[JobKey, int | None] = {}
         """The metadata.generation of each job as last seen in its events."""
         self.versions: dict[JobKey, str] = {}
@@ -330,6 +330,11 @@ class Scheduler:
             handle.cancel()
         self.timers[key] = loop.call_at(when, self._fire, key)
 
+    @property
+    def pods_patience(self) -> float:
+        """Seconds of silence about pending pods before the silence itself is reported."""
+        return self.config.pods_grace * lifecycle.PATIENCE_GRACES
+
     def schedule_pods_check(
         self,
         namespace: str,
@@ -354,8 +359,7 @@ class Scheduler:
         known = self.signals.get((key[0], launcher))
         if known is not None and known[1] != ("running", False):
             return  # its pods run (or it finished: that event asked for its own pass)
-        patience = self.config.pods_grace * lifecycle.PATIENCE_GRACES
-        if key in self.flagged or silent_for >= patience:
+        if key in self.flagged or silent_for >= self.pods_patience:
             self.schedule(*key, 0)  # a pass refreshes what PodsReady says (or says the silence)
             return
         look = self._look_at_pods(key, launcher, expected, silent_for)
@@ -382,9 +386,7 @@ class Scheduler:
             return
         if key not in self.generations or lifecycle.pods_started(pods, expected):
             return  # deleted meanwhile; or its pods run (the launcher's event is on its way)
-        now = datetime.now(UTC)
-        patience = self.config.pods_grace * lifecycle.PATIENCE_GRACES
-        if lifecycle.pods_need_pass(pods, events, expected, now, patience):
+        if lifecycle.pods_need_pass(pods, events, expected, datetime.now(UTC), self.pods_patience):
             self.schedule(*key, 0)
             return
         grace = self.config.pods_grace
